@@ -1,0 +1,406 @@
+//! The commands: each turns settings into a call, prints the result (human text, or one JSON
+//! value on stdout with `--json`), and returns its exit code.
+//!
+//! Exit codes (DESIGN.md): 0 completed, nothing pending or rejected; 1 failed (pending kept);
+//! 2 usage or config error (nothing sent); 3 completed but this run rejected rows; 75 another
+//! run holds the lock.
+
+use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, StatusArgs};
+use crate::config::Settings;
+use crate::pipeline::{self, RunError, RunOptions, RunSummary};
+use crate::ship::client::Credentials;
+use crate::ship::StopFlag;
+use crate::store::Store;
+use crate::ui::Ui;
+
+pub const EXIT_OK: i32 = 0;
+pub const EXIT_FAILED: i32 = 1;
+pub const EXIT_CONFIG: i32 = 2;
+pub const EXIT_REJECTED: i32 = 3;
+pub const EXIT_LOCKED: i32 = 75;
+
+fn error(e: impl std::fmt::Display) {
+    eprintln!("batchsync: error: {e}");
+}
+
+fn print_json(v: &impl serde::Serialize) {
+    println!("{}", serde_json::to_string_pretty(v).expect("serialisable"));
+}
+
+fn load(cli: &Cli) -> Option<Settings> {
+    match Settings::load(&cli.config) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            error(e);
+            None
+        }
+    }
+}
+
+pub fn dispatch(cli: Cli) -> i32 {
+    let ui = Ui::new(cli.quiet);
+    match &cli.command {
+        Command::Init { force } => init(&cli, *force),
+        Command::Check(a) => match load(&cli) {
+            Some(s) => check(&s, a.json, &ui),
+            None => EXIT_CONFIG,
+        },
+        Command::Plan(a) => match load(&cli) {
+            Some(s) => plan(&s, a, &ui),
+            None => EXIT_CONFIG,
+        },
+        Command::Run(a) => run(&cli, a, &ui),
+        Command::Status(a) => match load(&cli) {
+            Some(s) => status(&s, a),
+            None => EXIT_CONFIG,
+        },
+        Command::Rejects(a) => match load(&cli) {
+            Some(s) => rejects(&s, a),
+            None => EXIT_CONFIG,
+        },
+        Command::Emulate(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("tokio runtime");
+            match rt.block_on(crate::emulate::run_cli(a.clone())) {
+                Ok(()) => EXIT_OK,
+                Err(e) => {
+                    error(format!("{e:#}"));
+                    EXIT_CONFIG
+                }
+            }
+        }
+        Command::Demo(a) => demo(a),
+    }
+}
+
+fn init(cli: &Cli, force: bool) -> i32 {
+    if cli.config.exists() && !force {
+        error(format!(
+            "{} exists; pass --force to overwrite it",
+            cli.config.display()
+        ));
+        return EXIT_CONFIG;
+    }
+    match std::fs::write(&cli.config, crate::config::STARTER) {
+        Ok(()) => {
+            eprintln!(
+                "wrote {}: edit [source] and [mapping], then `batchsync check`",
+                cli.config.display()
+            );
+            EXIT_OK
+        }
+        Err(e) => {
+            error(format!("cannot write {}: {e}", cli.config.display()));
+            EXIT_CONFIG
+        }
+    }
+}
+
+fn run_error_code(e: &RunError) -> i32 {
+    match e {
+        RunError::Locked(crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
+        e if e.is_config() => EXIT_CONFIG,
+        _ => EXIT_FAILED,
+    }
+}
+
+fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
+    let keys_present = Credentials::from_env(&settings.destination).map_err(|e| e.to_string());
+    match pipeline::check(settings, ui) {
+        Ok(mut c) => {
+            c.credentials = match &keys_present {
+                Ok(_) => "both key variables are set".into(),
+                Err(e) => e.clone(),
+            };
+            if json {
+                print_json(&c);
+            } else {
+                eprintln!("config {}: ok", settings.file.display());
+                eprintln!(
+                    "source: {} rows read, {} would be rejected",
+                    c.rows, c.rejected
+                );
+                for r in &c.rejects_sample {
+                    eprintln!("  reject: {r}");
+                }
+                eprintln!("keys: {}", c.credentials);
+            }
+            if c.rejected > 0 {
+                EXIT_REJECTED
+            } else if keys_present.is_err() {
+                EXIT_CONFIG
+            } else {
+                EXIT_OK
+            }
+        }
+        Err(e) => {
+            error(&e);
+            run_error_code(&e)
+        }
+    }
+}
+
+fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
+    let opts = RunOptions {
+        force: a.force,
+        initial: a.initial.map(Into::into),
+        ..RunOptions::default()
+    };
+    match pipeline::plan(settings, &opts, ui) {
+        Ok(p) => {
+            if a.json {
+                print_json(&p);
+            } else {
+                eprintln!(
+                    "plan: {} rows; {} added, {} changed, {} removed, {} unchanged, {} rejected",
+                    p.rows, p.added, p.changed, p.removed, p.unchanged, p.rejected
+                );
+                eprintln!(
+                    "a run now would send {} events ({} new via /profiles/{}, {} pending from earlier runs)",
+                    p.events, p.new_events, p.endpoint, p.pending_events
+                );
+                if let Some(g) = &p.guard {
+                    eprintln!("guard: {g}");
+                }
+                for s in &p.sample {
+                    eprintln!("  {s}");
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            error(&e);
+            run_error_code(&e)
+        }
+    }
+}
+
+fn human_summary(s: &RunSummary) {
+    eprintln!(
+        "run {}: {} — {} rows; {} added, {} changed, {} removed, {} rejected; {} events sent in {} requests ({} retries), {} pending; {} ms",
+        s.run_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
+        s.status,
+        s.rows,
+        s.added,
+        s.changed,
+        s.removed,
+        s.rejected,
+        s.events_sent,
+        s.requests,
+        s.retries,
+        s.events_pending,
+        s.duration_ms
+    );
+    if let Some(r) = &s.sent_nothing_reason {
+        eprintln!("nothing sent: {r}");
+    }
+    if s.rejected > 0 {
+        eprintln!("see the rejected rows with `batchsync rejects`");
+    }
+}
+
+/// Installs SIGINT/SIGTERM handlers that raise the stop flag.
+fn stop_on_signals() -> StopFlag {
+    let stop = StopFlag::default();
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("signal runtime");
+        rt.block_on(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut int), Ok(mut term)) = (
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::terminate()),
+            ) else {
+                return;
+            };
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!(
+                "batchsync: stopping: finishing the request in flight, keeping the rest pending"
+            );
+            s.raise();
+        });
+    });
+    stop
+}
+
+fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
+    let Some(settings) = load(cli) else {
+        return EXIT_CONFIG;
+    };
+    let failed = |msg: String, code: i32| {
+        error(&msg);
+        if a.json {
+            print_json(&RunSummary {
+                status: "failed".into(),
+                error: Some(msg),
+                ..RunSummary::default()
+            });
+        }
+        code
+    };
+    let creds = match Credentials::from_env(&settings.destination) {
+        Ok(c) => c,
+        Err(e) => return failed(e.to_string(), EXIT_CONFIG),
+    };
+    let opts = RunOptions {
+        force: a.force,
+        initial: a.initial.map(Into::into),
+        max_requests: a.max_requests,
+        max_duration: a.max_duration,
+        progress: !cli.quiet,
+    };
+    let stop = stop_on_signals();
+    match pipeline::run(&settings, creds, &opts, &stop, ui) {
+        Ok(summary) => {
+            if let Some(e) = &summary.error {
+                error(e);
+            }
+            if a.json {
+                print_json(&summary);
+            } else {
+                human_summary(&summary);
+            }
+            summary.exit_code()
+        }
+        Err(e) => failed(e.to_string(), run_error_code(&e)),
+    }
+}
+
+fn status(settings: &Settings, a: &StatusArgs) -> i32 {
+    let store = match Store::open_read(&settings.state_path) {
+        Ok(s) => s,
+        Err(e) => {
+            error(e);
+            return EXIT_FAILED;
+        }
+    };
+    let Some(store) = store else {
+        if a.json {
+            print_json(
+                &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [] }),
+            );
+        } else {
+            eprintln!(
+                "no runs yet: the state store {} does not exist",
+                settings.state_path.display()
+            );
+        }
+        return EXIT_OK;
+    };
+    let result = (|| -> crate::store::Result<_> {
+        Ok((
+            store.runs(a.runs)?,
+            store.pending()?,
+            store.reject_counts()?,
+            store.baseline_present()?,
+        ))
+    })();
+    match result {
+        Ok((runs, pending, rejects, baseline)) => {
+            if a.json {
+                let rejects: Vec<_> = rejects
+                    .iter()
+                    .map(|(r, n)| serde_json::json!({ "run_id": r, "rejects": n }))
+                    .collect();
+                print_json(
+                    &serde_json::json!({ "runs": runs, "pending": pending, "rejects": rejects, "baseline_rows": baseline }),
+                );
+            } else {
+                println!(
+                    "baseline: {baseline} rows; pending: {} requests, {} events",
+                    pending.requests, pending.events
+                );
+                println!(
+                    "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+                    "run",
+                    "started",
+                    "status",
+                    "rows",
+                    "added",
+                    "changed",
+                    "removed",
+                    "rejected",
+                    "sent",
+                    "pending"
+                );
+                for r in &runs {
+                    println!(
+                        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+                        r.run_id,
+                        r.started_at,
+                        r.status,
+                        r.rows,
+                        r.added,
+                        r.changed,
+                        r.removed,
+                        r.rejected,
+                        r.events_sent,
+                        r.events_pending
+                    );
+                    if let Some(e) = &r.error {
+                        println!("       {e}");
+                    }
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            error(e);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
+    let list = match Store::open_read(&settings.state_path) {
+        Ok(Some(s)) => s.rejects(a.run, a.limit),
+        Ok(None) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    };
+    match list {
+        Ok(list) => {
+            if a.json {
+                print_json(&list);
+            } else if list.is_empty() {
+                eprintln!("no rejects");
+            } else {
+                for r in &list {
+                    println!(
+                        "run {} {} key {} line {} column {}: {} ({})",
+                        r.run_id,
+                        r.source,
+                        r.key.as_deref().unwrap_or("-"),
+                        r.line.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+                        r.column.as_deref().unwrap_or("-"),
+                        r.reason,
+                        r.rule
+                    );
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            error(e);
+            EXIT_FAILED
+        }
+    }
+}
+
+fn demo(a: &DemoArgs) -> i32 {
+    match crate::demo::run(a.dir.clone()) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error(format!("{e:#}"));
+            EXIT_FAILED
+        }
+    }
+}

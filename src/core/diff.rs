@@ -1,0 +1,411 @@
+//! The diff: a merge of the new snapshot with the baseline, both sorted by row key.
+//!
+//! Invariants:
+//! - Inputs are sorted by key (the snapshot by key then source line); the merge never buffers
+//!   more than the rows that share one key, so memory does not grow with the segment.
+//! - Each key of either side yields exactly one [`Delta`].
+//! - A key that a bad row or several rows share never counts as removed: the baseline keeps
+//!   its entry and the rows are rejected (DESIGN.md, step 5).
+//! - Pure: no I/O; the caller feeds the iterators and applies the deltas.
+
+use super::encode::RowHash;
+use super::mapping::Reject;
+use std::cmp::Ordering;
+use std::iter::Peekable;
+
+/// One row of the new snapshot.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SnapRow {
+    pub key: Vec<u8>,
+    pub hash: RowHash,
+    /// The canonical encoding of the used columns' values, in plan order (values only).
+    pub payload: Vec<u8>,
+    /// Where the row came from: the 1-based line (files) or row number (queries).
+    pub line: u64,
+    /// A row-level read or typing error: the row is rejected, its key kept as it was.
+    pub bad: Option<Reject>,
+}
+
+/// One entry of the baseline. `present = false` is a tombstone: the key left the segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BaseRow {
+    pub key: Vec<u8>,
+    pub hash: RowHash,
+    pub present: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// A key not present in the baseline; `reentry` when it left the segment before.
+    Added {
+        row: SnapRow,
+        reentry: bool,
+    },
+    Changed {
+        row: SnapRow,
+        old: RowHash,
+    },
+    Unchanged {
+        key: Vec<u8>,
+    },
+    Removed {
+        key: Vec<u8>,
+        hash: RowHash,
+    },
+    /// Several rows share this primary key: all are rejected; `in_baseline` keeps its entry.
+    Duplicate {
+        rows: Vec<SnapRow>,
+        in_baseline: bool,
+    },
+    /// One row that could not be read or typed; the baseline keeps its entry.
+    Bad {
+        row: SnapRow,
+        in_baseline: bool,
+    },
+    /// A tombstone with no row in the snapshot: nothing to do.
+    Absent {
+        key: Vec<u8>,
+    },
+}
+
+/// The merge, as an iterator of deltas in key order.
+pub struct Merge<S: Iterator, B: Iterator> {
+    snap: Peekable<S>,
+    base: Peekable<B>,
+}
+
+pub fn merge<S, B, E>(snap: S, base: B) -> Merge<S, B>
+where
+    S: Iterator<Item = Result<SnapRow, E>>,
+    B: Iterator<Item = Result<BaseRow, E>>,
+{
+    Merge {
+        snap: snap.peekable(),
+        base: base.peekable(),
+    }
+}
+
+impl<S, B, E> Iterator for Merge<S, B>
+where
+    S: Iterator<Item = Result<SnapRow, E>>,
+    B: Iterator<Item = Result<BaseRow, E>>,
+{
+    type Item = Result<Delta, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // Surface errors from either side first.
+        if matches!(self.snap.peek(), Some(Err(_))) {
+            return self.snap.next().map(|r| r.map(|_| unreachable!()));
+        }
+        if matches!(self.base.peek(), Some(Err(_))) {
+            return self.base.next().map(|r| r.map(|_| unreachable!()));
+        }
+        let order = match (self.snap.peek(), self.base.peek()) {
+            (None, None) => return None,
+            (Some(Ok(_)), None) => Ordering::Less,
+            (None, Some(Ok(_))) => Ordering::Greater,
+            (Some(Ok(s)), Some(Ok(b))) => s.key.cmp(&b.key),
+            _ => unreachable!("errors handled above"),
+        };
+        let base = match order {
+            Ordering::Less => None,
+            _ => match self.base.next() {
+                Some(Ok(b)) => Some(b),
+                _ => unreachable!("peeked Ok"),
+            },
+        };
+        if order == Ordering::Greater {
+            let b = base.expect("taken");
+            return Some(Ok(if b.present {
+                Delta::Removed {
+                    key: b.key,
+                    hash: b.hash,
+                }
+            } else {
+                Delta::Absent { key: b.key }
+            }));
+        }
+        // Take every snapshot row that shares this key.
+        let first = match self.snap.next() {
+            Some(Ok(s)) => s,
+            _ => unreachable!("peeked Ok"),
+        };
+        let mut group = vec![first];
+        while let Some(Ok(next)) = self.snap.peek() {
+            if next.key != group[0].key {
+                break;
+            }
+            match self.snap.next() {
+                Some(Ok(s)) => group.push(s),
+                _ => unreachable!("peeked Ok"),
+            }
+        }
+        let present = base.as_ref().is_some_and(|b| b.present);
+        Some(Ok(if group.len() > 1 {
+            Delta::Duplicate {
+                rows: group,
+                in_baseline: present,
+            }
+        } else {
+            let row = group.pop().expect("one row");
+            match base {
+                _ if row.bad.is_some() => Delta::Bad {
+                    row,
+                    in_baseline: present,
+                },
+                None => Delta::Added {
+                    row,
+                    reentry: false,
+                },
+                Some(b) if !b.present => Delta::Added { row, reentry: true },
+                Some(b) if b.hash == row.hash => Delta::Unchanged { key: row.key },
+                Some(b) => Delta::Changed { row, old: b.hash },
+            }
+        }))
+    }
+}
+
+/// What a run does with the baseline for one delta.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BaselineWrite {
+    Keep,
+    Put { hash: RowHash },
+    Tombstone,
+}
+
+/// Whether a delta asks for an event (before the mapping may still reject the row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    /// The first run with `initial = "baseline"`: record everything, send nothing.
+    pub record_only: bool,
+    pub event_on_change: bool,
+    pub event_on_reentry: bool,
+}
+
+/// The pure decision for one delta: does it want an event, and what does it write to the
+/// baseline if the event (when wanted) is built. A rejected event always means `Keep`.
+pub fn decide(delta: &Delta, policy: Policy) -> (bool, BaselineWrite) {
+    match delta {
+        Delta::Added { row, reentry } => {
+            let wants = !policy.record_only && (!reentry || policy.event_on_reentry);
+            (wants, BaselineWrite::Put { hash: row.hash })
+        }
+        Delta::Changed { row, .. } => (
+            !policy.record_only && policy.event_on_change,
+            BaselineWrite::Put { hash: row.hash },
+        ),
+        Delta::Removed { .. } => (false, BaselineWrite::Tombstone),
+        Delta::Unchanged { .. }
+        | Delta::Absent { .. }
+        | Delta::Duplicate { .. }
+        | Delta::Bad { .. } => (false, BaselineWrite::Keep),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rstest::rstest;
+    use std::collections::BTreeMap;
+
+    fn h(n: u8) -> RowHash {
+        RowHash([n; 16])
+    }
+
+    fn snap(key: u8, hash: u8, line: u64) -> SnapRow {
+        SnapRow {
+            key: vec![key],
+            hash: h(hash),
+            payload: vec![],
+            line,
+            bad: None,
+        }
+    }
+
+    fn deltas(mut s: Vec<SnapRow>, b: Vec<BaseRow>) -> Vec<Delta> {
+        s.sort_by(|a, b| (&a.key, a.line).cmp(&(&b.key, b.line)));
+        merge(s.into_iter().map(Ok::<_, ()>), b.into_iter().map(Ok))
+            .map(|d| d.unwrap())
+            .collect()
+    }
+
+    #[rstest]
+    #[case::added(Some(1), None, "added")]
+    #[case::unchanged(Some(1), Some((1, true)), "unchanged")]
+    #[case::changed(Some(2), Some((1, true)), "changed")]
+    #[case::removed(None, Some((1, true)), "removed")]
+    #[case::reentry(Some(1), Some((1, false)), "reentry")]
+    #[case::tombstone(None, Some((1, false)), "absent")]
+    fn one_key_yields_one_delta(
+        #[case] new: Option<u8>,
+        #[case] old: Option<(u8, bool)>,
+        #[case] kind: &str,
+    ) {
+        let s = new.map(|hash| vec![snap(7, hash, 1)]).unwrap_or_default();
+        let b = old
+            .map(|(hash, present)| {
+                vec![BaseRow {
+                    key: vec![7],
+                    hash: h(hash),
+                    present,
+                }]
+            })
+            .unwrap_or_default();
+        let d = deltas(s, b);
+        assert_eq!(d.len(), 1);
+        let got = match &d[0] {
+            Delta::Added { reentry: false, .. } => "added",
+            Delta::Added { reentry: true, .. } => "reentry",
+            Delta::Changed { .. } => "changed",
+            Delta::Unchanged { .. } => "unchanged",
+            Delta::Removed { .. } => "removed",
+            Delta::Absent { .. } => "absent",
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, kind);
+    }
+
+    #[test]
+    fn rows_sharing_a_key_are_all_rejected_and_the_key_is_not_removed() {
+        let d = deltas(
+            vec![snap(3, 1, 1), snap(3, 2, 9)],
+            vec![BaseRow {
+                key: vec![3],
+                hash: h(1),
+                present: true,
+            }],
+        );
+        assert!(
+            matches!(&d[..], [Delta::Duplicate { rows, in_baseline: true }] if rows.len() == 2)
+        );
+        assert_eq!(
+            decide(
+                &d[0],
+                Policy {
+                    record_only: false,
+                    event_on_change: true,
+                    event_on_reentry: true
+                }
+            )
+            .1,
+            BaselineWrite::Keep
+        );
+    }
+
+    #[test]
+    fn a_bad_row_keeps_its_baseline_entry() {
+        let mut bad = snap(3, 9, 1);
+        bad.bad = Some(Reject::new(Some("amount"), "type", "x"));
+        let d = deltas(
+            vec![bad],
+            vec![BaseRow {
+                key: vec![3],
+                hash: h(1),
+                present: true,
+            }],
+        );
+        assert!(matches!(
+            &d[..],
+            [Delta::Bad {
+                in_baseline: true,
+                ..
+            }]
+        ));
+    }
+
+    #[rstest]
+    #[case(false, false, false, [true, false, false, true])]
+    #[case(false, true, false, [true, true, false, true])]
+    #[case(false, false, true, [true, false, false, false])]
+    #[case(true, true, true, [false, false, false, false])]
+    fn decisions_follow_the_policy(
+        #[case] record_only: bool,
+        #[case] event_on_change: bool,
+        #[case] no_reentry: bool,
+        #[case] wants: [bool; 4],
+    ) {
+        let p = Policy {
+            record_only,
+            event_on_change,
+            event_on_reentry: !no_reentry,
+        };
+        let cases = [
+            Delta::Added {
+                row: snap(1, 1, 1),
+                reentry: false,
+            },
+            Delta::Changed {
+                row: snap(1, 1, 1),
+                old: h(2),
+            },
+            Delta::Removed {
+                key: vec![1],
+                hash: h(1),
+            },
+            Delta::Added {
+                row: snap(1, 1, 1),
+                reentry: true,
+            },
+        ];
+        let got: Vec<bool> = cases.iter().map(|d| decide(d, p).0).collect();
+        assert_eq!(got, wants);
+    }
+
+    /// The naive model: maps keyed by row key.
+    fn model(
+        s: &[SnapRow],
+        b: &BTreeMap<Vec<u8>, (RowHash, bool)>,
+    ) -> BTreeMap<Vec<u8>, &'static str> {
+        let mut counts: BTreeMap<Vec<u8>, Vec<&SnapRow>> = BTreeMap::new();
+        for r in s {
+            counts.entry(r.key.clone()).or_default().push(r);
+        }
+        let mut out = BTreeMap::new();
+        for (k, rows) in &counts {
+            let base = b.get(k);
+            let kind = if rows.len() > 1 {
+                "dup"
+            } else {
+                match base {
+                    None => "added",
+                    Some((_, false)) => "reentry",
+                    Some((h, true)) if *h == rows[0].hash => "unchanged",
+                    Some(_) => "changed",
+                }
+            };
+            out.insert(k.clone(), kind);
+        }
+        for (k, (_, present)) in b {
+            if !counts.contains_key(k) {
+                out.insert(k.clone(), if *present { "removed" } else { "absent" });
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn merge_agrees_with_a_naive_model(
+            new in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..3), 0u8..3), 0..40),
+            old in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), (0u8..3, any::<bool>()), 0..30),
+        ) {
+            let s: Vec<SnapRow> = new.iter().enumerate()
+                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), payload: vec![], line: i as u64 + 1, bad: None })
+                .collect();
+            let base: BTreeMap<Vec<u8>, (RowHash, bool)> = old.iter().map(|(k, (hh, p))| (k.clone(), (h(*hh), *p))).collect();
+            let b: Vec<BaseRow> = base.iter().map(|(k, (hh, p))| BaseRow { key: k.clone(), hash: *hh, present: *p }).collect();
+            let got: BTreeMap<Vec<u8>, &str> = deltas(s.clone(), b).into_iter().map(|d| match d {
+                Delta::Added { row, reentry: false } => (row.key, "added"),
+                Delta::Added { row, reentry: true } => (row.key, "reentry"),
+                Delta::Changed { row, .. } => (row.key, "changed"),
+                Delta::Unchanged { key } => (key, "unchanged"),
+                Delta::Removed { key, .. } => (key, "removed"),
+                Delta::Absent { key } => (key, "absent"),
+                Delta::Duplicate { rows, .. } => (rows[0].key.clone(), "dup"),
+                Delta::Bad { row, .. } => (row.key, "bad"),
+            }).collect();
+            prop_assert_eq!(got, model(&s, &base));
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! The pure core: no I/O, no clock, no randomness, no async. Everything here is a function of
+//! its arguments and is tested without a file, a database or a socket.
+//!
+//! - [`value`]: typed values, declared types, the spellings accepted from untyped sources.
+//! - [`encode`]: the canonical row encoding, row hash and row key (recipe version 1).
+//! - [`mapping`]: the columns a sync uses, and a row → a Batch event, with Batch's rules.
+//! - [`diff`]: the sorted merge of snapshot and baseline, and what each delta does.
+//! - [`pack`]: events → operations → requests, with the manifest that maps them back to rows.
+//! - [`retry`]: answer classification, backoff with full jitter, `Retry-After`.
+
+pub mod diff;
+pub mod encode;
+pub mod mapping;
+pub mod pack;
+pub mod retry;
+pub mod value;

@@ -1,0 +1,114 @@
+//! The run lock: one writer per state store.
+//!
+//! Invariants:
+//! - An exclusive `flock` on `<state>.lock`, taken before anything else and held until the
+//!   process exits. The kernel drops it when the holder dies, however it dies, so a lock left
+//!   by a killed run is taken over by the next one with no manual step.
+//! - The file says who holds it (pid and start time), for the message of the run that waits.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("another batchsync run holds the lock on {path} ({holder}); this run changed nothing. Wait for it to finish")]
+    Held { path: PathBuf, holder: String },
+    #[error("cannot open the lock file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub struct RunLock {
+    _file: File,
+    pub path: PathBuf,
+}
+
+pub fn lock_path(state: &Path) -> PathBuf {
+    let mut name = state
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
+    name.push(".lock");
+    state.with_file_name(name)
+}
+
+impl RunLock {
+    pub fn acquire(state: &Path) -> Result<RunLock, LockError> {
+        let path = lock_path(state);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(io)?;
+            }
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(LockError::Held {
+                    path: path.clone(),
+                    holder: if holder.is_empty() {
+                        "holder unknown".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            return Err(io(err));
+        }
+        file.set_len(0).map_err(io)?;
+        file.seek(SeekFrom::Start(0)).map_err(io)?;
+        write!(
+            file,
+            "pid {} since {}",
+            std::process::id(),
+            crate::store::now_rfc3339()
+        )
+        .map_err(io)?;
+        file.flush().map_err(io)?;
+        Ok(RunLock { _file: file, path })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_store_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        let _held = RunLock::acquire(&state).unwrap();
+        let err = RunLock::acquire(&state).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_released_lock_is_taken_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        drop(RunLock::acquire(&state).unwrap());
+        RunLock::acquire(&state).unwrap();
+    }
+}

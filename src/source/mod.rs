@@ -1,0 +1,94 @@
+//! Sources: where a segment's rows come from. Each yields, row by row, the cells of the columns
+//! the sync uses, in `ColumnPlan::columns` order.
+//!
+//! Invariants:
+//! - Streaming: a source holds one row at a time (plus its driver's buffer), never the segment.
+//! - Two kinds of failure. A [`SourceError`] is structural (an unreadable file, a cut-short last
+//!   line, an unterminated quote, a query error, a dropped connection): the run aborts before
+//!   its commit. A row that cannot be read comes back as [`Read::bad`]: it follows `on_bad_row`.
+//! - A column the mapping needs and the source lacks is a config error naming the column.
+
+pub mod csv;
+pub mod ndjson;
+
+use crate::config::{Settings, SourceKind};
+use crate::core::value::Cell;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("{what}: {message}")]
+    Io { what: String, message: String },
+    #[error("{what} line {line}: {message}")]
+    Structure {
+        what: String,
+        line: u64,
+        message: String,
+    },
+    #[error("{what}: column {column:?} is used by the mapping but the source has no such column{}", hint(.available))]
+    MissingColumn {
+        what: String,
+        column: String,
+        available: Vec<String>,
+    },
+    #[error("{what}: {message}")]
+    Query { what: String, message: String },
+}
+
+fn hint(available: &[String]) -> String {
+    if available.is_empty() {
+        String::new()
+    } else {
+        format!(" (it has: {})", available.join(", "))
+    }
+}
+
+impl SourceError {
+    /// A missing column is the user's config to fix (exit 2), not a failed run.
+    pub fn is_config(&self) -> bool {
+        matches!(self, SourceError::MissingColumn { .. })
+    }
+}
+
+/// One row read: where it came from, and why it could not be read, if it could not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Read {
+    /// 1-based line of the file where the row starts, or the row number of a query.
+    pub line: u64,
+    /// A row-level read error (a malformed line, a wrong number of fields). Cells that could be
+    /// read are still filled, so the row key may still be known.
+    pub bad: Option<String>,
+}
+
+pub trait Source: Send {
+    /// Reads the next row's cells into `cells` (cleared first, one per plan column).
+    fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError>;
+
+    /// Called once after the last row: a final check (a column seen in no row, say).
+    fn finish(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+
+    /// The source for messages: a file path, or the database without credentials.
+    fn describe(&self) -> String;
+}
+
+/// Opens the configured source for the plan's columns.
+pub fn open(settings: &Settings) -> Result<Box<dyn Source>, SourceError> {
+    let columns = &settings.plan.columns;
+    let s = &settings.source;
+    match s.kind {
+        SourceKind::Csv => Ok(Box::new(csv::CsvSource::open(
+            s.path.as_deref().expect("validated"),
+            s.delimiter,
+            columns,
+        )?)),
+        SourceKind::Ndjson => Ok(Box::new(ndjson::NdjsonSource::open(
+            s.path.as_deref().expect("validated"),
+            columns,
+        )?)),
+        SourceKind::Sqlite | SourceKind::Postgres | SourceKind::Mysql => Err(SourceError::Query {
+            what: format!("{:?} source", s.kind).to_lowercase(),
+            message: "database sources are not built into this version".into(),
+        }),
+    }
+}

@@ -1,0 +1,240 @@
+//! A run's commit: the new baseline, the outbox requests, the rejects and the run record, in
+//! one IMMEDIATE transaction.
+//!
+//! Invariants:
+//! - Nothing of a run is visible before `commit` returns; dropping a [`RunWriter`] rolls back.
+//! - Events wait in a TEMP table (on disk, not in memory) until the merge is over, then leave
+//!   it sorted by custom id to be packed into requests (one operation per profile).
+//! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
+//! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
+
+use super::{now_rfc3339, Ctx, Result, Store};
+use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
+use rusqlite::params;
+
+pub struct RunWriter<'a> {
+    store: &'a Store,
+    run_id: i64,
+    events: u64,
+    committed: bool,
+}
+
+/// What a commit wrote to the outbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Committed {
+    pub requests: u64,
+    pub events: u64,
+}
+
+pub fn request_id(run_id: i64, seq: u64) -> String {
+    format!("r{run_id:08}-{seq:06}")
+}
+
+impl Store {
+    /// Opens the run's transaction and allocates its id.
+    /// `existing` is the record a resuming run already wrote before shipping earlier requests.
+    pub fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<RunWriter<'_>> {
+        let p = &self.path;
+        self.conn.execute_batch("BEGIN IMMEDIATE").ctx(p)?;
+        let mut w = RunWriter {
+            store: self,
+            run_id: 0,
+            events: 0,
+            committed: false,
+        };
+        self.conn
+            .execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS new_event (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT NOT NULL, row TEXT NOT NULL);
+                 DELETE FROM temp.new_event;",
+            )
+            .ctx(p)?;
+        match existing {
+            Some(id) => {
+                self.conn
+                    .execute(
+                        "UPDATE run SET status = 'committing', committed = 1 WHERE id = ?1",
+                        [id],
+                    )
+                    .ctx(p)?;
+                w.run_id = id;
+            }
+            None => {
+                self.conn
+                    .execute("INSERT INTO run (started_at, status, committed) VALUES (?1, 'committing', 1)", [started_at])
+                    .ctx(p)?;
+                w.run_id = self.conn.last_insert_rowid();
+            }
+        }
+        Ok(w)
+    }
+}
+
+impl RunWriter<'_> {
+    pub fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    pub fn put(&mut self, key: &[u8], hash: &[u8; 16]) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached(
+                "INSERT INTO baseline (key, hash, present, run_id) VALUES (?1, ?2, 1, ?3)
+                 ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, present = 1, run_id = excluded.run_id",
+            )
+            .and_then(|mut s| s.execute(params![key, &hash[..], self.run_id]))
+            .ctx(&self.store.path)?;
+        Ok(())
+    }
+
+    pub fn tombstone(&mut self, key: &[u8]) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached("UPDATE baseline SET present = 0, run_id = ?2 WHERE key = ?1")
+            .and_then(|mut s| s.execute(params![key, self.run_id]))
+            .ctx(&self.store.path)?;
+        Ok(())
+    }
+
+    pub fn event(&mut self, custom_id: &str, event_json: &str, row: &RowRef) -> Result<()> {
+        let row = serde_json::to_string(row).expect("RowRef serialises");
+        self.store
+            .conn
+            .prepare_cached("INSERT INTO temp.new_event (custom_id, body, row) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![custom_id, event_json, row]))
+            .ctx(&self.store.path)?;
+        self.events += 1;
+        Ok(())
+    }
+
+    pub fn reject(
+        &mut self,
+        key: Option<&str>,
+        line: Option<u64>,
+        column: Option<&str>,
+        rule: &str,
+        reason: &str,
+    ) -> Result<()> {
+        self.store
+            .conn
+            .prepare_cached(
+                "INSERT INTO reject (run_id, key, line, column_name, rule, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'local')",
+            )
+            .and_then(|mut s| s.execute(params![self.run_id, key, line.map(|l| l as i64), column, rule, reason]))
+            .ctx(&self.store.path)?;
+        Ok(())
+    }
+
+    pub fn events(&self) -> u64 {
+        self.events
+    }
+
+    /// Packs the events into requests, writes the run record, and commits.
+    pub fn commit(
+        mut self,
+        counts: &super::RunRecord,
+        mass_update_from: u64,
+        identity: &str,
+    ) -> Result<Committed> {
+        let p = self.store.path.clone();
+        let conn = &self.store.conn;
+        let endpoint = Endpoint::for_delta(self.events, mass_update_from);
+        let mut packer = Packer::new(endpoint);
+        let mut seq = 0u64;
+        let mut written = Committed::default();
+        {
+            let mut insert = conn
+                .prepare_cached(
+                    "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                )
+                .ctx(&p)?;
+            let mut write = |r: Packed, seq: &mut u64| -> Result<()> {
+                *seq += 1;
+                let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
+                insert
+                    .execute(params![
+                        request_id(self.run_id, *seq),
+                        self.run_id,
+                        endpoint.as_str(),
+                        r.operations as i64,
+                        r.events as i64,
+                        r.body.as_bytes(),
+                        manifest
+                    ])
+                    .ctx(&p)?;
+                written.requests += 1;
+                written.events += r.events as u64;
+                if *seq == 2 {
+                    crate::crash::point("mid_commit");
+                }
+                Ok(())
+            };
+            let mut st = conn
+                .prepare("SELECT custom_id, body, row FROM temp.new_event ORDER BY custom_id, seq")
+                .ctx(&p)?;
+            let mut rows = st.query([]).ctx(&p)?;
+            while let Some(row) = rows.next().ctx(&p)? {
+                let custom_id: String = row.get(0).ctx(&p)?;
+                let event_json: String = row.get(1).ctx(&p)?;
+                let row_json: String = row.get(2).ctx(&p)?;
+                let rref: RowRef = serde_json::from_str(&row_json)
+                    .map_err(|e| self.store.corrupt(format!("temp event row: {e}")))?;
+                for r in packer.push(PackEvent {
+                    custom_id,
+                    event_json,
+                    row: rref,
+                }) {
+                    write(r, &mut seq)?;
+                }
+            }
+            for r in packer.finish() {
+                write(r, &mut seq)?;
+            }
+        }
+        conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
+        let status = if written.requests > 0 {
+            "shipping"
+        } else {
+            "committed"
+        };
+        conn.execute(
+            "UPDATE run SET status = ?2, rows = ?3, added = ?4, changed = ?5, removed = ?6, rejected = ?7, events = ?8,
+                    events_pending = ?8
+             WHERE id = ?1",
+            params![
+                self.run_id,
+                status,
+                counts.rows as i64,
+                counts.added as i64,
+                counts.changed as i64,
+                counts.removed as i64,
+                counts.rejected as i64,
+                written.events as i64
+            ],
+        )
+        .ctx(&p)?;
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('identity', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            [identity],
+        )
+        .ctx(&p)?;
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('last_commit', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            [now_rfc3339()],
+        )
+        .ctx(&p)?;
+        crate::crash::point("before_commit");
+        conn.execute_batch("COMMIT").ctx(&p)?;
+        self.committed = true;
+        crate::crash::point("after_commit");
+        Ok(written)
+    }
+}
+
+impl Drop for RunWriter<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.store.conn.execute_batch("ROLLBACK");
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The SQLite state store: runs, the baseline snapshot, the outbox of requests, the rejects.
+//!
+//! Invariants:
+//! - Opened in WAL mode with `synchronous = FULL`, foreign keys on and a busy timeout (asserted
+//!   by a test); migrations are append-only (`schema`).
+//! - One durable change, one transaction, opened `IMMEDIATE`: a run's commit ([`commit`]), and
+//!   then one per answer from Batch ([`outbox`]). None is held across a network call.
+//! - Crash points: before a run's commit the store is as it was; after it, the run's baseline,
+//!   requests, rejects and run record all exist. Each answer is recorded whole or not at all.
+//! - No secret is ever written here: request bodies hold events, never keys.
+
+pub mod commit;
+pub mod outbox;
+mod schema;
+
+use crate::core::diff::BaseRow;
+use crate::core::encode::RowHash;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state store {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state store {path} was written for another mapping ({stored}); this config gives ({current}). Row keys or hashes would all differ. Use a new [state] path, or delete the store to start over")]
+    Identity {
+        path: PathBuf,
+        stored: String,
+        current: String,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+pub struct Store {
+    pub(crate) conn: Connection,
+    pub(crate) path: PathBuf,
+}
+
+pub(crate) trait Ctx<T> {
+    fn ctx(self, path: &Path) -> Result<T>;
+}
+
+impl<T> Ctx<T> for std::result::Result<T, rusqlite::Error> {
+    fn ctx(self, path: &Path) -> Result<T> {
+        self.map_err(|source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        })
+    }
+}
+
+/// A run as `status` shows it.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RunRecord {
+    pub run_id: i64,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub status: String,
+    pub rows: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub rejected: u64,
+    pub events: u64,
+    pub events_sent: u64,
+    pub events_pending: u64,
+    pub requests: u64,
+    pub retries: u64,
+    pub error: Option<String>,
+}
+
+/// A reject as `rejects` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectRecord {
+    pub run_id: i64,
+    pub key: Option<String>,
+    pub line: Option<u64>,
+    pub column: Option<String>,
+    pub rule: String,
+    pub reason: String,
+    pub source: String,
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl Store {
+    /// Opens (creating it and its directory if needed) and migrates the store.
+    pub fn open(path: &Path) -> Result<Store> {
+        if let Some(dir) = path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
+                    path: dir.to_path_buf(),
+                    source,
+                })?;
+            }
+        }
+        let conn = Connection::open(path).ctx(path)?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        store.configure()?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Opens an existing store for reading only (`plan`, `status`, `rejects`); `None` when there
+    /// is no store yet. Creates nothing and takes no write lock.
+    pub fn open_read(path: &Path) -> Result<Option<Store>> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .ctx(path)?;
+        let store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let version: i64 = store
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .ctx(path)?;
+        if version as usize > schema::MIGRATIONS.len() {
+            return Err(store.corrupt(format!(
+                "schema version {version} is newer than this batchsync knows; upgrade batchsync"
+            )));
+        }
+        if version == 0 {
+            return Ok(None);
+        }
+        Ok(Some(store))
+    }
+
+    /// A second connection on the same file, for reading the committed baseline while this one
+    /// writes the run's commit.
+    pub fn reader(&self) -> Result<Store> {
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .ctx(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .ctx(&self.path)?;
+        Ok(Store {
+            conn,
+            path: self.path.clone(),
+        })
+    }
+
+    pub(crate) fn corrupt(&self, message: impl Into<String>) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            message: message.into(),
+        }
+    }
+
+    fn configure(&self) -> Result<()> {
+        let p = &self.path;
+        self.conn
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .ctx(p)?;
+        let mode: String = self
+            .conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .ctx(p)?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(self.corrupt(format!("cannot switch to WAL (journal_mode is {mode})")));
+        }
+        self.conn
+            .execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; PRAGMA temp_store = FILE; PRAGMA cache_size = -65536;")
+            .ctx(p)
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let p = &self.path;
+        let version: i64 = self
+            .conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .ctx(p)?;
+        let version = version as usize;
+        if version > schema::MIGRATIONS.len() {
+            return Err(self.corrupt(format!(
+                "schema version {version} is newer than this batchsync knows; upgrade batchsync"
+            )));
+        }
+        for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+            self.conn.execute_batch("BEGIN IMMEDIATE").ctx(p)?;
+            let applied = self.conn.execute_batch(sql).and_then(|_| {
+                self.conn
+                    .execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            });
+            match applied {
+                Ok(()) => self.conn.execute_batch("COMMIT").ctx(p)?,
+                Err(e) => {
+                    let _ = self.conn.execute_batch("ROLLBACK");
+                    return Err(e).ctx(p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn pragma(&self, name: &str) -> Result<String> {
+        self.conn
+            .query_row(&format!("PRAGMA {name}"), [], |r| {
+                r.get::<_, rusqlite::types::Value>(0)
+            })
+            .map(|v| match v {
+                rusqlite::types::Value::Integer(i) => i.to_string(),
+                rusqlite::types::Value::Text(t) => t,
+                other => format!("{other:?}"),
+            })
+            .ctx(&self.path)
+    }
+
+    pub fn meta(&self, name: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ctx(&self.path)
+    }
+
+    /// Refuses a store whose baseline was computed under another key or column set.
+    pub fn check_identity(&self, identity: &str) -> Result<()> {
+        match self.meta("identity")? {
+            Some(stored) if stored != identity && self.has_baseline()? => {
+                Err(StoreError::Identity {
+                    path: self.path.clone(),
+                    stored,
+                    current: identity.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a run has committed a baseline (the first run's `initial` policy no longer applies).
+    pub fn has_baseline(&self) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)",
+                [],
+                |r| r.get(0),
+            )
+            .ctx(&self.path)
+    }
+
+    pub fn baseline_present(&self) -> Result<u64> {
+        self.conn
+            .query_row("SELECT COUNT(*) FROM baseline WHERE present = 1", [], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .ctx(&self.path)
+    }
+
+    /// One page of the baseline in key order, after `after` (exclusive).
+    pub fn baseline_page(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<BaseRow>> {
+        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<BaseRow> {
+            let hash: Vec<u8> = r.get(1)?;
+            let mut h = [0u8; 16];
+            let n = hash.len().min(16);
+            h[..n].copy_from_slice(&hash[..n]);
+            Ok(BaseRow {
+                key: r.get(0)?,
+                hash: RowHash(h),
+                present: r.get::<_, i64>(2)? != 0,
+            })
+        };
+        let rows = match after {
+            None => {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT key, hash, present FROM baseline ORDER BY key LIMIT ?1")
+                    .ctx(&self.path)?;
+                let v = st
+                    .query_map(params![limit as i64], map)
+                    .ctx(&self.path)?
+                    .collect::<rusqlite::Result<Vec<_>>>();
+                v
+            }
+            Some(k) => {
+                let mut st = self
+                    .conn
+                    .prepare_cached("SELECT key, hash, present FROM baseline WHERE key > ?1 ORDER BY key LIMIT ?2")
+                    .ctx(&self.path)?;
+                let v = st
+                    .query_map(params![k, limit as i64], map)
+                    .ctx(&self.path)?
+                    .collect::<rusqlite::Result<Vec<_>>>();
+                v
+            }
+        };
+        rows.ctx(&self.path)
+    }
+
+    /// The baseline in key order, read page by page (memory: one page).
+    pub fn baseline_iter(&self) -> BaselineIter<'_> {
+        BaselineIter {
+            store: self,
+            page: Vec::new().into_iter(),
+            last: None,
+            done: false,
+        }
+    }
+
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
+                        events_pending, requests, retries, error FROM run ORDER BY id DESC LIMIT ?1",
+            )
+            .ctx(&self.path)?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(RunRecord {
+                    run_id: r.get(0)?,
+                    started_at: r.get(1)?,
+                    finished_at: r.get(2)?,
+                    status: r.get(3)?,
+                    rows: r.get::<_, i64>(4)? as u64,
+                    added: r.get::<_, i64>(5)? as u64,
+                    changed: r.get::<_, i64>(6)? as u64,
+                    removed: r.get::<_, i64>(7)? as u64,
+                    rejected: r.get::<_, i64>(8)? as u64,
+                    events: r.get::<_, i64>(9)? as u64,
+                    events_sent: r.get::<_, i64>(10)? as u64,
+                    events_pending: r.get::<_, i64>(11)? as u64,
+                    requests: r.get::<_, i64>(12)? as u64,
+                    retries: r.get::<_, i64>(13)? as u64,
+                    error: r.get(14)?,
+                })
+            })
+            .ctx(&self.path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(&self.path)?;
+        Ok(rows)
+    }
+
+    pub fn rejects(&self, run: Option<i64>, limit: usize) -> Result<Vec<RejectRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT run_id, key, line, column_name, rule, reason, source FROM reject
+                 WHERE ?1 IS NULL OR run_id = ?1 ORDER BY id LIMIT ?2",
+            )
+            .ctx(&self.path)?;
+        let rows = st
+            .query_map(params![run, limit as i64], |r| {
+                Ok(RejectRecord {
+                    run_id: r.get(0)?,
+                    key: r.get(1)?,
+                    line: r.get::<_, Option<i64>>(2)?.map(|l| l as u64),
+                    column: r.get(3)?,
+                    rule: r.get(4)?,
+                    reason: r.get(5)?,
+                    source: r.get(6)?,
+                })
+            })
+            .ctx(&self.path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(&self.path)?;
+        Ok(rows)
+    }
+
+    pub fn reject_counts(&self) -> Result<Vec<(i64, u64)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT run_id, COUNT(*) FROM reject GROUP BY run_id ORDER BY run_id DESC LIMIT 20",
+            )
+            .ctx(&self.path)?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .ctx(&self.path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(&self.path)?;
+        Ok(rows)
+    }
+
+    pub fn integrity_check(&self) -> Result<String> {
+        self.conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .ctx(&self.path)
+    }
+
+    /// Records a run that stopped before its commit (a source error, a guard): the baseline and
+    /// outbox are untouched; only this record is written, so `status` can show it.
+    pub fn record_failed_run(
+        &self,
+        started_at: &str,
+        rows: u64,
+        counts: [u64; 4],
+        error: &str,
+    ) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO run (started_at, finished_at, status, committed, rows, added, changed, removed, rejected, error)
+                 VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![started_at, now_rfc3339(), rows as i64, counts[0] as i64, counts[1] as i64, counts[2] as i64, counts[3] as i64, error],
+            )
+            .ctx(&self.path)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// A run with nothing to commit but pending requests to ship: a record to hang its counts on.
+    pub fn record_resume_run(&self, started_at: &str) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO run (started_at, status, committed) VALUES (?1, 'shipping', 0)",
+                params![started_at],
+            )
+            .ctx(&self.path)?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Closes a run record with its final counts.
+    pub fn finish_run(&self, run_id: i64, r: &RunRecord) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE run SET finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
+                   rejected = ?8, events_sent = ?9, events_pending = ?10, requests = ?11, retries = ?12, error = ?13
+                 WHERE id = ?1",
+                params![
+                    run_id,
+                    now_rfc3339(),
+                    r.status,
+                    r.rows as i64,
+                    r.added as i64,
+                    r.changed as i64,
+                    r.removed as i64,
+                    r.rejected as i64,
+                    r.events_sent as i64,
+                    r.events_pending as i64,
+                    r.requests as i64,
+                    r.retries as i64,
+                    r.error
+                ],
+            )
+            .ctx(&self.path)?;
+        Ok(())
+    }
+
+    /// Runs left in `shipping` by a process that died: marked interrupted (their requests stay
+    /// pending and are shipped by the next run).
+    pub fn close_interrupted_runs(&self) -> Result<usize> {
+        self.conn
+            .execute(
+                "UPDATE run SET status = 'interrupted', finished_at = COALESCE(finished_at, ?1) WHERE status = 'shipping'",
+                [now_rfc3339()],
+            )
+            .ctx(&self.path)
+    }
+}
+
+pub struct BaselineIter<'a> {
+    store: &'a Store,
+    page: std::vec::IntoIter<BaseRow>,
+    last: Option<Vec<u8>>,
+    done: bool,
+}
+
+const PAGE: usize = 16_384;
+
+impl Iterator for BaselineIter<'_> {
+    type Item = Result<BaseRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(r) = self.page.next() {
+            return Some(Ok(r));
+        }
+        if self.done {
+            return None;
+        }
+        match self.store.baseline_page(self.last.as_deref(), PAGE) {
+            Ok(page) => {
+                if page.len() < PAGE {
+                    self.done = true;
+                }
+                self.last = page.last().map(|r| r.key.clone());
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_opens_in_wal_with_full_sync_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("sub/state.db")).unwrap();
+        assert_eq!(s.pragma("journal_mode").unwrap(), "wal");
+        assert_eq!(s.pragma("synchronous").unwrap(), "2"); // FULL
+        assert_eq!(s.pragma("foreign_keys").unwrap(), "1");
+        assert_eq!(s.pragma("busy_timeout").unwrap(), "10000");
+        assert_eq!(
+            s.pragma("user_version").unwrap(),
+            schema::MIGRATIONS.len().to_string()
+        );
+    }
+
+    #[test]
+    fn reopening_does_not_migrate_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("state.db");
+        drop(Store::open(&p).unwrap());
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn reading_a_missing_store_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("none.db");
+        assert!(Store::open_read(&p).unwrap().is_none());
+        assert!(!p.exists());
+    }
+
+    #[test]
+    fn the_baseline_pages_in_key_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        s.conn.execute("INSERT INTO run (id, started_at, status, committed) VALUES (1, 'x', 'completed', 1)", []).unwrap();
+        for k in (0u16..40_000).rev() {
+            s.conn
+                .execute(
+                    "INSERT INTO baseline (key, hash, present, run_id) VALUES (?1, ?2, 1, 1)",
+                    params![k.to_be_bytes().to_vec(), vec![0u8; 16]],
+                )
+                .unwrap();
+        }
+        let keys: Vec<Vec<u8>> = s.baseline_iter().map(|r| r.unwrap().key).collect();
+        assert_eq!(keys.len(), 40_000);
+        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+    }
+}

@@ -1,0 +1,259 @@
+//! The outbox: pending requests in send order, and one small transaction per answer.
+//!
+//! Invariants:
+//! - A request is `pending` until an answer about it is recorded; only then does it become
+//!   `delivered`, `rejected` or `split`. A process that dies in between leaves it `pending`,
+//!   so a resumed run re-sends exactly the requests whose answer was never recorded.
+//! - An operation Batch drops turns each of its rows into a reject with Batch's reason, and puts
+//!   the row's baseline entry back as it was before the run that sent it, so a fixed row is
+//!   tried again (only where no later run has changed the entry since).
+//! - Delivered requests keep their counts but drop their bodies, so the store does not grow
+//!   with every event ever sent.
+
+use super::{now_rfc3339, Ctx, Result, Store};
+use crate::core::encode::unhex;
+use crate::core::pack::{Endpoint, RowRef};
+use crate::core::retry::PartialError;
+use rusqlite::{params, OptionalExtension};
+
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    pub id: String,
+    pub run_id: i64,
+    pub endpoint: Endpoint,
+    pub operations: usize,
+    pub events: u64,
+    pub body: Vec<u8>,
+    pub manifest: Vec<Vec<RowRef>>,
+    pub attempts: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pending {
+    pub requests: u64,
+    pub events: u64,
+}
+
+impl Store {
+    pub fn pending(&self) -> Result<Pending> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(events), 0) FROM request WHERE state = 'pending'",
+                [],
+                |r| {
+                    Ok(Pending {
+                        requests: r.get::<_, i64>(0)? as u64,
+                        events: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .ctx(&self.path)
+    }
+
+    /// The first pending request after `after` in send order.
+    pub fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>> {
+        let p = &self.path;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM request
+                 WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT 1",
+                [after.unwrap_or("")],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                        r.get::<_, Vec<u8>>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                },
+            )
+            .optional()
+            .ctx(p)?;
+        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts)) = row else {
+            return Ok(None);
+        };
+        let endpoint = Endpoint::parse(&endpoint)
+            .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
+        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(&manifest)
+            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
+        Ok(Some(PendingRequest {
+            id,
+            run_id,
+            endpoint,
+            operations: operations as usize,
+            events: events as u64,
+            body,
+            manifest,
+            attempts: attempts as u32,
+        }))
+    }
+
+    fn tx<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("BEGIN IMMEDIATE").ctx(&self.path)?;
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("COMMIT").ctx(&self.path)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(e)
+            }
+        }
+    }
+
+    /// Rejects every row of one operation with Batch's reason and restores their baseline entries.
+    fn reject_rows(
+        &self,
+        req: &PendingRequest,
+        rows: &[RowRef],
+        run_id: i64,
+        column: Option<&str>,
+        rule: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let p = &self.path;
+        for row in rows {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO reject (run_id, key, column_name, rule, reason, source, request_id) VALUES (?1, ?2, ?3, ?4, ?5, 'batch', ?6)",
+                )
+                .and_then(|mut s| s.execute(params![run_id, row.key, column, rule, reason, req.id]))
+                .ctx(p)?;
+            let (Some(key), Some(hash)) = (unhex(&row.k), unhex(&row.h)) else {
+                continue;
+            };
+            match &row.prev {
+                None => self
+                    .conn
+                    .prepare_cached("DELETE FROM baseline WHERE key = ?1 AND hash = ?2")
+                    .and_then(|mut s| s.execute(params![key, hash])),
+                Some((prev, present)) => self
+                    .conn
+                    .prepare_cached(
+                        "UPDATE baseline SET hash = ?3, present = ?4 WHERE key = ?1 AND hash = ?2",
+                    )
+                    .and_then(|mut s| {
+                        s.execute(params![
+                            key,
+                            hash,
+                            unhex(prev).unwrap_or_default(),
+                            *present as i64
+                        ])
+                    }),
+            }
+            .ctx(p)?;
+        }
+        Ok(())
+    }
+
+    /// Batch accepted the request, but for the dropped operations. Returns the events delivered
+    /// and the rows rejected.
+    pub fn record_delivered(
+        &self,
+        req: &PendingRequest,
+        dropped: &[PartialError],
+        run_id: i64,
+    ) -> Result<(u64, u64)> {
+        self.tx(|s| {
+            let mut rejected = 0u64;
+            let mut seen = std::collections::BTreeSet::new();
+            for d in dropped {
+                let Some(rows) = req.manifest.get(d.bulk_index) else {
+                    tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
+                    continue;
+                };
+                if !seen.insert(d.bulk_index) {
+                    continue;
+                }
+                let rule = if d.category.is_empty() { "batch" } else { d.category.as_str() };
+                let reason = if d.reason.is_empty() { "dropped by Batch without a reason" } else { d.reason.as_str() };
+                s.reject_rows(req, rows, run_id, d.attribute.as_deref(), rule, reason)?;
+                rejected += rows.len() as u64;
+            }
+            let delivered = req.events.saturating_sub(rejected);
+            s.conn
+                .execute(
+                    "UPDATE request SET state = 'delivered', delivered_events = ?2, attempts = attempts + 1, answered_at = ?3,
+                            body = x'', manifest = x'', last_error = NULL WHERE id = ?1",
+                    params![req.id, delivered as i64, now_rfc3339()],
+                )
+                .ctx(&s.path)?;
+            Ok((delivered, rejected))
+        })
+    }
+
+    /// A 400 on a single operation: Batch will never take it; its rows become rejects.
+    pub fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
+        self.tx(|s| {
+            let mut rejected = 0;
+            for rows in &req.manifest {
+                s.reject_rows(req, rows, run_id, None, "batch_bad_request", message)?;
+                rejected += rows.len() as u64;
+            }
+            s.conn
+                .execute(
+                    "UPDATE request SET state = 'rejected', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
+                            body = x'', manifest = x'' WHERE id = ?1",
+                    params![req.id, now_rfc3339(), message],
+                )
+                .ctx(&s.path)?;
+            Ok(rejected)
+        })
+    }
+
+    /// A 400 on several operations: the request is replaced by its two halves, in place in the
+    /// send order (ids `<id>.0` and `<id>.1` sort right after `<id>`).
+    pub fn record_split(
+        &self,
+        req: &PendingRequest,
+        halves: [(String, Vec<Vec<RowRef>>); 2],
+        message: &str,
+    ) -> Result<[String; 2]> {
+        self.tx(|s| {
+            let ids = [format!("{}.0", req.id), format!("{}.1", req.id)];
+            for (id, (body, manifest)) in ids.iter().zip(halves.iter()) {
+                let events: usize = manifest.iter().map(Vec::len).sum();
+                s.conn
+                    .execute(
+                        "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                        params![
+                            id,
+                            req.run_id,
+                            req.endpoint.as_str(),
+                            manifest.len() as i64,
+                            events as i64,
+                            body.as_bytes(),
+                            serde_json::to_vec(manifest).expect("manifest serialises")
+                        ],
+                    )
+                    .ctx(&s.path)?;
+            }
+            s.conn
+                .execute(
+                    "UPDATE request SET state = 'split', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
+                            body = x'', manifest = x'' WHERE id = ?1",
+                    params![req.id, now_rfc3339(), message],
+                )
+                .ctx(&s.path)?;
+            Ok(ids)
+        })
+    }
+
+    /// A transient failure (5xx, timeout, reset): counts against the request's retry budget.
+    pub fn record_attempt(&self, id: &str, error: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "UPDATE request SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",
+                params![id, error],
+            )
+            .ctx(&self.path)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,68 @@
+//! Migrations of the state store, applied in order and tracked by `PRAGMA user_version`.
+//!
+//! Invariant: a migration that has landed is never edited; a change is a new entry at the end.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: runs, baseline, outbox, rejects.
+    r#"
+    CREATE TABLE meta (
+        name  TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE run (
+        id             INTEGER PRIMARY KEY,
+        started_at     TEXT NOT NULL,
+        finished_at    TEXT,
+        status         TEXT NOT NULL,
+        committed      INTEGER NOT NULL,
+        rows           INTEGER NOT NULL DEFAULT 0,
+        added          INTEGER NOT NULL DEFAULT 0,
+        changed        INTEGER NOT NULL DEFAULT 0,
+        removed        INTEGER NOT NULL DEFAULT 0,
+        rejected       INTEGER NOT NULL DEFAULT 0,
+        events         INTEGER NOT NULL DEFAULT 0,
+        events_sent    INTEGER NOT NULL DEFAULT 0,
+        events_pending INTEGER NOT NULL DEFAULT 0,
+        requests       INTEGER NOT NULL DEFAULT 0,
+        retries        INTEGER NOT NULL DEFAULT 0,
+        error          TEXT
+    );
+
+    CREATE TABLE baseline (
+        key     BLOB PRIMARY KEY,
+        hash    BLOB NOT NULL,
+        present INTEGER NOT NULL,
+        run_id  INTEGER NOT NULL
+    ) WITHOUT ROWID;
+
+    CREATE TABLE request (
+        id               TEXT PRIMARY KEY,
+        run_id           INTEGER NOT NULL REFERENCES run(id),
+        endpoint         TEXT NOT NULL,
+        operations       INTEGER NOT NULL,
+        events           INTEGER NOT NULL,
+        body             BLOB NOT NULL,
+        manifest         BLOB NOT NULL,
+        state            TEXT NOT NULL,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        delivered_events INTEGER NOT NULL DEFAULT 0,
+        last_error       TEXT,
+        answered_at      TEXT
+    );
+    CREATE INDEX request_pending ON request(id) WHERE state = 'pending';
+
+    CREATE TABLE reject (
+        id          INTEGER PRIMARY KEY,
+        run_id      INTEGER NOT NULL REFERENCES run(id),
+        key         TEXT,
+        line        INTEGER,
+        column_name TEXT,
+        rule        TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        source      TEXT NOT NULL,
+        request_id  TEXT
+    );
+    CREATE INDEX reject_run ON reject(run_id);
+    "#,
+];

@@ -1,0 +1,140 @@
+//! Progress on stderr: an indicatif bar on a terminal, plain periodic log lines otherwise (or
+//! nothing with `--quiet`). stdout stays for `--json`.
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Ui {
+    fancy: bool,
+    quiet: bool,
+}
+
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Ui {
+    pub fn new(quiet: bool) -> Ui {
+        Ui {
+            fancy: !quiet && std::io::stderr().is_terminal(),
+            quiet,
+        }
+    }
+
+    pub fn silent() -> Ui {
+        Ui {
+            fancy: false,
+            quiet: true,
+        }
+    }
+
+    pub fn reading(&self, what: &str) -> Reading {
+        let bar = self.fancy.then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{spinner} reading {msg}: {human_pos} rows ({per_sec}) {elapsed}",
+                )
+                .expect("template"),
+            );
+            b.set_message(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        Reading {
+            bar,
+            quiet: self.quiet,
+            what: what.to_string(),
+            start: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+
+    pub fn shipping(&self, total_events: u64) -> Shipping {
+        let bar = self.fancy.then(|| {
+            let b = ProgressBar::with_draw_target(Some(total_events), ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template(
+                    "{bar:30} {human_pos}/{human_len} events sent ({per_sec}, ETA {eta}) {msg}",
+                )
+                .expect("template"),
+            );
+            b
+        });
+        Shipping {
+            bar,
+            quiet: self.quiet,
+            total: total_events,
+            start: Instant::now(),
+            last_log: Instant::now(),
+        }
+    }
+}
+
+pub struct Reading {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    what: String,
+    start: Instant,
+    last_log: Instant,
+}
+
+impl Reading {
+    pub fn rows(&mut self, rows: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(rows);
+        } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            let rate = rows as f64 / self.start.elapsed().as_secs_f64().max(1e-3);
+            tracing::info!(source = %self.what, rows, rows_per_s = rate as u64, "reading");
+        }
+    }
+
+    pub fn done(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
+
+pub struct Shipping {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+    total: u64,
+    start: Instant,
+    last_log: Instant,
+}
+
+impl crate::ship::Progress for Shipping {
+    fn shipped(&mut self, events: u64, requests: u64) {
+        if let Some(b) = &self.bar {
+            b.set_position(events);
+            b.set_message(format!("{requests} requests"));
+        } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
+            self.last_log = Instant::now();
+            let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+            let rate = events as f64 / secs;
+            let eta = if rate > 0.0 {
+                (self.total.saturating_sub(events)) as f64 / rate
+            } else {
+                f64::NAN
+            };
+            tracing::info!(
+                events,
+                total = self.total,
+                requests,
+                events_per_s = rate as u64,
+                eta_s = eta as u64,
+                "shipping"
+            );
+        }
+    }
+}
+
+impl Shipping {
+    pub fn done(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
+        }
+    }
+}
