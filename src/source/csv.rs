@@ -21,6 +21,8 @@ pub struct CsvSource {
     width: usize,
     last_start: u64,
     last_line: u64,
+    /// Newlines inside quoted fields so far: the csv crate's line count leaves them out.
+    embedded_newlines: u64,
 }
 
 impl CsvSource {
@@ -73,6 +75,7 @@ impl CsvSource {
             width: names.len(),
             last_start: 0,
             last_line: 1,
+            embedded_newlines: headers.as_slice().iter().filter(|&&b| b == b'\n').count() as u64,
         })
     }
 
@@ -132,7 +135,9 @@ impl Source for CsvSource {
             .record
             .position()
             .map(|p| p.line())
-            .unwrap_or(start.line());
+            .unwrap_or(start.line())
+            + self.embedded_newlines;
+        self.embedded_newlines += self.record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
         self.last_start = self
             .record
             .position()
