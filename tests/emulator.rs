@@ -24,6 +24,10 @@ fn config() -> EmulatorConfig {
     }
 }
 
+fn with_faults(faults: Faults) -> EmulatorConfig {
+    EmulatorConfig { faults, ..config() }
+}
+
 async fn start(config: EmulatorConfig) -> Emulator {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     Emulator::start(addr, config).await.unwrap()
@@ -39,14 +43,47 @@ fn op(custom_id: &str, events: Vec<Value>) -> Value {
 
 /// `count` valid operations of one event each.
 fn ops(count: usize) -> Value {
-    Value::Array(
-        (0..count)
-            .map(|i| op(&format!("user_{i}"), vec![event("order_completed")]))
-            .collect(),
-    )
+    let ops = (0..count).map(|i| op(&format!("user_{i}"), vec![event("order_completed")]));
+    Value::Array(ops.collect())
 }
 
-/// A reqwest client that talks to one emulator, with the right keys unless told otherwise.
+fn status(status: u16, retry_after: Option<u64>) -> Scripted {
+    Scripted::Status {
+        status,
+        retry_after,
+    }
+}
+
+/// What a client saw: the status, the `Retry-After` header, the body (`Null` if not JSON).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    retry_after: Option<String>,
+    body: Value,
+}
+
+impl Answer {
+    fn message(&self) -> &str {
+        self.body["error_message"].as_str().unwrap_or_default()
+    }
+}
+
+async fn answer(request: reqwest::RequestBuilder) -> Answer {
+    let response = request.send().await.unwrap();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    Answer {
+        status,
+        retry_after,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    }
+}
+
+/// A reqwest client for one emulator.
 struct Client {
     http: reqwest::Client,
     base: String,
@@ -60,26 +97,61 @@ impl Client {
         }
     }
 
-    fn request(&self, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(API_KEY)
-            .header("X-Batch-Project", PROJECT_KEY)
+    /// A POST to `path` with the given keys (`None`: header left out).
+    fn keyed(
+        &self,
+        path: &str,
+        key: Option<&str>,
+        project: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let mut request = self.http.post(format!("{}{path}", self.base));
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if let Some(project) = project {
+            request = request.header("X-Batch-Project", project);
+        }
+        request
     }
 
-    async fn post(&self, endpoint: &str, body: &Value) -> reqwest::Result<reqwest::Response> {
-        self.request(&format!("/2.11/profiles/{endpoint}"))
-            .json(body)
+    fn request(&self, path: &str) -> reqwest::RequestBuilder {
+        self.keyed(path, Some(API_KEY), Some(PROJECT_KEY))
+    }
+
+    async fn send(&self, endpoint: &str, body: &Value) -> Answer {
+        answer(
+            self.request(&format!("/2.11/profiles/{endpoint}"))
+                .json(body),
+        )
+        .await
+    }
+
+    async fn admin_get(&self, path: &str) -> String {
+        let url = format!("{}/_emulator/{path}", self.base);
+        self.http
+            .get(url)
             .send()
             .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
-    /// Posts and returns the status and the JSON body.
-    async fn send(&self, endpoint: &str, body: &Value) -> (u16, Value) {
-        let response = self.post(endpoint, body).await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap())
+    async fn admin_post(&self, path: &str, body: &Value) -> Answer {
+        answer(
+            self.http
+                .post(format!("{}/_emulator/{path}", self.base))
+                .json(body),
+        )
+        .await
     }
+}
+
+fn parse_ndjson(text: &str) -> Vec<Received> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
 
 fn total_answered(stats: &Stats) -> u64 {
@@ -87,66 +159,32 @@ fn total_answered(stats: &Stats) -> u64 {
 }
 
 #[tokio::test]
-async fn a_request_without_bearer_key_or_project_is_refused_with_401() {
+async fn a_missing_or_wrong_key_is_a_401_that_names_the_header_but_not_the_value() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
-    let url = format!("{}/2.11/profiles/update", emulator.endpoint());
-    let no_key = client
-        .http
-        .post(&url)
-        .header("X-Batch-Project", PROJECT_KEY)
-        .json(&ops(1))
-        .send()
-        .await
-        .unwrap();
-    let no_project = client
-        .http
-        .post(&url)
-        .bearer_auth(API_KEY)
-        .json(&ops(1))
-        .send()
-        .await
-        .unwrap();
-    for response in [no_key, no_project] {
-        assert_eq!(response.status().as_u16(), 401);
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error_code"], "AUTHENTICATION_INVALID");
-    }
-    assert!(emulator.received().is_empty());
-}
-
-#[tokio::test]
-async fn a_wrong_api_key_or_project_key_is_refused_with_401_without_echoing_it() {
-    let emulator = start(config()).await;
-    let client = Client::new(&emulator);
-    let url = format!("{}/2.11/profiles/update", emulator.endpoint());
-    let wrong_key = client
-        .http
-        .post(&url)
-        .bearer_auth("guessed-key-123")
-        .header("X-Batch-Project", PROJECT_KEY)
-        .json(&ops(1));
-    let wrong_project = client
-        .http
-        .post(&url)
-        .bearer_auth(API_KEY)
-        .header("X-Batch-Project", "guessed-project-456")
-        .json(&ops(1));
-    for (request, names) in [(wrong_key, "REST API key"), (wrong_project, "project key")] {
-        let response = request.send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 401);
-        let text = response.text().await.unwrap();
-        assert!(text.contains(names), "{text}");
+    let cases = [
+        (None, Some(PROJECT_KEY), "REST API key"),
+        (Some("guessed-key-123"), Some(PROJECT_KEY), "REST API key"),
+        (Some(API_KEY), None, "project key"),
+        (Some(API_KEY), Some("guessed-project-456"), "project key"),
+    ];
+    for (key, project, names) in cases {
+        let request = client.keyed("/2.11/profiles/update", key, project);
+        let answer = answer(request.json(&ops(1))).await;
+        assert_eq!(answer.status, 401, "{key:?} {project:?}");
+        assert_eq!(answer.body["error_code"], "AUTHENTICATION_INVALID");
+        assert!(answer.message().contains(names), "{answer:?}");
+        let text = answer.body.to_string();
         for secret in ["guessed", API_KEY, PROJECT_KEY] {
             assert!(!text.contains(secret), "{text}");
         }
     }
-    assert_eq!(emulator.stats().by_status.get(&401), Some(&2));
+    assert_eq!(emulator.stats().by_status.get(&401), Some(&4));
     assert!(emulator.received().is_empty());
 }
 
 #[tokio::test]
-async fn an_unknown_version_or_path_is_a_404_route_not_found() {
+async fn an_unknown_version_or_path_is_a_404_and_any_2_x_version_is_served() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
     for path in [
@@ -156,52 +194,45 @@ async fn an_unknown_version_or_path_is_a_404_route_not_found() {
         "/2.11/profiles/delete",
         "/2.11/events",
     ] {
-        let response = client.request(path).json(&ops(1)).send().await.unwrap();
-        assert_eq!(response.status().as_u16(), 404, "{path}");
-        let body: Value = response.json().await.unwrap();
-        assert_eq!(body["error_code"], "ROUTE_NOT_FOUND", "{path}");
+        let answer = answer(client.request(path).json(&ops(1))).await;
+        assert_eq!(answer.status, 404, "{path}");
+        assert_eq!(answer.body["error_code"], "ROUTE_NOT_FOUND", "{path}");
     }
-    let (status, _) = Client::new(&emulator).send("update", &ops(1)).await;
-    assert_eq!(status, 202);
-    let any_minor = client.request("/2.4/profiles/mass-update").json(&ops(1));
-    assert_eq!(any_minor.send().await.unwrap().status().as_u16(), 202);
+    for path in ["/2.4/profiles/mass-update", "/2.11/profiles/update"] {
+        assert_eq!(answer(client.request(path).json(&ops(1))).await.status, 202);
+    }
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_a_json_array_is_a_400_and_records_nothing() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
-    for body in [
+    let not_arrays = [
         json!({ "identifiers": { "custom_id": "u" } }),
         json!("[]"),
         json!(null),
-    ] {
-        let (status, answer) = client.send("update", &body).await;
-        assert_eq!(status, 400, "{body}");
-        assert_eq!(answer["error_code"], "BAD_REQUEST");
+    ];
+    for body in not_arrays {
+        let answer = client.send("update", &body).await;
+        assert_eq!(answer.status, 400, "{body}");
+        assert_eq!(answer.body["error_code"], "BAD_REQUEST");
     }
-    let not_json = client
+    let truncated = client
         .request("/2.11/profiles/update")
         .header("Content-Type", "application/json")
-        .body("[{\"identifiers\":")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(not_json.status().as_u16(), 400);
+        .body("[{\"identifiers\":");
+    assert_eq!(answer(truncated).await.status, 400);
     assert!(emulator.received().is_empty());
 }
 
 #[tokio::test]
 async fn a_non_json_content_type_is_a_400() {
     let emulator = start(config()).await;
-    let response = Client::new(&emulator)
+    let request = Client::new(&emulator)
         .request("/2.11/profiles/update")
         .header("Content-Type", "text/plain")
-        .body(ops(1).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 400);
+        .body(ops(1).to_string());
+    assert_eq!(answer(request).await.status, 400);
     assert!(emulator.received().is_empty());
 }
 
@@ -209,15 +240,11 @@ async fn a_non_json_content_type_is_a_400() {
 async fn two_hundred_and_one_operations_on_update_reject_the_whole_call() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
-    let (status, answer) = client.send("update", &ops(201)).await;
-    assert_eq!(status, 400);
-    assert!(
-        answer["error_message"].as_str().unwrap().contains("201"),
-        "{answer}"
-    );
+    let answer = client.send("update", &ops(201)).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.message().contains("201"), "{answer:?}");
     assert!(emulator.received().is_empty());
-    let (status, _) = client.send("mass-update", &ops(201)).await;
-    assert_eq!(status, 202);
+    assert_eq!(client.send("mass-update", &ops(201)).await.status, 202);
     assert_eq!(emulator.received().len(), 201);
 }
 
@@ -228,15 +255,9 @@ async fn an_operation_with_two_identifiers_rejects_the_whole_call() {
         op("fine", vec![event("e")]),
         { "identifiers": { "custom_id": "a", "installation": "b" }, "events": [event("e")] },
     ]);
-    let (status, answer) = Client::new(&emulator).send("update", &body).await;
-    assert_eq!(status, 400);
-    assert!(
-        answer["error_message"]
-            .as_str()
-            .unwrap()
-            .contains("bulk_index 1"),
-        "{answer}"
-    );
+    let answer = Client::new(&emulator).send("update", &body).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.message().contains("bulk_index 1"), "{answer:?}");
     assert!(emulator.received().is_empty());
 }
 
@@ -244,20 +265,18 @@ async fn an_operation_with_two_identifiers_rejects_the_whole_call() {
 async fn invalid_operations_are_dropped_by_bulk_index_and_the_others_recorded() {
     let emulator = start(config()).await;
     let too_long = json!({ "name": "e", "attributes": { "note": "x".repeat(301) } });
+    let two_events = vec![event("order_completed"), event("order_shipped")];
     let body = json!([
         op("good_0", vec![event("order_completed")]),
         op("bad_name", vec![event("Order Completed")]),
-        op(
-            "good_2",
-            vec![event("order_completed"), event("order_shipped")]
-        ),
+        op("good_2", two_events),
         op("too_long", vec![too_long]),
         op("too_many", vec![event("e"); 16]),
     ]);
-    let (status, answer) = Client::new(&emulator).send("update", &body).await;
-    assert_eq!(status, 202);
-    assert_eq!(answer["code"], "SUCCESS_WITH_PARTIAL_ERRORS");
-    let errors = answer["errors"].as_array().unwrap();
+    let answer = Client::new(&emulator).send("update", &body).await;
+    assert_eq!(answer.status, 202);
+    assert_eq!(answer.body["code"], "SUCCESS_WITH_PARTIAL_ERRORS");
+    let errors = answer.body["errors"].as_array().unwrap();
     let indexes: Vec<u64> = errors
         .iter()
         .map(|e| e["bulk_index"].as_u64().unwrap())
@@ -268,23 +287,22 @@ async fn invalid_operations_are_dropped_by_bulk_index_and_the_others_recorded() 
         .all(|e| e["category"].is_string() && e["reason"].is_string()));
     assert!(errors[0].get("attribute").is_none());
     assert_eq!(errors[1]["attribute"], "note");
-    assert!(
-        errors[2]["reason"].as_str().unwrap().contains("16 events"),
-        "{answer}"
-    );
+    let reason = errors[2]["reason"].as_str().unwrap();
+    assert!(reason.contains("16 events"), "{reason}");
 
     let received = emulator.received();
-    let who: Vec<(usize, &str)> = received
+    let who: Vec<_> = received
         .iter()
         .map(|r| (r.bulk_index, r.custom_id.as_str()))
         .collect();
     assert_eq!(who, [(0, "good_0"), (2, "good_2"), (2, "good_2")]);
     let stats = emulator.stats();
-    assert_eq!(
-        (stats.operations_accepted, stats.operations_rejected),
-        (2, 3)
+    let counts = (
+        stats.operations_accepted,
+        stats.operations_rejected,
+        stats.events_accepted,
     );
-    assert_eq!(stats.events_accepted, 3);
+    assert_eq!(counts, (2, 3, 3));
 }
 
 #[tokio::test]
@@ -292,15 +310,19 @@ async fn accepted_events_are_readable_in_memory_and_over_http() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
     let sent = event("order_completed");
-    let (status, answer) = client
+    let answer = client
         .send("update", &json!([op("user_1", vec![sent.clone()])]))
         .await;
-    assert_eq!((status, answer), (202, json!({ "code": "SUCCESS" })));
+    assert_eq!(
+        (answer.status, answer.body),
+        (202, json!({ "code": "SUCCESS" }))
+    );
     client.send("mass-update", &ops(2)).await;
 
     let received = emulator.received();
     assert_eq!(received.len(), 3);
     let first = &received[0];
+    let last = &received[2];
     assert_eq!(
         (first.request, first.endpoint.as_str(), first.bulk_index),
         (1, "update", 0)
@@ -308,28 +330,10 @@ async fn accepted_events_are_readable_in_memory_and_over_http() {
     assert_eq!((first.custom_id.as_str(), &first.event), ("user_1", &sent));
     assert!(first.received_at_ms > 1_600_000_000_000);
     assert_eq!(
-        (
-            received[2].request,
-            received[2].endpoint.as_str(),
-            received[2].bulk_index
-        ),
+        (last.request, last.endpoint.as_str(), last.bulk_index),
         (2, "mass-update", 1)
     );
-
-    let ndjson = client
-        .http
-        .get(format!("{}/_emulator/received", emulator.endpoint()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let over_http: Vec<Received> = ndjson
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
-    assert_eq!(over_http, received);
+    assert_eq!(parse_ndjson(&client.admin_get("received").await), received);
 }
 
 #[tokio::test]
@@ -347,75 +351,55 @@ async fn a_replayed_request_records_its_events_twice() {
 
 /// Six requests of 200 operations: the burst of 1,000 holds five, the sixth finds the bucket
 /// nearly empty (refilling 200 tokens takes two thirds of a second).
-async fn send_1200_operations_on_update(limits: bool) -> (Vec<u16>, Emulator) {
+async fn send_1200_operations_on_update(limits: bool) -> (Vec<Answer>, Emulator) {
     let emulator = start(EmulatorConfig { limits, ..config() }).await;
     let client = Client::new(&emulator);
-    let mut statuses = Vec::new();
+    let mut answers = Vec::new();
     for _ in 0..6 {
-        let response = client.post("update", &ops(200)).await.unwrap();
-        if response.status().as_u16() == 429 {
-            assert!(response.headers().get("retry-after").is_none());
-        }
-        statuses.push(response.status().as_u16());
+        answers.push(client.send("update", &ops(200)).await);
     }
-    (statuses, emulator)
+    (answers, emulator)
 }
 
 #[tokio::test]
 async fn a_burst_of_1200_operations_on_update_is_throttled_when_limits_are_on() {
-    let (statuses, emulator) = send_1200_operations_on_update(true).await;
-    assert_eq!(&statuses[..5], [202; 5]);
-    assert_eq!(statuses[5], 429);
+    let (answers, emulator) = send_1200_operations_on_update(true).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [202, 202, 202, 202, 202, 429]);
+    // Batch documents no Retry-After on its own 429s.
+    assert_eq!(answers[5].retry_after, None);
     assert_eq!(emulator.received().len(), 1_000);
 }
 
 #[tokio::test]
 async fn a_burst_of_1200_operations_on_update_passes_when_limits_are_off() {
-    let (statuses, emulator) = send_1200_operations_on_update(false).await;
-    assert_eq!(statuses, [202; 6]);
+    let (answers, emulator) = send_1200_operations_on_update(false).await;
+    assert!(answers.iter().all(|a| a.status == 202), "{answers:?}");
     assert_eq!(emulator.received().len(), 1_200);
 }
 
 #[tokio::test]
 async fn a_scripted_503_is_answered_then_the_next_request_succeeds() {
     let emulator = start(config()).await;
-    emulator.script(vec![
-        Scripted::Status {
-            status: 503,
-            retry_after: None,
-        },
-        Scripted::Ok,
-    ]);
+    emulator.script(vec![status(503, None), Scripted::Ok]);
     let client = Client::new(&emulator);
-    let (status, answer) = client.send("update", &ops(2)).await;
-    assert_eq!(status, 503);
-    assert!(answer["error_code"].is_string());
+    let answer = client.send("update", &ops(2)).await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.body["error_code"].is_string());
     assert!(emulator.received().is_empty());
-    let (status, _) = client.send("update", &ops(2)).await;
-    assert_eq!(status, 202);
+    assert_eq!(client.send("update", &ops(2)).await.status, 202);
     assert_eq!(emulator.received().len(), 2);
 }
 
 #[tokio::test]
 async fn a_scripted_429_carries_retry_after_only_when_asked() {
     let emulator = start(config()).await;
-    emulator.script(vec![
-        Scripted::Status {
-            status: 429,
-            retry_after: Some(7),
-        },
-        Scripted::Status {
-            status: 429,
-            retry_after: None,
-        },
-    ]);
+    emulator.script(vec![status(429, Some(7)), status(429, None)]);
     let client = Client::new(&emulator);
-    let with = client.post("update", &ops(1)).await.unwrap();
-    assert_eq!(with.status().as_u16(), 429);
-    assert_eq!(with.headers()["retry-after"], "7");
-    let without = client.post("update", &ops(1)).await.unwrap();
-    assert_eq!(without.status().as_u16(), 429);
-    assert!(without.headers().get("retry-after").is_none());
+    let with = client.send("update", &ops(1)).await;
+    assert_eq!((with.status, with.retry_after.as_deref()), (429, Some("7")));
+    let without = client.send("update", &ops(1)).await;
+    assert_eq!((without.status, without.retry_after), (429, None));
     assert!(emulator.received().is_empty());
 }
 
@@ -424,13 +408,14 @@ async fn drop_after_loses_the_answer_but_records_the_events() {
     let emulator = start(config()).await;
     emulator.script(vec![Scripted::DropAfter]);
     let client = Client::new(&emulator);
-    let error = client.post("update", &ops(3)).await.unwrap_err();
+    let request = client.request("/2.11/profiles/update").json(&ops(3));
+    let error = request.send().await.unwrap_err();
     assert!(!error.is_status(), "{error}");
     assert_eq!(emulator.received().len(), 3);
     let stats = emulator.stats();
     assert_eq!((stats.requests, stats.dropped_after), (1, 1));
     // The client can go on: the next request gets a fresh connection and an answer.
-    assert_eq!(client.send("update", &ops(3)).await.0, 202);
+    assert_eq!(client.send("update", &ops(3)).await.status, 202);
 }
 
 #[tokio::test]
@@ -438,7 +423,8 @@ async fn drop_before_loses_the_answer_and_records_nothing() {
     let emulator = start(config()).await;
     emulator.script(vec![Scripted::DropBefore]);
     let client = Client::new(&emulator);
-    let error = client.post("update", &ops(3)).await.unwrap_err();
+    let request = client.request("/2.11/profiles/update").json(&ops(3));
+    let error = request.send().await.unwrap_err();
     assert!(!error.is_status(), "{error}");
     assert!(emulator.received().is_empty());
     let stats = emulator.stats();
@@ -447,48 +433,37 @@ async fn drop_before_loses_the_answer_and_records_nothing() {
 
 #[tokio::test]
 async fn an_error_rate_of_one_answers_500_and_503_alternately_and_records_nothing() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            error_rate: 1.0,
-            ..Faults::default()
-        },
-        ..config()
-    })
+    let emulator = start(with_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    }))
     .await;
     let client = Client::new(&emulator);
     let mut statuses = Vec::new();
     for _ in 0..4 {
-        statuses.push(client.send("update", &ops(1)).await.0);
+        statuses.push(client.send("update", &ops(1)).await.status);
     }
     assert_eq!(statuses, [500, 503, 500, 503]);
     assert!(emulator.received().is_empty());
     emulator.set_faults(Faults::default());
-    assert_eq!(client.send("update", &ops(1)).await.0, 202);
+    assert_eq!(client.send("update", &ops(1)).await.status, 202);
 }
 
 #[tokio::test]
-async fn latency_delays_every_answer() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            latency_ms: 150,
-            ..Faults::default()
-        },
-        ..config()
-    })
+async fn latency_delays_every_answer_and_a_scripted_delay_adds_to_it() {
+    let emulator = start(with_faults(Faults {
+        latency_ms: 150,
+        ..Faults::default()
+    }))
     .await;
     emulator.script(vec![Scripted::Delay { ms: 100 }]);
     let client = Client::new(&emulator);
-    let started = Instant::now();
-    assert_eq!(client.send("update", &ops(1)).await.0, 202);
-    assert!(
-        started.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        started.elapsed()
-    );
-    let started = Instant::now();
-    assert_eq!(client.send("update", &ops(1)).await.0, 202);
-    let elapsed = started.elapsed();
-    assert!(elapsed >= Duration::from_millis(150), "{elapsed:?}");
+    for at_least in [250, 150] {
+        let started = Instant::now();
+        assert_eq!(client.send("update", &ops(1)).await.status, 202);
+        let elapsed = started.elapsed();
+        assert!(elapsed >= Duration::from_millis(at_least), "{elapsed:?}");
+    }
 }
 
 #[tokio::test]
@@ -506,11 +481,7 @@ async fn the_record_file_holds_one_ndjson_line_per_accepted_event() {
         .send("update", &json!([op("u", vec![event("Bad")])]))
         .await;
     client.send("mass-update", &ops(3)).await;
-    let written = std::fs::read_to_string(&path).unwrap();
-    let lines: Vec<Received> = written
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let lines = parse_ndjson(&std::fs::read_to_string(&path).unwrap());
     assert_eq!(lines, emulator.received());
     assert_eq!(lines.len(), 5);
     assert_eq!(lines[2].request, 3);
@@ -520,76 +491,59 @@ async fn the_record_file_holds_one_ndjson_line_per_accepted_event() {
 async fn faults_and_script_can_be_set_over_http() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);
-    let admin = |path: &str| format!("{}/_emulator/{path}", emulator.endpoint());
-    let set = client
-        .http
-        .post(admin("faults"))
-        .json(&json!({ "throttle_rate": 1.0, "retry_after": 2 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(set.status().as_u16(), 200);
-    let throttled = client.post("update", &ops(1)).await.unwrap();
-    assert_eq!(throttled.status().as_u16(), 429);
-    assert_eq!(throttled.headers()["retry-after"], "2");
+    let faults = json!({ "throttle_rate": 1.0, "retry_after": 2 });
+    assert_eq!(client.admin_post("faults", &faults).await.status, 200);
+    let throttled = client.send("update", &ops(1)).await;
+    assert_eq!(
+        (throttled.status, throttled.retry_after.as_deref()),
+        (429, Some("2"))
+    );
 
     let script = json!([{ "kind": "ok" }, { "kind": "status", "status": 500 }]);
-    let queued = client
-        .http
-        .post(admin("script"))
-        .json(&script)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        queued.json::<Value>().await.unwrap(),
-        json!({ "queued": 2 })
-    );
-    assert_eq!(client.send("update", &ops(1)).await.0, 202);
-    assert_eq!(client.send("update", &ops(1)).await.0, 500);
-    assert_eq!(client.send("update", &ops(1)).await.0, 429);
+    let queued = client.admin_post("script", &script).await;
+    assert_eq!(queued.body, json!({ "queued": 2 }));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(client.send("update", &ops(1)).await.status);
+    }
+    assert_eq!(statuses, [202, 500, 429]);
 
-    let bad = client
-        .http
-        .post(admin("faults"))
-        .json(&json!({ "error_rate": 2.0 }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(bad.status().as_u16(), 400);
-    let stats: Value = client
-        .http
-        .get(admin("stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats["requests"], 4);
-    assert_eq!(stats["by_status"]["429"], 2);
+    let out_of_range = json!({ "error_rate": 2.0 });
+    assert_eq!(client.admin_post("faults", &out_of_range).await.status, 400);
+    let stats: Value = serde_json::from_str(&client.admin_get("stats").await).unwrap();
+    assert_eq!(
+        (
+            stats["requests"].as_u64(),
+            stats["by_status"]["429"].as_u64()
+        ),
+        (Some(4), Some(2))
+    );
 }
 
 #[tokio::test]
 async fn stats_account_for_every_request_exactly_once() {
-    let emulator = start(EmulatorConfig {
-        faults: Faults {
-            error_rate: 0.2,
-            throttle_rate: 0.2,
-            drop_before_rate: 0.1,
-            drop_after_rate: 0.1,
-            ..Faults::default()
-        },
-        ..config()
-    })
+    let emulator = start(with_faults(Faults {
+        error_rate: 0.2,
+        throttle_rate: 0.2,
+        drop_before_rate: 0.1,
+        drop_after_rate: 0.1,
+        ..Faults::default()
+    }))
     .await;
     let client = Client::new(&emulator);
     for _ in 0..40 {
-        let _ = client.post("update", &ops(2)).await;
+        let _ = client
+            .request("/2.11/profiles/update")
+            .json(&ops(2))
+            .send()
+            .await;
     }
     let stats = emulator.stats();
-    assert_eq!(stats.requests, 40);
-    assert_eq!(total_answered(&stats), 40, "{stats:?}");
+    assert_eq!(
+        (stats.requests, total_answered(&stats)),
+        (40, 40),
+        "{stats:?}"
+    );
     assert!(
         stats.dropped_before > 0 && stats.dropped_after > 0,
         "{stats:?}"
@@ -604,18 +558,18 @@ async fn a_mass_update_of_10000_operations_is_accepted_in_one_request() {
     let size = serde_json::to_vec(&body).unwrap().len();
     assert!(size > 1_000_000, "{size}");
     let started = Instant::now();
-    let (status, answer) = Client::new(&emulator).send("mass-update", &body).await;
-    assert_eq!((status, answer), (202, json!({ "code": "SUCCESS" })));
-    // Generous for an unoptimised build on a slow machine; a release build takes milliseconds.
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "{:?}",
-        started.elapsed()
+    let answer = Client::new(&emulator).send("mass-update", &body).await;
+    assert_eq!(
+        (answer.status, answer.body),
+        (202, json!({ "code": "SUCCESS" }))
     );
+    // Generous for an unoptimised build on a slow machine; a release build takes milliseconds.
+    let elapsed = started.elapsed();
+    assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
     assert_eq!(emulator.received().len(), 10_000);
 }
 
-/// A measurement more than a test: run with `cargo test --release --test emulator -- --ignored`.
+/// A measurement more than a test: `cargo test --release --test emulator -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "throughput measurement; run in release"]
 async fn mass_update_accepts_at_least_50000_events_per_second() {
@@ -626,23 +580,20 @@ async fn mass_update_accepts_at_least_50000_events_per_second() {
         .collect();
     let started = Instant::now();
     for body in bodies {
-        let response = client
+        let request = client
             .request("/2.11/profiles/mass-update")
             .header("Content-Type", "application/json")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status().as_u16(), 202);
+            .body(body);
+        assert_eq!(answer(request).await.status, 202);
     }
     let per_second = 100_000.0 / started.elapsed().as_secs_f64();
     eprintln!("mass-update: {per_second:.0} events/s");
     assert!(per_second >= 50_000.0, "{per_second:.0} events/s");
 }
 
-// The blocking wrapper and the HTTP edge cases, with a raw socket.
+// The blocking wrapper and the HTTP edge cases, over a raw socket.
 
-/// Sends raw bytes and reads until the server closes or `timeout` passes.
+/// Sends raw bytes and reads until the server closes (or 5 s pass).
 fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     let mut stream = TcpStream::connect(addr).unwrap();
     stream
@@ -654,9 +605,9 @@ fn raw_exchange(addr: SocketAddr, bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn raw_post(path: &str, body: &str, connection: &str) -> String {
+fn raw_update(body: &str, connection: &str) -> String {
     format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
+        "POST /2.11/profiles/update HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n\
          X-Batch-Project: {PROJECT_KEY}\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: {connection}\r\n\r\n{body}",
         body.len()
@@ -668,38 +619,27 @@ fn the_blocking_wrapper_serves_keep_alive_requests_from_synchronous_code() {
     let emulator = EmulatorThread::start(config()).unwrap();
     assert_eq!(emulator.endpoint(), format!("http://{}", emulator.addr()));
     let body = ops(2).to_string();
-    let two_requests = format!(
-        "{}{}",
-        raw_post("/2.11/profiles/update", &body, "keep-alive"),
-        raw_post("/2.11/profiles/update", &body, "close")
-    );
-    let answer = raw_exchange(emulator.addr(), two_requests.as_bytes());
+    let two = raw_update(&body, "keep-alive") + &raw_update(&body, "close");
+    let answer = raw_exchange(emulator.addr(), two.as_bytes());
     assert_eq!(
         answer.matches("HTTP/1.1 202 Accepted").count(),
         2,
         "{answer}"
     );
     assert!(answer.contains("Connection: close"), "{answer}");
-    assert_eq!(emulator.received().len(), 4);
-    assert_eq!(emulator.stats().requests, 2);
-
-    emulator.script(vec![Scripted::Status {
-        status: 500,
-        retry_after: None,
-    }]);
-    let answer = raw_exchange(
-        emulator.addr(),
-        raw_post("/2.11/profiles/update", &body, "close").as_bytes(),
+    assert_eq!(
+        (emulator.received().len(), emulator.stats().requests),
+        (4, 2)
     );
+
+    emulator.script(vec![status(500, None)]);
+    let answer = raw_exchange(emulator.addr(), raw_update(&body, "close").as_bytes());
     assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
     emulator.set_faults(Faults {
         drop_before_rate: 1.0,
         ..Faults::default()
     });
-    let answer = raw_exchange(
-        emulator.addr(),
-        raw_post("/2.11/profiles/update", &body, "close").as_bytes(),
-    );
+    let answer = raw_exchange(emulator.addr(), raw_update(&body, "close").as_bytes());
     assert!(answer.is_empty(), "{answer}");
     assert_eq!(emulator.received().len(), 4);
 }
@@ -715,8 +655,7 @@ fn a_malformed_request_head_is_answered_400_and_the_connection_closed() {
 #[test]
 fn a_client_that_disconnects_mid_request_does_not_disturb_the_server() {
     let emulator = EmulatorThread::start(config()).unwrap();
-    let body = ops(50).to_string();
-    let request = raw_post("/2.11/profiles/update", &body, "close");
+    let request = raw_update(&ops(50).to_string(), "close");
     {
         let mut stream = TcpStream::connect(emulator.addr()).unwrap();
         stream
@@ -725,6 +664,8 @@ fn a_client_that_disconnects_mid_request_does_not_disturb_the_server() {
     }
     let answer = raw_exchange(emulator.addr(), request.as_bytes());
     assert!(answer.starts_with("HTTP/1.1 202"), "{answer}");
-    assert_eq!(emulator.received().len(), 50);
-    assert_eq!(emulator.stats().requests, 1);
+    assert_eq!(
+        (emulator.received().len(), emulator.stats().requests),
+        (50, 1)
+    );
 }
