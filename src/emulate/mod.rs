@@ -15,8 +15,9 @@
 //! 5. Recording: every event of every accepted operation becomes a [`Received`], in memory and
 //!    optionally as an NDJSON line in `record_path`. There is no deduplication: a replayed
 //!    request records its events again.
-//! 6. Answer, after `latency_ms` (and a scripted delay). A `DropAfter` closes the connection
-//!    after recording, without answering.
+//! 6. Answer, after `latency_ms` (plus a scripted `Delay`). A `DropAfter` waits the latency
+//!    too, then closes the connection after recording, without answering; a `DropBefore`
+//!    closes at once, before anything is parsed or recorded.
 //!
 //! Choices where the API is silent or the emulator simplifies:
 //! - The event time window is not enforced: the client applies `late_events`, the emulator
@@ -27,6 +28,9 @@
 //!   so the two cannot be confused).
 //! - `/_emulator/*` needs no authentication and sees no faults: `GET received` (NDJSON),
 //!   `GET stats`, `GET`/`POST faults`, `POST script` (a JSON array of [`Scripted`]).
+//! - A body is parsed and checked on its connection's task, not in `spawn_blocking`: a
+//!   10,000-operation body takes milliseconds in a release build, which a loopback test tool
+//!   can afford, and it keeps the request borrowed instead of copied.
 //!
 //! Invariant checked by the tests: once no request is in flight,
 //! `stats.requests == sum(by_status) + dropped_before + dropped_after`.

@@ -1,0 +1,380 @@
+//! The core: config, file sources, snapshot, diff, commit and the commands that show them,
+//! run as the real binary against the emulator on loopback.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn day1(dir: &Dir, endpoint: &str) {
+    dir.orders_config(endpoint);
+    dir.copy_fixture("orders_day1.csv", "orders.csv");
+}
+
+#[test]
+fn first_run_sends_every_row_once() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["status"], "completed");
+    assert_eq!((s["rows"].as_u64(), s["added"].as_u64(), s["events_sent"].as_u64()), (Some(12), Some(12), Some(12)));
+    for key in ["run_id", "changed", "removed", "rejected", "events_pending", "requests", "retries", "duration_ms"] {
+        assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
+    }
+    let got = emu.received();
+    assert_eq!(got.len(), 12);
+    let mut orders: Vec<String> = got.iter().map(|r| format!("{}:{}", r.custom_id, r.event["attributes"]["amount"])).collect();
+    orders.sort();
+    orders.dedup();
+    assert_eq!(orders.len(), 12, "each row once");
+}
+
+#[test]
+fn second_run_sends_exactly_the_added_rows_and_a_third_sends_nothing() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_eq!((s["added"].as_u64(), s["changed"].as_u64(), s["removed"].as_u64()), (Some(3), Some(2), Some(1)));
+    assert_eq!(s["events_sent"], 3);
+    let new: Vec<String> = emu.received()[12..].iter().map(|r| r.custom_id.clone()).collect();
+    assert_eq!(new, vec!["ada@example.com", "alan@example.com", "katherine@example.com"]);
+
+    let before = baseline_dump(&dir);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0);
+    assert_eq!((s["added"].as_u64(), s["changed"].as_u64(), s["events_sent"].as_u64(), s["requests"].as_u64()), (Some(0), Some(0), Some(0), Some(0)));
+    assert_eq!(emu.received().len(), 15);
+    assert_eq!(baseline_dump(&dir), before, "an unchanged segment changes no baseline row");
+}
+
+fn baseline_dump(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>, i64, i64)> {
+    let c = rusqlite::Connection::open(dir.state()).unwrap();
+    let mut st = c.prepare("SELECT key, hash, present, run_id FROM baseline ORDER BY key").unwrap();
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap();
+    rows.map(|r| r.unwrap()).collect()
+}
+
+#[test]
+fn ndjson_and_csv_of_the_same_rows_give_the_same_baseline() {
+    let emu = emulator();
+    let csv = Dir::new();
+    day1(&csv, &emu.endpoint());
+    assert_eq!(csv.sync().0, 0);
+    let nd = Dir::new();
+    nd.orders_config(&emu.endpoint());
+    nd.edit_config("type = \"csv\"\npath = \"orders.csv\"", "type = \"ndjson\"\npath = \"orders.ndjson\"");
+    nd.copy_fixture("orders_day1.ndjson", "orders.ndjson");
+    assert_eq!(nd.sync().0, 0);
+    assert_eq!(baseline_dump(&csv), baseline_dump(&nd));
+}
+
+/// The hashes of the day-1 fixture under recipe v1, checked in: a change to the canonical
+/// encoding must show up here (and bump the recipe version).
+#[test]
+fn fixture_hashes_match_the_checked_in_golden_file() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.sync_with(&["--initial", "baseline"]);
+    let got: String = baseline_dump(&dir)
+        .iter()
+        .map(|(k, h, _, _)| format!("{} {}\n", hex(k), hex(h)))
+        .collect();
+    let golden = std::fs::read_to_string(fixture("orders_day1.hashes")).unwrap_or_default();
+    if std::env::var_os("BATCHSYNC_BLESS").is_some() {
+        std::fs::write(fixture("orders_day1.hashes"), &got).unwrap();
+        return;
+    }
+    assert_eq!(got, golden, "row hashes changed; if the recipe changed on purpose, bump HASH_RECIPE and re-bless with BATCHSYNC_BLESS=1");
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn plan_reports_the_delta_and_changes_nothing() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    let before = std::fs::read(dir.state()).unwrap();
+    let (code, p) = json_of(dir.run(&["plan", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!((p["rows"].as_u64(), p["added"].as_u64(), p["changed"].as_u64(), p["removed"].as_u64()), (Some(14), Some(3), Some(2), Some(1)));
+    assert_eq!(p["events"], 3);
+    assert_eq!(p["rejected"], 0);
+    let sample = p["sample"].as_array().unwrap();
+    assert_eq!(sample.len(), 3);
+    assert_eq!(sample[0]["events"][0]["name"], "order_completed");
+    assert!(sample[0]["identifiers"]["custom_id"].is_string());
+    assert_eq!(std::fs::read(dir.state()).unwrap(), before, "plan changed the store");
+    assert_eq!(emu.received().len(), 12);
+}
+
+#[test]
+fn plan_on_a_new_sync_creates_no_state() {
+    let dir = Dir::new();
+    day1(&dir, "http://127.0.0.1:9");
+    let (code, p) = json_of(dir.run(&["plan", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!(p["events"], 12);
+    assert!(!dir.state().exists());
+}
+
+#[test]
+fn status_shows_the_last_runs_with_their_counts() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.sync();
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    dir.sync();
+    let (code, st) = json_of(dir.run(&["status", "--json"]));
+    assert_eq!(code, 0);
+    let runs = st["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[0]["added"], 3);
+    assert_eq!(runs[1]["events_sent"], 12);
+    assert_eq!(st["pending"]["events"], 0);
+    let human = dir.run(&["status"]);
+    assert!(String::from_utf8_lossy(&human.stdout).contains("completed"));
+}
+
+#[test]
+fn init_writes_a_starter_config_that_check_understands() {
+    let dir = Dir::new();
+    assert!(dir.run(&["init"]).status.success());
+    let text = std::fs::read_to_string(dir.join("batchsync.toml")).unwrap();
+    assert!(text.contains("[mapping]") && text.contains('#'));
+    assert_eq!(dir.run(&["init"]).status.code(), Some(2), "init refuses to overwrite");
+    // The starter config points at data/orders.csv: check names the missing file.
+    let out = dir.run(&["check"]);
+    assert!(stderr(&out).contains("data/orders.csv"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_validates_source_and_mapping_without_writing_state() {
+    let dir = Dir::new();
+    day1(&dir, "http://127.0.0.1:9");
+    let (code, c) = json_of(dir.run(&["check", "--json"]));
+    assert_eq!(code, 0, "{c}");
+    assert_eq!(c["rows"], 12);
+    assert!(!dir.state().exists());
+}
+
+#[test]
+fn a_config_error_names_the_key_and_line_and_exits_2() {
+    let dir = Dir::new();
+    day1(&dir, "http://127.0.0.1:9");
+    dir.edit_config("event = \"order_completed\"", "event = \"Order Completed\"");
+    let out = dir.run(&["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(err.contains("mapping.event") && err.contains("line 10"), "{err}");
+}
+
+#[test]
+fn a_mapped_column_missing_from_the_file_is_a_config_error_naming_it() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.edit_config("attributes = [\"amount\", \"currency\", \"gift\"]", "attributes = [\"amount\", \"currency\", \"gift\", \"coupon\"]");
+    let (code, s) = dir.sync();
+    assert_eq!(code, 2);
+    assert!(s["error"].as_str().unwrap().contains("\"coupon\""), "{s}");
+    assert!(emu.received().is_empty());
+}
+
+#[test]
+fn a_missing_key_variable_exits_2_and_sends_nothing() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    let out = dir.cmd(&["run", "--json"]).env_remove("BATCH_PROJECT_KEY").output().unwrap();
+    let (code, s) = json_of(out);
+    assert_eq!(code, 2);
+    assert!(s["error"].as_str().unwrap().contains("BATCH_PROJECT_KEY"));
+    assert!(emu.received().is_empty());
+    assert!(!dir.state().exists());
+}
+
+#[test]
+fn a_truncated_file_aborts_before_commit_and_leaves_the_baseline_untouched() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    let before = baseline_dump(&dir);
+    let day2 = std::fs::read(fixture("orders_day2.csv")).unwrap();
+    dir.write("orders.csv", &day2[..day2.len() - 20]);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 1, "{s}");
+    let err = s["error"].as_str().unwrap();
+    assert!(err.contains("orders.csv line 15") && err.contains("cut short"), "{err}");
+    assert_eq!(baseline_dump(&dir), before);
+    assert_eq!(emu.received().len(), 12);
+    // Fixed, the next run works.
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    assert_eq!(dir.sync().0, 0);
+    assert_eq!(emu.received().len(), 15);
+}
+
+#[test]
+fn an_unterminated_quote_aborts_the_run() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
+    text = text.replacen("black_friday", "\"black_friday", 1);
+    dir.write("orders.csv", text);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 1);
+    assert!(s["error"].as_str().unwrap().contains("unterminated quote"), "{s}");
+    assert!(!has_committed_run(&dir));
+}
+
+fn has_committed_run(dir: &Dir) -> bool {
+    let c = rusqlite::Connection::open(dir.state()).unwrap();
+    c.query_row("SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)", [], |r| r.get(0)).unwrap()
+}
+
+fn bad_rows_file() -> String {
+    let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
+    text = text.replacen("42.50", "NaN", 1); // line 2, order 1001: not a finite number
+    text = text.replacen("1003,linus@example.com", "1002,linus@example.com", 1); // lines 3 and 4 share a key
+    text = text.replacen("ken@example.com", "", 1); // line 7: empty custom id
+    text = text.replacen("\"", "", 0);
+    text.push_str("1013,eve@example.com,2026-11-20T21:00:00Z,10,EUR,maybe,,paid\n"); // line 14: bad bool
+    text
+}
+
+#[test]
+fn bad_rows_are_rejected_with_line_column_and_rule_and_the_rest_is_sent() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.write("orders.csv", bad_rows_file());
+    let (code, s) = dir.sync();
+    assert_eq!(code, 3, "{s}");
+    assert_eq!(s["status"], "partial");
+    assert_eq!(s["rejected"], 5);
+    assert_eq!(s["events_sent"], 8);
+    let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
+    let rejects = rejects.as_array().unwrap();
+    let find = |rule: &str| rejects.iter().filter(|r| r["rule"] == rule).cloned().collect::<Vec<Value>>();
+    let nan = &find("type")[..];
+    assert!(nan.iter().any(|r| r["column"] == "amount" && r["key"] == "{\"order_id\":1001}"), "{rejects:?}");
+    assert!(nan.iter().any(|r| r["column"] == "gift"), "{rejects:?}");
+    assert_eq!(find("duplicate_key").len(), 2);
+    assert_eq!(find("custom_id_empty")[0]["column"], "customer_email");
+    assert!(rejects.iter().all(|r| r["source"] == "local" && r["run_id"].is_i64() && r["reason"].is_string()));
+
+    // Rejected rows do not advance the baseline: once fixed, they are sent.
+    dir.copy_fixture("orders_day1.csv", "orders.csv");
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["events_sent"], 4, "1001, 1002, 1003 and 1006 are new once fixed: {s}");
+}
+
+#[test]
+fn under_on_bad_row_fail_a_bad_row_aborts_with_file_line_and_column() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.edit_config("[sync]\n", "[sync]\non_bad_row = \"fail\"\n");
+    dir.write("orders.csv", bad_rows_file());
+    let (code, s) = dir.sync();
+    assert_eq!(code, 1);
+    let err = s["error"].as_str().unwrap();
+    assert!(err.contains("orders.csv line 2") && err.contains("\"amount\""), "{err}");
+    assert!(emu.received().is_empty());
+    assert!(!has_committed_run(&dir));
+}
+
+#[test]
+fn a_new_unmapped_column_changes_no_hash_and_sends_nothing() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    let before = baseline_dump(&dir);
+    let text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
+    let widened: String = text.lines().enumerate().map(|(i, l)| if i == 0 { format!("{l},warehouse\n") } else { format!("{l},w{i}\n") }).collect();
+    dir.write("orders.csv", widened);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0);
+    assert_eq!((s["changed"].as_u64(), s["events_sent"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(baseline_dump(&dir).iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>(), before.iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>());
+}
+
+#[test]
+fn on_change_event_sends_changed_rows_and_reentry_sends_returning_rows() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.edit_config("on_change = \"ignore\"", "on_change = \"event\"");
+    assert_eq!(dir.sync().0, 0);
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    let (_, s) = dir.sync();
+    assert_eq!(s["events_sent"], 5, "3 added + 2 changed: {s}");
+    // Order 1004 left on day 2; it comes back.
+    dir.copy_fixture("orders_day1.csv", "orders.csv");
+    let (_, s) = dir.sync_with(&["--force"]);
+    assert_eq!(s["added"], 1);
+    let last = emu.received().last().unwrap().clone();
+    assert!(emu.received().iter().filter(|r| r.custom_id == "ada@example.com" && r.event["attributes"]["amount"] == 7).count() == 2, "{last:?}");
+    // With reentry = "ignore", a returning row is recorded but not sent.
+    dir.edit_config("[sync]\n", "[sync]\nreentry = \"ignore\"\n");
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    dir.sync_with(&["--force"]);
+    let n = emu.received().len();
+    dir.copy_fixture("orders_day1.csv", "orders.csv");
+    let (_, s) = dir.sync_with(&["--force"]);
+    assert_eq!(s["added"], 1);
+    assert_eq!(emu.received().len(), n + changed_back(&s), "{s}");
+}
+
+/// Rows that change back from day 2 to day 1 are events under on_change = "event".
+fn changed_back(s: &Value) -> usize {
+    s["changed"].as_u64().unwrap() as usize
+}
+
+#[test]
+fn late_events_are_rejected_by_default_with_a_clear_reason() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    dir.edit_config("late_events = \"send\"", "late_events = \"reject\"");
+    let now = chrono::Utc::now();
+    let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
+    text = text.replacen("2026-11-20T09:15:00Z", &(now - chrono::Duration::hours(1)).to_rfc3339(), 1);
+    dir.write("orders.csv", text);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 3);
+    assert_eq!(s["events_sent"], 1);
+    assert_eq!(s["rejected"], 11);
+    let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
+    assert_eq!(rejects[0]["rule"], "time_window");
+    assert!(rejects[0]["reason"].as_str().unwrap().contains("late_events"));
+}
+
+#[test]
+fn a_config_with_a_tab_delimiter_reads_tsv() {
+    let emu = emulator();
+    let dir = Dir::new();
+    dir.orders_config(&emu.endpoint());
+    dir.edit_config("path = \"orders.csv\"", "path = \"orders.tsv\"\ndelimiter = \"\\t\"");
+    let text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap().replace(',', "\t");
+    dir.write("orders.tsv", text);
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(s["events_sent"], 12);
+}
