@@ -164,6 +164,27 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
         Ok(operations) => operations,
         Err(BadRequest(message)) => return Response::error(400, "BAD_REQUEST", &message),
     };
+    let (reject_ids, bad_ids) = {
+        let state = lock(&shared.faults);
+        let f = state.faults();
+        (f.reject_custom_ids.clone(), f.bad_request_custom_ids.clone())
+    };
+    let custom_id_of = |op: &Value| {
+        op.get("identifiers")
+            .and_then(|ids| ids.get("custom_id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+    };
+    if let Some(i) = operations
+        .iter()
+        .position(|op| custom_id_of(op).is_some_and(|id| bad_ids.contains(&id)))
+    {
+        return Response::error(
+            400,
+            "BAD_REQUEST",
+            &format!("operation {i} is refused (injected: bad_request_custom_ids)"),
+        );
+    }
     if let Some(limits) = &shared.limits {
         let now = tokio::time::Instant::now();
         if !lock(limits).try_take(endpoint, operations.len(), now) {
@@ -184,6 +205,14 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
     let mut accepted = Vec::new();
     let mut operations_accepted = 0;
     for (bulk_index, operation) in operations.into_iter().enumerate() {
+        if custom_id_of(&operation).is_some_and(|id| reject_ids.contains(&id)) {
+            errors.push(json!({
+                "category": "PROFILE_REJECTED",
+                "bulk_index": bulk_index,
+                "reason": "the profile refuses events (injected: reject_custom_ids)",
+            }));
+            continue;
+        }
         if let Err(e) = validate::check_operation(&operation) {
             let mut error = json!({
                 "category": e.category,

@@ -112,6 +112,7 @@ fn setup(args: &EmulateArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Re
         latency_ms: args.latency_ms,
         drop_before_rate: args.drop_before_rate,
         drop_after_rate: args.drop_after_rate,
+        ..Faults::default()
     };
     faults.check().map_err(anyhow::Error::msg)?;
     let mut notices = Vec::new();

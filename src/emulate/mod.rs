@@ -112,6 +112,12 @@ pub struct Faults {
     pub drop_before_rate: f64,
     /// Share processed and recorded, then the connection closed with no answer.
     pub drop_after_rate: f64,
+    /// Operations for these custom ids are dropped with a partial error, as Batch drops an
+    /// operation for a reason the client cannot check (a profile it refuses, an event too old).
+    pub reject_custom_ids: Vec<String>,
+    /// A request holding an operation for one of these custom ids is refused whole with a 400,
+    /// as Batch refuses a call over one malformed operation.
+    pub bad_request_custom_ids: Vec<String>,
 }
 
 /// A forced outcome for the next API request, consumed in FIFO order before random faults.
