@@ -24,7 +24,9 @@ struct Rows {
 impl Source for Rows {
     fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
         cells.clear();
-        let Some((id, email, note, amount)) = self.rows.get(self.at).cloned() else { return Ok(None) };
+        let Some((id, email, note, amount)) = self.rows.get(self.at).cloned() else {
+            return Ok(None);
+        };
         self.at += 1;
         // Build the row in the source's own column order, then project by name.
         let mut by_name: BTreeMap<&str, Value> = BTreeMap::new();
@@ -41,7 +43,10 @@ impl Source for Rows {
         for c in &self.plan_columns {
             cells.push(Cell::Typed(by_name.remove(c.as_str()).unwrap()));
         }
-        Ok(Some(Read { line: self.at as u64, bad: None }))
+        Ok(Some(Read {
+            line: self.at as u64,
+            bad: None,
+        }))
     }
     fn describe(&self) -> String {
         "random rows".into()
@@ -62,13 +67,26 @@ fn plan() -> ColumnPlan {
 fn snapshot(rows: &[Row], layout: Vec<&'static str>) -> Vec<batchsync::core::diff::SnapRow> {
     let plan = plan();
     let dir = tempfile::tempdir().unwrap();
-    let mut src = Rows { rows: rows.to_vec(), layout, at: 0, plan_columns: plan.columns.clone() };
+    let mut src = Rows {
+        rows: rows.to_vec(),
+        layout,
+        at: 0,
+        plan_columns: plan.columns.clone(),
+    };
     // A tiny budget, so that spilling and the k-way merge are exercised too.
-    Snapshot::take(&mut src, &plan, chrono_tz::UTC, OnBadRow::Reject, dir.path(), 2_000, |_| {})
-        .unwrap()
-        .into_sorted()
-        .map(|r| r.unwrap())
-        .collect()
+    Snapshot::take(
+        &mut src,
+        &plan,
+        chrono_tz::UTC,
+        OnBadRow::Reject,
+        dir.path(),
+        2_000,
+        |_| {},
+    )
+    .unwrap()
+    .into_sorted()
+    .map(|r| r.unwrap())
+    .collect()
 }
 
 #[derive(Debug, PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -91,7 +109,11 @@ fn model(old: &[Row], new: &[Row]) -> BTreeMap<i64, Kind> {
         old_groups.entry(r.0).or_default().push(r);
     }
     // A key duplicated in the old segment never made it to the baseline.
-    let baseline: BTreeMap<i64, &Row> = old_groups.iter().filter(|(_, v)| v.len() == 1).map(|(k, v)| (*k, v[0])).collect();
+    let baseline: BTreeMap<i64, &Row> = old_groups
+        .iter()
+        .filter(|(_, v)| v.len() == 1)
+        .map(|(k, v)| (*k, v[0]))
+        .collect();
     let mut out = BTreeMap::new();
     for (k, rows) in &groups {
         let kind = if rows.len() > 1 {
@@ -111,13 +133,22 @@ fn model(old: &[Row], new: &[Row]) -> BTreeMap<i64, Kind> {
     out
 }
 
-fn kinds(old: &[Row], new: &[Row], layout_old: Vec<&'static str>, layout_new: Vec<&'static str>) -> BTreeMap<i64, Kind> {
+fn kinds(
+    old: &[Row],
+    new: &[Row],
+    layout_old: Vec<&'static str>,
+    layout_new: Vec<&'static str>,
+) -> BTreeMap<i64, Kind> {
     // The baseline: the first snapshot's keys that were not duplicated.
     let first = snapshot(old, layout_old);
     let mut base: Vec<BaseRow> = Vec::new();
     for d in merge(first.into_iter().map(Ok::<_, ()>), std::iter::empty()) {
         if let Delta::Added { row, .. } = d.unwrap() {
-            base.push(BaseRow { key: row.key, hash: row.hash, present: true });
+            base.push(BaseRow {
+                key: row.key,
+                hash: row.hash,
+                present: true,
+            });
         }
     }
     let second = snapshot(new, layout_new);
@@ -129,7 +160,10 @@ fn kinds(old: &[Row], new: &[Row], layout_old: Vec<&'static str>, layout_new: Ve
         }
     };
     let mut out = BTreeMap::new();
-    for d in merge(second.into_iter().map(Ok::<_, ()>), base.into_iter().map(Ok)) {
+    for d in merge(
+        second.into_iter().map(Ok::<_, ()>),
+        base.into_iter().map(Ok),
+    ) {
         let (k, kind) = match d.unwrap() {
             Delta::Added { row, .. } => (key_of(&row.key), Kind::Added),
             Delta::Changed { row, .. } => (key_of(&row.key), Kind::Changed),
@@ -147,7 +181,10 @@ fn row() -> impl Strategy<Value = Row> {
     (
         0i64..30,
         prop::sample::select(vec!["a@x.test", "ü@x.test", "名前@x.test"]).prop_map(String::from),
-        prop::option::of(prop::sample::select(vec!["", "é", "naïve", "😀", "a,b", "\"q\""]).prop_map(String::from)),
+        prop::option::of(
+            prop::sample::select(vec!["", "é", "naïve", "😀", "a,b", "\"q\""])
+                .prop_map(String::from),
+        ),
         prop::option::of(-3i64..3),
     )
 }

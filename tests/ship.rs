@@ -23,19 +23,37 @@ fn multiplicity(emu: &batchsync::emulate::EmulatorThread) -> BTreeMap<String, us
 
 #[test]
 fn partial_errors_become_rejects_with_batchs_reason_and_are_retried_once_fixed() {
-    let emu = emulator_with(true, Faults { reject_custom_ids: vec!["ada@example.com".into()], ..Faults::default() });
+    let emu = emulator_with(
+        true,
+        Faults {
+            reject_custom_ids: vec!["ada@example.com".into()],
+            ..Faults::default()
+        },
+    );
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
     let (code, s) = dir.sync();
     assert_eq!(code, 3, "{s}");
     assert_eq!(s["status"], "partial");
-    assert_eq!((s["events_sent"].as_u64(), s["rejected"].as_u64(), s["events_pending"].as_u64()), (Some(10), Some(2), Some(0)));
+    assert_eq!(
+        (
+            s["events_sent"].as_u64(),
+            s["rejected"].as_u64(),
+            s["events_pending"].as_u64()
+        ),
+        (Some(10), Some(2), Some(0))
+    );
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
     let rejects = rejects.as_array().unwrap();
     assert_eq!(rejects.len(), 2);
     let keys: Vec<&str> = rejects.iter().map(|r| r["key"].as_str().unwrap()).collect();
     assert_eq!(keys, vec!["{\"order_id\":1001}", "{\"order_id\":1004}"]);
-    assert!(rejects.iter().all(|r| r["source"] == "batch" && !r["reason"].as_str().unwrap().is_empty()), "{rejects:?}");
+    assert!(
+        rejects
+            .iter()
+            .all(|r| r["source"] == "batch" && !r["reason"].as_str().unwrap().is_empty()),
+        "{rejects:?}"
+    );
     assert_eq!(emu.received().len(), 10);
 
     // Once Batch takes them, the same rows go out: the baseline was put back.
@@ -49,21 +67,39 @@ fn partial_errors_become_rejects_with_batchs_reason_and_are_retried_once_fixed()
 #[test]
 fn a_429_with_retry_after_pauses_the_lane_and_costs_no_retry_budget() {
     let emu = emulator();
-    emu.script(vec![Scripted::Status { status: 429, retry_after: Some(1) }; 3]);
+    emu.script(vec![
+        Scripted::Status {
+            status: 429,
+            retry_after: Some(1)
+        };
+        3
+    ]);
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
     dir.edit_config("[destination]\n", "[destination]\nmax_attempts = 1\n");
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
-    assert_eq!((s["requests"].as_u64(), s["retries"].as_u64()), (Some(4), Some(3)));
-    assert!(s["duration_ms"].as_u64().unwrap() >= 3000, "three Retry-After: 1 waits: {s}");
+    assert_eq!(
+        (s["requests"].as_u64(), s["retries"].as_u64()),
+        (Some(4), Some(3))
+    );
+    assert!(
+        s["duration_ms"].as_u64().unwrap() >= 3000,
+        "three Retry-After: 1 waits: {s}"
+    );
     assert_eq!(emu.received().len(), 12);
 }
 
 #[test]
 fn a_storm_of_5xx_is_retried_to_success() {
     let emu = emulator();
-    let storm = [500, 503, 502, 504, 503].iter().map(|&status| Scripted::Status { status, retry_after: None }).collect();
+    let storm = [500, 503, 502, 504, 503]
+        .iter()
+        .map(|&status| Scripted::Status {
+            status,
+            retry_after: None,
+        })
+        .collect();
     emu.script(storm);
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
@@ -77,7 +113,13 @@ fn a_storm_of_5xx_is_retried_to_success() {
 #[test]
 fn an_exhausted_retry_budget_exits_1_and_the_next_run_ships_the_pending_requests_first() {
     let emu = emulator();
-    emu.script(vec![Scripted::Status { status: 503, retry_after: None }; 3]);
+    emu.script(vec![
+        Scripted::Status {
+            status: 503,
+            retry_after: None
+        };
+        3
+    ]);
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
     dir.edit_config("[destination]\n", "[destination]\nmax_attempts = 3\n");
@@ -85,7 +127,10 @@ fn an_exhausted_retry_budget_exits_1_and_the_next_run_ships_the_pending_requests
     assert_eq!(code, 1, "{s}");
     assert_eq!(s["status"], "failed");
     assert_eq!(s["events_pending"], 12);
-    assert!(s["error"].as_str().unwrap().contains("failed 3 times"), "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("failed 3 times"),
+        "{s}"
+    );
     dir.copy_fixture("orders_day2.csv", "orders.csv");
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
@@ -93,7 +138,10 @@ fn an_exhausted_retry_budget_exits_1_and_the_next_run_ships_the_pending_requests
     assert_eq!(s["events_sent"], 15, "12 pending, then 3 added: {s}");
     let got = emu.received();
     assert_eq!(got.len(), 15);
-    assert!(got[..12].iter().all(|r| r.request == got[0].request), "pending events went first, in their own request");
+    assert!(
+        got[..12].iter().all(|r| r.request == got[0].request),
+        "pending events went first, in their own request"
+    );
 }
 
 #[test]
@@ -101,12 +149,21 @@ fn a_wrong_key_stops_the_run_keeps_everything_pending_and_the_right_key_delivers
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    let out = dir.cmd(&["run", "--json", "--quiet"]).env("BATCH_REST_API_KEY", "not-the-key").output().unwrap();
+    let out = dir
+        .cmd(&["run", "--json", "--quiet"])
+        .env("BATCH_REST_API_KEY", "not-the-key")
+        .output()
+        .unwrap();
     let (code, s) = json_of(out);
     assert_eq!(code, 1, "{s}");
     assert_eq!(s["events_pending"], 12);
     let err = s["error"].as_str().unwrap();
-    assert!(err.contains("401") && err.contains("BATCH_REST_API_KEY") && err.contains("BATCH_PROJECT_KEY"), "{err}");
+    assert!(
+        err.contains("401")
+            && err.contains("BATCH_REST_API_KEY")
+            && err.contains("BATCH_PROJECT_KEY"),
+        "{err}"
+    );
     assert!(emu.received().is_empty());
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
@@ -137,7 +194,10 @@ fn a_request_whose_answer_is_lost_after_processing_is_resent_once_and_only_once(
     assert_eq!(s["retries"], 1);
     let m = multiplicity(&emu);
     assert_eq!(m.len(), 12);
-    assert!(m.values().all(|&n| n == 2), "the lost answer's request was sent twice, no more: {m:?}");
+    assert!(
+        m.values().all(|&n| n == 2),
+        "the lost answer's request was sent twice, no more: {m:?}"
+    );
     let (_, s) = dir.sync();
     assert_eq!(s["requests"], 0);
     assert_eq!(emu.received().len(), 24);
@@ -145,17 +205,33 @@ fn a_request_whose_answer_is_lost_after_processing_is_resent_once_and_only_once(
 
 #[test]
 fn a_400_on_a_request_is_split_to_isolate_the_bad_operation() {
-    let emu = emulator_with(true, Faults { bad_request_custom_ids: vec!["grace@example.com".into()], ..Faults::default() });
+    let emu = emulator_with(
+        true,
+        Faults {
+            bad_request_custom_ids: vec!["grace@example.com".into()],
+            ..Faults::default()
+        },
+    );
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
     let (code, s) = dir.sync();
     assert_eq!(code, 3, "{s}");
-    assert_eq!((s["events_sent"].as_u64(), s["rejected"].as_u64(), s["events_pending"].as_u64()), (Some(11), Some(1), Some(0)));
+    assert_eq!(
+        (
+            s["events_sent"].as_u64(),
+            s["rejected"].as_u64(),
+            s["events_pending"].as_u64()
+        ),
+        (Some(11), Some(1), Some(0))
+    );
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
     assert_eq!(rejects[0]["key"], "{\"order_id\":1002}");
     assert_eq!(rejects[0]["source"], "batch");
     assert!(multiplicity(&emu).values().all(|&n| n == 1));
-    assert!(!emu.received().iter().any(|r| r.custom_id == "grace@example.com"));
+    assert!(!emu
+        .received()
+        .iter()
+        .any(|r| r.custom_id == "grace@example.com"));
 }
 
 #[test]
@@ -168,7 +244,10 @@ fn a_large_delta_goes_to_mass_update() {
     assert!(emu.received().iter().all(|r| r.endpoint == "mass-update"));
     dir.copy_fixture("orders_day2.csv", "orders.csv");
     assert_eq!(dir.sync().0, 0);
-    assert!(emu.received()[12..].iter().all(|r| r.endpoint == "update"), "a 3-event delta uses /profiles/update");
+    assert!(
+        emu.received()[12..].iter().all(|r| r.endpoint == "update"),
+        "a 3-event delta uses /profiles/update"
+    );
 }
 
 #[test]
@@ -176,13 +255,19 @@ fn operations_group_a_profiles_events_in_requests_of_at_most_200() {
     let emu = emulator_with(false, Faults::default());
     let dir = Dir::new();
     dir.orders_config(&emu.endpoint());
-    let mut csv = String::from("order_id,customer_email,ordered_at,amount,currency,gift,campaign,status\n");
+    let mut csv =
+        String::from("order_id,customer_email,ordered_at,amount,currency,gift,campaign,status\n");
     for i in 0..1000 {
         // 250 profiles, 4 orders each, plus one profile with 20 orders.
-        csv.push_str(&format!("{i},user{}@example.com,2026-11-20T09:00:00Z,{i},EUR,false,,paid\n", i % 250));
+        csv.push_str(&format!(
+            "{i},user{}@example.com,2026-11-20T09:00:00Z,{i},EUR,false,,paid\n",
+            i % 250
+        ));
     }
     for i in 1000..1020 {
-        csv.push_str(&format!("{i},big@example.com,2026-11-20T09:00:00Z,{i},EUR,false,,paid\n"));
+        csv.push_str(&format!(
+            "{i},big@example.com,2026-11-20T09:00:00Z,{i},EUR,false,,paid\n"
+        ));
     }
     dir.write("orders.csv", csv);
     let (code, s) = dir.sync();
@@ -200,14 +285,36 @@ fn operations_group_a_profiles_events_in_requests_of_at_most_200() {
 
 #[test]
 fn keys_never_reach_the_state_store_logs_or_json_output() {
-    let emu = emulator_with(true, Faults { reject_custom_ids: vec!["ada@example.com".into()], ..Faults::default() });
+    let emu = emulator_with(
+        true,
+        Faults {
+            reject_custom_ids: vec!["ada@example.com".into()],
+            ..Faults::default()
+        },
+    );
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
     let mut outputs = Vec::new();
-    let wrong = dir.cmd(&["run", "--json"]).env("BATCH_PROJECT_KEY", format!("{PROJECT_KEY}-wrong")).env("BATCHSYNC_LOG", "trace").output().unwrap();
+    let wrong = dir
+        .cmd(&["run", "--json"])
+        .env("BATCH_PROJECT_KEY", format!("{PROJECT_KEY}-wrong"))
+        .env("BATCHSYNC_LOG", "trace")
+        .output()
+        .unwrap();
     outputs.push(wrong);
-    emu.script(vec![Scripted::Status { status: 503, retry_after: None }, Scripted::DropAfter]);
-    outputs.push(dir.cmd(&["run", "--json"]).env("BATCHSYNC_LOG", "trace").output().unwrap());
+    emu.script(vec![
+        Scripted::Status {
+            status: 503,
+            retry_after: None,
+        },
+        Scripted::DropAfter,
+    ]);
+    outputs.push(
+        dir.cmd(&["run", "--json"])
+            .env("BATCHSYNC_LOG", "trace")
+            .output()
+            .unwrap(),
+    );
     outputs.push(dir.run(&["status", "--json"]));
     outputs.push(dir.run(&["rejects", "--json"]));
     outputs.push(dir.run(&["plan", "--json"]));
@@ -220,7 +327,10 @@ fn keys_never_reach_the_state_store_logs_or_json_output() {
         haystack.extend_from_slice(&std::fs::read(entry).unwrap());
     }
     let text = String::from_utf8_lossy(&haystack);
-    assert!(text.contains("order_completed"), "the haystack holds the run's data");
+    assert!(
+        text.contains("order_completed"),
+        "the haystack holds the run's data"
+    );
     for secret in [API_KEY, PROJECT_KEY] {
         assert!(!text.contains(secret), "a key leaked");
         assert!(!text.contains(&secret[..12]), "a key prefix leaked");

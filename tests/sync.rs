@@ -19,13 +19,32 @@ fn first_run_sends_every_row_once() {
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
     assert_eq!(s["status"], "completed");
-    assert_eq!((s["rows"].as_u64(), s["added"].as_u64(), s["events_sent"].as_u64()), (Some(12), Some(12), Some(12)));
-    for key in ["run_id", "changed", "removed", "rejected", "events_pending", "requests", "retries", "duration_ms"] {
+    assert_eq!(
+        (
+            s["rows"].as_u64(),
+            s["added"].as_u64(),
+            s["events_sent"].as_u64()
+        ),
+        (Some(12), Some(12), Some(12))
+    );
+    for key in [
+        "run_id",
+        "changed",
+        "removed",
+        "rejected",
+        "events_pending",
+        "requests",
+        "retries",
+        "duration_ms",
+    ] {
         assert!(s.get(key).is_some(), "summary lacks {key}: {s}");
     }
     let got = emu.received();
     assert_eq!(got.len(), 12);
-    let mut orders: Vec<String> = got.iter().map(|r| format!("{}:{}", r.custom_id, r.event["attributes"]["amount"])).collect();
+    let mut orders: Vec<String> = got
+        .iter()
+        .map(|r| format!("{}:{}", r.custom_id, r.event["attributes"]["amount"]))
+        .collect();
     orders.sort();
     orders.dedup();
     assert_eq!(orders.len(), 12, "each row once");
@@ -40,23 +59,56 @@ fn second_run_sends_exactly_the_added_rows_and_a_third_sends_nothing() {
     dir.copy_fixture("orders_day2.csv", "orders.csv");
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
-    assert_eq!((s["added"].as_u64(), s["changed"].as_u64(), s["removed"].as_u64()), (Some(3), Some(2), Some(1)));
+    assert_eq!(
+        (
+            s["added"].as_u64(),
+            s["changed"].as_u64(),
+            s["removed"].as_u64()
+        ),
+        (Some(3), Some(2), Some(1))
+    );
     assert_eq!(s["events_sent"], 3);
-    let new: Vec<String> = emu.received()[12..].iter().map(|r| r.custom_id.clone()).collect();
-    assert_eq!(new, vec!["ada@example.com", "alan@example.com", "katherine@example.com"]);
+    let new: Vec<String> = emu.received()[12..]
+        .iter()
+        .map(|r| r.custom_id.clone())
+        .collect();
+    assert_eq!(
+        new,
+        vec![
+            "ada@example.com",
+            "alan@example.com",
+            "katherine@example.com"
+        ]
+    );
 
     let before = baseline_dump(&dir);
     let (code, s) = dir.sync();
     assert_eq!(code, 0);
-    assert_eq!((s["added"].as_u64(), s["changed"].as_u64(), s["events_sent"].as_u64(), s["requests"].as_u64()), (Some(0), Some(0), Some(0), Some(0)));
+    assert_eq!(
+        (
+            s["added"].as_u64(),
+            s["changed"].as_u64(),
+            s["events_sent"].as_u64(),
+            s["requests"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0), Some(0))
+    );
     assert_eq!(emu.received().len(), 15);
-    assert_eq!(baseline_dump(&dir), before, "an unchanged segment changes no baseline row");
+    assert_eq!(
+        baseline_dump(&dir),
+        before,
+        "an unchanged segment changes no baseline row"
+    );
 }
 
 fn baseline_dump(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>, i64, i64)> {
     let c = rusqlite::Connection::open(dir.state()).unwrap();
-    let mut st = c.prepare("SELECT key, hash, present, run_id FROM baseline ORDER BY key").unwrap();
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))).unwrap();
+    let mut st = c
+        .prepare("SELECT key, hash, present, run_id FROM baseline ORDER BY key")
+        .unwrap();
+    let rows = st
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap();
     rows.map(|r| r.unwrap()).collect()
 }
 
@@ -68,7 +120,10 @@ fn ndjson_and_csv_of_the_same_rows_give_the_same_baseline() {
     assert_eq!(csv.sync().0, 0);
     let nd = Dir::new();
     nd.orders_config(&emu.endpoint());
-    nd.edit_config("type = \"csv\"\npath = \"orders.csv\"", "type = \"ndjson\"\npath = \"orders.ndjson\"");
+    nd.edit_config(
+        "type = \"csv\"\npath = \"orders.csv\"",
+        "type = \"ndjson\"\npath = \"orders.ndjson\"",
+    );
     nd.copy_fixture("orders_day1.ndjson", "orders.ndjson");
     assert_eq!(nd.sync().0, 0);
     assert_eq!(baseline_dump(&csv), baseline_dump(&nd));
@@ -108,14 +163,26 @@ fn plan_reports_the_delta_and_changes_nothing() {
     let before = std::fs::read(dir.state()).unwrap();
     let (code, p) = json_of(dir.run(&["plan", "--json"]));
     assert_eq!(code, 0);
-    assert_eq!((p["rows"].as_u64(), p["added"].as_u64(), p["changed"].as_u64(), p["removed"].as_u64()), (Some(14), Some(3), Some(2), Some(1)));
+    assert_eq!(
+        (
+            p["rows"].as_u64(),
+            p["added"].as_u64(),
+            p["changed"].as_u64(),
+            p["removed"].as_u64()
+        ),
+        (Some(14), Some(3), Some(2), Some(1))
+    );
     assert_eq!(p["events"], 3);
     assert_eq!(p["rejected"], 0);
     let sample = p["sample"].as_array().unwrap();
     assert_eq!(sample.len(), 3);
     assert_eq!(sample[0]["events"][0]["name"], "order_completed");
     assert!(sample[0]["identifiers"]["custom_id"].is_string());
-    assert_eq!(std::fs::read(dir.state()).unwrap(), before, "plan changed the store");
+    assert_eq!(
+        std::fs::read(dir.state()).unwrap(),
+        before,
+        "plan changed the store"
+    );
     assert_eq!(emu.received().len(), 12);
 }
 
@@ -154,7 +221,11 @@ fn init_writes_a_starter_config_that_check_understands() {
     assert!(dir.run(&["init"]).status.success());
     let text = std::fs::read_to_string(dir.join("batchsync.toml")).unwrap();
     assert!(text.contains("[mapping]") && text.contains('#'));
-    assert_eq!(dir.run(&["init"]).status.code(), Some(2), "init refuses to overwrite");
+    assert_eq!(
+        dir.run(&["init"]).status.code(),
+        Some(2),
+        "init refuses to overwrite"
+    );
     // The starter config points at data/orders.csv: check names the missing file.
     let out = dir.run(&["check"]);
     assert!(stderr(&out).contains("data/orders.csv"), "{}", stderr(&out));
@@ -178,7 +249,10 @@ fn a_config_error_names_the_key_and_line_and_exits_2() {
     let out = dir.run(&["run"]);
     assert_eq!(out.status.code(), Some(2));
     let err = stderr(&out);
-    assert!(err.contains("mapping.event") && err.contains("line 10"), "{err}");
+    assert!(
+        err.contains("mapping.event") && err.contains("line 10"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -186,7 +260,10 @@ fn a_mapped_column_missing_from_the_file_is_a_config_error_naming_it() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    dir.edit_config("attributes = [\"amount\", \"currency\", \"gift\"]", "attributes = [\"amount\", \"currency\", \"gift\", \"coupon\"]");
+    dir.edit_config(
+        "attributes = [\"amount\", \"currency\", \"gift\"]",
+        "attributes = [\"amount\", \"currency\", \"gift\", \"coupon\"]",
+    );
     let (code, s) = dir.sync();
     assert_eq!(code, 2);
     assert!(s["error"].as_str().unwrap().contains("\"coupon\""), "{s}");
@@ -198,7 +275,11 @@ fn a_missing_key_variable_exits_2_and_sends_nothing() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    let out = dir.cmd(&["run", "--json"]).env_remove("BATCH_PROJECT_KEY").output().unwrap();
+    let out = dir
+        .cmd(&["run", "--json"])
+        .env_remove("BATCH_PROJECT_KEY")
+        .output()
+        .unwrap();
     let (code, s) = json_of(out);
     assert_eq!(code, 2);
     assert!(s["error"].as_str().unwrap().contains("BATCH_PROJECT_KEY"));
@@ -218,7 +299,10 @@ fn a_truncated_file_aborts_before_commit_and_leaves_the_baseline_untouched() {
     let (code, s) = dir.sync();
     assert_eq!(code, 1, "{s}");
     let err = s["error"].as_str().unwrap();
-    assert!(err.contains("orders.csv line 15") && err.contains("cut short"), "{err}");
+    assert!(
+        err.contains("orders.csv line 15") && err.contains("cut short"),
+        "{err}"
+    );
     assert_eq!(baseline_dump(&dir), before);
     assert_eq!(emu.received().len(), 12);
     // Fixed, the next run works.
@@ -237,13 +321,21 @@ fn an_unterminated_quote_aborts_the_run() {
     dir.write("orders.csv", text);
     let (code, s) = dir.sync();
     assert_eq!(code, 1);
-    assert!(s["error"].as_str().unwrap().contains("unterminated quote"), "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("unterminated quote"),
+        "{s}"
+    );
     assert!(!has_committed_run(&dir));
 }
 
 fn has_committed_run(dir: &Dir) -> bool {
     let c = rusqlite::Connection::open(dir.state()).unwrap();
-    c.query_row("SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)", [], |r| r.get(0)).unwrap()
+    c.query_row(
+        "SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)",
+        [],
+        |r| r.get(0),
+    )
+    .unwrap()
 }
 
 fn bad_rows_file() -> String {
@@ -269,19 +361,34 @@ fn bad_rows_are_rejected_with_line_column_and_rule_and_the_rest_is_sent() {
     assert_eq!(s["events_sent"], 8);
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
     let rejects = rejects.as_array().unwrap();
-    let find = |rule: &str| rejects.iter().filter(|r| r["rule"] == rule).cloned().collect::<Vec<Value>>();
+    let find = |rule: &str| {
+        rejects
+            .iter()
+            .filter(|r| r["rule"] == rule)
+            .cloned()
+            .collect::<Vec<Value>>()
+    };
     let nan = &find("type")[..];
-    assert!(nan.iter().any(|r| r["column"] == "amount" && r["key"] == "{\"order_id\":1001}"), "{rejects:?}");
+    assert!(
+        nan.iter()
+            .any(|r| r["column"] == "amount" && r["key"] == "{\"order_id\":1001}"),
+        "{rejects:?}"
+    );
     assert!(nan.iter().any(|r| r["column"] == "gift"), "{rejects:?}");
     assert_eq!(find("duplicate_key").len(), 2);
     assert_eq!(find("custom_id_empty")[0]["column"], "customer_email");
-    assert!(rejects.iter().all(|r| r["source"] == "local" && r["run_id"].is_i64() && r["reason"].is_string()));
+    assert!(rejects
+        .iter()
+        .all(|r| r["source"] == "local" && r["run_id"].is_i64() && r["reason"].is_string()));
 
     // Rejected rows do not advance the baseline: once fixed, they are sent.
     dir.copy_fixture("orders_day1.csv", "orders.csv");
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
-    assert_eq!(s["events_sent"], 4, "1001, 1002, 1003 and 1006 are new once fixed: {s}");
+    assert_eq!(
+        s["events_sent"], 4,
+        "1001, 1002, 1003 and 1006 are new once fixed: {s}"
+    );
 }
 
 #[test]
@@ -294,7 +401,10 @@ fn under_on_bad_row_fail_a_bad_row_aborts_with_file_line_and_column() {
     let (code, s) = dir.sync();
     assert_eq!(code, 1);
     let err = s["error"].as_str().unwrap();
-    assert!(err.contains("orders.csv line 2") && err.contains("\"amount\""), "{err}");
+    assert!(
+        err.contains("orders.csv line 2") && err.contains("\"amount\""),
+        "{err}"
+    );
     assert!(emu.received().is_empty());
     assert!(!has_committed_run(&dir));
 }
@@ -307,12 +417,31 @@ fn a_new_unmapped_column_changes_no_hash_and_sends_nothing() {
     assert_eq!(dir.sync().0, 0);
     let before = baseline_dump(&dir);
     let text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
-    let widened: String = text.lines().enumerate().map(|(i, l)| if i == 0 { format!("{l},warehouse\n") } else { format!("{l},w{i}\n") }).collect();
+    let widened: String = text
+        .lines()
+        .enumerate()
+        .map(|(i, l)| {
+            if i == 0 {
+                format!("{l},warehouse\n")
+            } else {
+                format!("{l},w{i}\n")
+            }
+        })
+        .collect();
     dir.write("orders.csv", widened);
     let (code, s) = dir.sync();
     assert_eq!(code, 0);
-    assert_eq!((s["changed"].as_u64(), s["events_sent"].as_u64()), (Some(0), Some(0)));
-    assert_eq!(baseline_dump(&dir).iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>(), before.iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>());
+    assert_eq!(
+        (s["changed"].as_u64(), s["events_sent"].as_u64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(
+        baseline_dump(&dir)
+            .iter()
+            .map(|r| (&r.0, &r.1))
+            .collect::<Vec<_>>(),
+        before.iter().map(|r| (&r.0, &r.1)).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -330,7 +459,14 @@ fn on_change_event_sends_changed_rows_and_reentry_sends_returning_rows() {
     let (_, s) = dir.sync_with(&["--force"]);
     assert_eq!(s["added"], 1);
     let last = emu.received().last().unwrap().clone();
-    assert!(emu.received().iter().filter(|r| r.custom_id == "ada@example.com" && r.event["attributes"]["amount"] == 7).count() == 2, "{last:?}");
+    assert!(
+        emu.received()
+            .iter()
+            .filter(|r| r.custom_id == "ada@example.com" && r.event["attributes"]["amount"] == 7)
+            .count()
+            == 2,
+        "{last:?}"
+    );
     // With reentry = "ignore", a returning row is recorded but not sent.
     dir.edit_config("[sync]\n", "[sync]\nreentry = \"ignore\"\n");
     dir.copy_fixture("orders_day2.csv", "orders.csv");
@@ -355,7 +491,11 @@ fn late_events_are_rejected_by_default_with_a_clear_reason() {
     dir.edit_config("late_events = \"send\"", "late_events = \"reject\"");
     let now = chrono::Utc::now();
     let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
-    text = text.replacen("2026-11-20T09:15:00Z", &(now - chrono::Duration::hours(1)).to_rfc3339(), 1);
+    text = text.replacen(
+        "2026-11-20T09:15:00Z",
+        &(now - chrono::Duration::hours(1)).to_rfc3339(),
+        1,
+    );
     dir.write("orders.csv", text);
     let (code, s) = dir.sync();
     assert_eq!(code, 3);
@@ -363,7 +503,10 @@ fn late_events_are_rejected_by_default_with_a_clear_reason() {
     assert_eq!(s["rejected"], 11);
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
     assert_eq!(rejects[0]["rule"], "time_window");
-    assert!(rejects[0]["reason"].as_str().unwrap().contains("late_events"));
+    assert!(rejects[0]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("late_events"));
 }
 
 #[test]
@@ -371,8 +514,13 @@ fn a_config_with_a_tab_delimiter_reads_tsv() {
     let emu = emulator();
     let dir = Dir::new();
     dir.orders_config(&emu.endpoint());
-    dir.edit_config("path = \"orders.csv\"", "path = \"orders.tsv\"\ndelimiter = \"\\t\"");
-    let text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap().replace(',', "\t");
+    dir.edit_config(
+        "path = \"orders.csv\"",
+        "path = \"orders.tsv\"\ndelimiter = \"\\t\"",
+    );
+    let text = std::fs::read_to_string(fixture("orders_day1.csv"))
+        .unwrap()
+        .replace(',', "\t");
     dir.write("orders.tsv", text);
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");

@@ -38,7 +38,7 @@ impl Value {
                 &x.to_string(),
             ));
         }
-        if x.fract() == 0.0 && x >= -9.223_372_036_854_775e18 && x < 9.223_372_036_854_775e18 {
+        if x.fract() == 0.0 && (-9.223_372_036_854_775e18..9.223_372_036_854_775e18).contains(&x) {
             Ok(Value::Int(x as i64))
         } else {
             Ok(Value::Float(x))

@@ -26,7 +26,9 @@ pub fn emulator_with(limits: bool, faults: Faults) -> EmulatorThread {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
 }
 
 /// A fresh directory holding a config, its data and its state.
@@ -36,7 +38,9 @@ pub struct Dir {
 
 impl Dir {
     pub fn new() -> Dir {
-        Dir { tmp: tempfile::tempdir().expect("tempdir") }
+        Dir {
+            tmp: tempfile::tempdir().expect("tempdir"),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -58,7 +62,9 @@ impl Dir {
     /// The fixture config pointing at `endpoint`, with `extra` TOML lines appended to the
     /// sections named in them (simple text replacement of whole sections is done by callers).
     pub fn orders_config(&self, endpoint: &str) {
-        let cfg = std::fs::read_to_string(fixture("orders.toml")).unwrap().replace("http://127.0.0.1:8787", endpoint);
+        let cfg = std::fs::read_to_string(fixture("orders.toml"))
+            .unwrap()
+            .replace("http://127.0.0.1:8787", endpoint);
         self.write("batchsync.toml", cfg);
     }
 
@@ -105,7 +111,10 @@ pub fn json_of(out: Output) -> (i32, serde_json::Value) {
     let code = out.status.code().unwrap_or(-1);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let v = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON value ({e}): {stdout}\nstderr: {}", String::from_utf8_lossy(&out.stderr))
+        panic!(
+            "stdout is not one JSON value ({e}): {stdout}\nstderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
     });
     (code, v)
 }
