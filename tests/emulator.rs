@@ -306,6 +306,43 @@ async fn invalid_operations_are_dropped_by_bulk_index_and_the_others_recorded() 
 }
 
 #[tokio::test]
+async fn an_operation_for_a_rejected_custom_id_is_dropped_as_a_partial_error() {
+    let emulator = start(with_faults(Faults {
+        reject_custom_ids: vec!["user_1".to_owned()],
+        ..Faults::default()
+    }))
+    .await;
+    let answer = Client::new(&emulator).send("update", &ops(3)).await;
+    assert_eq!(answer.body["code"], "SUCCESS_WITH_PARTIAL_ERRORS");
+    let error = &answer.body["errors"][0];
+    assert_eq!(
+        (error["bulk_index"].as_u64(), error["category"].as_str()),
+        (Some(1), Some("PROFILE_REJECTED"))
+    );
+    let who: Vec<String> = emulator
+        .received()
+        .into_iter()
+        .map(|r| r.custom_id)
+        .collect();
+    assert_eq!(who, ["user_0", "user_2"]);
+}
+
+#[tokio::test]
+async fn a_bad_request_custom_id_rejects_the_whole_call() {
+    let emulator = start(with_faults(Faults {
+        bad_request_custom_ids: vec!["user_2".to_owned()],
+        ..Faults::default()
+    }))
+    .await;
+    let client = Client::new(&emulator);
+    let answer = client.send("update", &ops(3)).await;
+    assert_eq!(answer.status, 400);
+    assert!(answer.message().contains("bulk_index 2"), "{answer:?}");
+    assert!(emulator.received().is_empty());
+    assert_eq!(client.send("update", &ops(2)).await.status, 202);
+}
+
+#[tokio::test]
 async fn accepted_events_are_readable_in_memory_and_over_http() {
     let emulator = start(config()).await;
     let client = Client::new(&emulator);

@@ -164,25 +164,28 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
         Ok(operations) => operations,
         Err(BadRequest(message)) => return Response::error(400, "BAD_REQUEST", &message),
     };
-    let (reject_ids, bad_ids) = {
+    // Content-based faults (Faults::{bad_request,reject}_custom_ids), usually empty.
+    let (bad_request_ids, reject_ids) = {
         let state = lock(&shared.faults);
         let f = state.faults();
-        (f.reject_custom_ids.clone(), f.bad_request_custom_ids.clone())
+        (
+            f.bad_request_custom_ids.clone(),
+            f.reject_custom_ids.clone(),
+        )
     };
-    let custom_id_of = |op: &Value| {
-        op.get("identifiers")
-            .and_then(|ids| ids.get("custom_id"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
+    let listed = |ids: &[String], op: &Value| {
+        !ids.is_empty() && custom_id(op).is_some_and(|id| ids.iter().any(|listed| listed == id))
     };
-    if let Some(i) = operations
+    if let Some(index) = operations
         .iter()
-        .position(|op| custom_id_of(op).is_some_and(|id| bad_ids.contains(&id)))
+        .position(|op| listed(&bad_request_ids, op))
     {
         return Response::error(
             400,
             "BAD_REQUEST",
-            &format!("operation {i} is refused (injected: bad_request_custom_ids)"),
+            &format!(
+                "the operation at bulk_index {index} is refused (injected: bad_request_custom_ids)"
+            ),
         );
     }
     if let Some(limits) = &shared.limits {
@@ -205,7 +208,7 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
     let mut accepted = Vec::new();
     let mut operations_accepted = 0;
     for (bulk_index, operation) in operations.into_iter().enumerate() {
-        if custom_id_of(&operation).is_some_and(|id| reject_ids.contains(&id)) {
+        if listed(&reject_ids, &operation) {
             errors.push(json!({
                 "category": "PROFILE_REJECTED",
                 "bulk_index": bulk_index,
@@ -226,15 +229,11 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
             continue;
         }
         operations_accepted += 1;
+        // An operation identified by `installation` is recorded with an empty custom id.
+        let custom_id = custom_id(&operation).unwrap_or_default().to_owned();
         let Value::Object(mut operation) = operation else {
             unreachable!("check_operation accepts objects only")
         };
-        let custom_id = operation
-            .get("identifiers")
-            .and_then(|ids| ids.get("custom_id"))
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_owned();
         let Some(Value::Array(events)) = operation.remove("events") else {
             continue;
         };
@@ -271,6 +270,10 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
             &json!({ "code": "SUCCESS_WITH_PARTIAL_ERRORS", "errors": errors }),
         )
     }
+}
+
+fn custom_id(operation: &Value) -> Option<&str> {
+    operation.get("identifiers")?.get("custom_id")?.as_str()
 }
 
 /// The answer to an injected or scripted status, without processing.

@@ -63,6 +63,16 @@ pub struct EmulateArgs {
     /// Share of requests processed and recorded, then closed without an answer.
     #[arg(long, value_name = "SHARE", default_value_t = 0.0, value_parser = parse_share)]
     pub drop_after_rate: f64,
+    /// Drop every operation for this custom id with a partial error (repeatable, or comma-separated).
+    #[arg(long = "reject-custom-id", value_name = "ID", value_delimiter = ',')]
+    pub reject_custom_ids: Vec<String>,
+    /// Refuse with a 400 every request holding an operation for this custom id (repeatable).
+    #[arg(
+        long = "bad-request-custom-id",
+        value_name = "ID",
+        value_delimiter = ','
+    )]
+    pub bad_request_custom_ids: Vec<String>,
 }
 
 /// Starts the emulator, prints its endpoint as one JSON line and serves until Ctrl-C/SIGTERM.
@@ -112,7 +122,8 @@ fn setup(args: &EmulateArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Re
         latency_ms: args.latency_ms,
         drop_before_rate: args.drop_before_rate,
         drop_after_rate: args.drop_after_rate,
-        ..Faults::default()
+        reject_custom_ids: args.reject_custom_ids.clone(),
+        bad_request_custom_ids: args.bad_request_custom_ids.clone(),
     };
     faults.check().map_err(anyhow::Error::msg)?;
     let mut notices = Vec::new();
@@ -279,6 +290,12 @@ mod tests {
             "0",
             "--record",
             "out.ndjson",
+            "--reject-custom-id",
+            "ada",
+            "--reject-custom-id",
+            "bob,cy",
+            "--bad-request-custom-id",
+            "eve",
         ])
         .unwrap();
         let config = setup(&args, |_| None).unwrap().config;
@@ -288,6 +305,8 @@ mod tests {
             (0.1, 0.2, Some(3), 50)
         );
         assert_eq!((f.drop_before_rate, f.drop_after_rate), (0.05, 0.01));
+        assert_eq!(f.reject_custom_ids, ["ada", "bob", "cy"]);
+        assert_eq!(f.bad_request_custom_ids, ["eve"]);
         assert!(!config.limits);
         assert_eq!(config.seed, 9);
         assert_eq!(config.record_path, Some(PathBuf::from("out.ndjson")));

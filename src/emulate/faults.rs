@@ -8,6 +8,8 @@
 //!   up to more than 1 are cut in that order.
 //! - Injected errors alternate 500 and 503, starting with 500.
 //! - Pure apart from the generator it owns: no clock, no I/O.
+//! - The content-based faults (`reject_custom_ids`, `bad_request_custom_ids`) are kept here
+//!   with the others but applied by `api`, which sees the operations.
 
 use std::collections::VecDeque;
 use std::time::Duration;

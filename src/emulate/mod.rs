@@ -12,6 +12,10 @@
 //!    Requests refused by routing or authentication consume no step and no random draw.
 //! 4. Whole-call rules (400), then the token bucket (429, no `Retry-After`), then the
 //!    per-operation rules (202, partial errors by `bulk_index`): `validate`, `bucket`.
+//!    Content-based faults sit beside them: a request holding an operation for one of
+//!    `Faults::bad_request_custom_ids` is a 400, an operation for one of
+//!    `Faults::reject_custom_ids` is dropped as a `PROFILE_REJECTED` partial error (Batch's
+//!    reasons a client cannot check beforehand).
 //! 5. Recording: every event of every accepted operation becomes a [`Received`], in memory and
 //!    optionally as an NDJSON line in `record_path`. There is no deduplication: a replayed
 //!    request records its events again.
@@ -96,7 +100,8 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// Random faults, each a share of API requests between 0 and 1.
+/// Injected faults: random ones (each a share of API requests between 0 and 1, drawn from
+/// the seeded generator) and content-based ones (by custom id, deterministic).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
 pub struct Faults {
