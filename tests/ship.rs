@@ -349,3 +349,27 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn the_emulate_command_serves_on_loopback_and_prints_its_endpoint() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let dir = Dir::new();
+    let mut child = dir
+        .cmd(&["emulate", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let endpoint: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let addr = endpoint["endpoint"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let mut conn = std::net::TcpStream::connect(&addr).unwrap();
+    write!(conn, "GET /_emulator/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    conn.read_to_string(&mut answer).unwrap();
+    child.kill().unwrap();
+    let _ = child.wait();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"requests\":0"), "{answer}");
+}

@@ -467,7 +467,7 @@ impl Store {
     pub fn close_interrupted_runs(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE run SET status = 'interrupted', finished_at = COALESCE(finished_at, ?1) WHERE status = 'shipping'",
+                "UPDATE run SET status = 'interrupted', finished_at = COALESCE(finished_at, ?1) WHERE status IN ('shipping', 'committed')",
                 [now_rfc3339()],
             )
             .ctx(&self.path)
