@@ -361,11 +361,21 @@ fn the_emulate_command_serves_on_loopback_and_prints_its_endpoint() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
     let endpoint: serde_json::Value = serde_json::from_str(&line).unwrap();
-    let addr = endpoint["endpoint"].as_str().unwrap().trim_start_matches("http://").to_string();
+    let addr = endpoint["endpoint"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .to_string();
     let mut conn = std::net::TcpStream::connect(&addr).unwrap();
-    write!(conn, "GET /_emulator/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "GET /_emulator/stats HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = String::new();
     conn.read_to_string(&mut answer).unwrap();
     child.kill().unwrap();

@@ -253,7 +253,6 @@ fn diff_and_commit(
             apply.delta(d?, &mut sink, &mut counts)?;
         }
     }
-    crate::crash::point("after_read");
     guard_check(settings, &counts, baseline_rows, first_run, opts.force)
         .map_err(RunError::Guard)?;
     let record = RunRecord {
@@ -376,6 +375,7 @@ pub fn run(
         Ok(s) => s,
         Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, 0, e)),
     };
+    crate::crash::point("after_read");
     let rows = snap.rows;
     let (id, counts, _events, _requests) =
         match diff_and_commit(settings, &store, snap, opts, &started_at, run_id) {
