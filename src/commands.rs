@@ -271,7 +271,15 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
             }
             summary.exit_code()
         }
-        Err(e) => failed(e.to_string(), run_error_code(&e)),
+        Err(f) => {
+            error(&f.error);
+            if a.json {
+                print_json(&f.summary);
+            } else if f.summary.requests > 0 {
+                human_summary(&f.summary);
+            }
+            run_error_code(&f.error)
+        }
     }
 }
 

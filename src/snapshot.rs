@@ -38,6 +38,8 @@ pub enum SnapshotError {
     },
     #[error("spill file: {0}")]
     Spill(#[from] std::io::Error),
+    #[error("interrupted after reading {rows} rows; nothing was committed")]
+    Interrupted { rows: u64 },
 }
 
 /// A row rejected while reading whose key is unknown (or that has no primary key to keep).
@@ -143,7 +145,7 @@ impl Snapshot {
         on_bad_row: OnBadRow,
         spill_dir: &Path,
         budget: usize,
-        mut progress: impl FnMut(u64),
+        mut progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
     ) -> Result<Snapshot, SnapshotError> {
         let what = source.describe();
         let mut cells = Vec::with_capacity(plan.columns.len());
@@ -158,8 +160,8 @@ impl Snapshot {
 
         while let Some(read) = source.next_row(&mut cells)? {
             rows += 1;
-            if rows % 65_536 == 0 {
-                progress(rows);
+            if rows % 65_536 == 0 && progress(rows).is_break() {
+                return Err(SnapshotError::Interrupted { rows });
             }
             let typed = type_row(plan, tz, &mut cells, &mut values);
             let (payload, hash) = encode_row(plan, &values, &mut scratch);
@@ -209,7 +211,9 @@ impl Snapshot {
             }
         }
         source.finish()?;
-        progress(rows);
+        if progress(rows).is_break() {
+            return Err(SnapshotError::Interrupted { rows });
+        }
         let sorted = match dir {
             None => {
                 sort_rows(&mut chunk);
@@ -477,7 +481,7 @@ mod tests {
                 OnBadRow::Reject,
                 dir.path(),
                 budget,
-                |_| {},
+                |_| std::ops::ControlFlow::Continue(()),
             )
             .unwrap()
             .into_sorted()
@@ -509,7 +513,7 @@ mod tests {
             OnBadRow::Reject,
             dir.path(),
             usize::MAX,
-            |_| {},
+            |_| std::ops::ControlFlow::Continue(()),
         )
         .unwrap();
         let rows: Vec<_> = snap.into_sorted().map(|r| r.unwrap()).collect();
@@ -536,7 +540,7 @@ mod tests {
             OnBadRow::Fail,
             dir.path(),
             usize::MAX,
-            |_| {},
+            |_| std::ops::ControlFlow::Continue(()),
         )
         .map(|_| ())
         .unwrap_err()

@@ -81,7 +81,7 @@ fn snapshot(rows: &[Row], layout: Vec<&'static str>) -> Vec<batchsync::core::dif
         OnBadRow::Reject,
         dir.path(),
         2_000,
-        |_| {},
+        |_| std::ops::ControlFlow::Continue(()),
     )
     .unwrap()
     .into_sorted()

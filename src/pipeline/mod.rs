@@ -130,7 +130,6 @@ fn take_snapshot(
     let dir = spill_dir(settings);
     std::fs::create_dir_all(&dir).map_err(SnapshotError::Spill)?;
     let mut reading = ui.reading(&source.describe());
-    let mut interrupted = false;
     let snap = Snapshot::take(
         source.as_mut(),
         &settings.plan,
@@ -140,12 +139,19 @@ fn take_snapshot(
         crate::snapshot::DEFAULT_BUDGET,
         |rows| {
             reading.rows(rows);
-            interrupted |= stop.is_raised();
+            if stop.is_raised() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
         },
     );
     reading.done();
-    let snap = snap?;
-    if interrupted || stop.is_raised() {
+    let snap = match snap {
+        Err(SnapshotError::Interrupted { .. }) => return Err(RunError::Interrupted),
+        other => other?,
+    };
+    if stop.is_raised() {
         return Err(RunError::Interrupted);
     }
     Ok(snap)
@@ -180,7 +186,7 @@ fn guard_check(
         return Ok(());
     }
     Err(format!(
-        "the delta is larger than the guards allow against a baseline of {baseline} rows: {}. Nothing was committed or sent. \
+        "the delta is larger than the guards allow against a baseline of {baseline} rows: {}. Nothing was committed and nothing new was sent. \
          If the segment really changed this much, run again with --force; else check the source (a truncated file or a broken query)",
         problems.join(", ")
     ))
@@ -221,6 +227,7 @@ fn diff_and_commit(
     opts: &RunOptions,
     started_at: &str,
     existing_run: Option<i64>,
+    stop: &StopFlag,
 ) -> Result<(i64, Counts, u64, u64), RunError> {
     let first_run = !store.has_baseline()?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
@@ -249,7 +256,10 @@ fn diff_and_commit(
             .into_sorted()
             .map(|r| r.map_err(|e| RunError::Snapshot(SnapshotError::Spill(e))));
         let base = reader.baseline_iter().map(|r| r.map_err(RunError::Store));
-        for d in merge(sorted, base) {
+        for (i, d) in merge(sorted, base).enumerate() {
+            if i % 65_536 == 0 && stop.is_raised() {
+                return Err(RunError::Interrupted);
+            }
             apply.delta(d?, &mut sink, &mut counts)?;
         }
     }
@@ -312,7 +322,7 @@ pub fn run(
     opts: &RunOptions,
     stop: &StopFlag,
     ui: &crate::ui::Ui,
-) -> Result<RunSummary, RunError> {
+) -> Result<RunSummary, RunFailed> {
     let t0 = Instant::now();
     let started_at = now_rfc3339();
     let _lock = RunLock::acquire(&settings.state_path)?;
@@ -333,6 +343,9 @@ pub fn run(
         if pending.requests == 0 {
             return Ok(None);
         }
+        // --max-requests bounds the whole run, resume included.
+        let mut ship_opts = ship_opts.clone();
+        ship_opts.max_requests = ship_opts.max_requests.map(|m| m.saturating_sub(summary.requests));
         let mut bar = ui.shipping(pending.events);
         let report = rt
             .block_on(crate::ship::ship(
@@ -364,23 +377,27 @@ pub fn run(
         let id = store.record_resume_run(&started_at)?;
         run_id = Some(id);
         summary.resumed_requests = pending.requests;
-        let halt = ship_now(id, &mut summary)?;
+        let halt = ship_now(id, &mut summary).map_err(|e| fail_before_commit(&store, Some(id), &started_at, &summary, t0, e))?;
         if let Some(h) = halt {
-            return finish(&store, id, summary, settings, Some(h), t0, Some("pending requests of an earlier run could not all be shipped; nothing new was read".into()));
+            let why = (h != Halt::Limit).then(|| {
+                "pending requests of an earlier run could not all be shipped; nothing new was read".to_string()
+            });
+            return finish(&store, id, summary, settings, Some(h), t0, why).map_err(RunFailed::from);
         }
     }
 
     // Snapshot, diff, commit.
     let snap = match take_snapshot(settings, stop, ui) {
         Ok(s) => s,
-        Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, 0, e)),
+        Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, &summary, t0, e)),
     };
     crate::crash::point("after_read");
     let rows = snap.rows;
+    summary.rows = rows;
     let (id, counts, _events, _requests) =
-        match diff_and_commit(settings, &store, snap, opts, &started_at, run_id) {
+        match diff_and_commit(settings, &store, snap, opts, &started_at, run_id, stop) {
             Ok(v) => v,
-            Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, rows, e)),
+            Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, &summary, t0, e)),
         };
     summary.run_id = Some(id);
     summary.rows = rows;
@@ -394,36 +411,79 @@ pub fn run(
             "initial = \"baseline\": the first run records the segment without sending".into(),
         );
     }
-    let halt = ship_now(id, &mut summary)?;
-    finish(&store, id, summary, settings, halt, t0, None)
+    let halt = ship_now(id, &mut summary).map_err(RunFailed::from)?;
+    finish(&store, id, summary, settings, halt, t0, None).map_err(RunFailed::from)
+}
+
+/// A run that failed: the error, and the summary of what it did before (a resumed shipment
+/// may have delivered events before the source failed).
+#[derive(Debug)]
+pub struct RunFailed {
+    pub error: RunError,
+    pub summary: RunSummary,
+}
+
+impl std::fmt::Display for RunFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for RunFailed {}
+
+impl From<RunError> for RunFailed {
+    fn from(error: RunError) -> RunFailed {
+        let summary = RunSummary { status: "failed".into(), error: Some(error.to_string()), ..RunSummary::default() };
+        RunFailed { error, summary }
+    }
+}
+
+impl From<LockError> for RunFailed {
+    fn from(e: LockError) -> RunFailed {
+        RunError::from(e).into()
+    }
+}
+
+impl From<StoreError> for RunFailed {
+    fn from(e: StoreError) -> RunFailed {
+        RunError::from(e).into()
+    }
 }
 
 fn fail_before_commit(
     store: &Store,
     run_id: Option<i64>,
     started_at: &str,
-    rows: u64,
-    e: RunError,
-) -> RunError {
-    let msg = format!("{e}");
-    let recorded = match run_id {
-        Some(id) => store
-            .finish_run(
-                id,
-                &RunRecord {
-                    status: "failed".into(),
-                    rows,
-                    error: Some(msg),
-                    ..RunRecord::default()
-                },
-            )
-            .map(|_| id),
-        None => store.record_failed_run(started_at, rows, [0; 4], &msg),
+    summary: &RunSummary,
+    t0: Instant,
+    error: RunError,
+) -> RunFailed {
+    let msg = error.to_string();
+    let mut summary = summary.clone();
+    summary.status = "failed".into();
+    summary.error = Some(msg.clone());
+    summary.duration_ms = t0.elapsed().as_millis() as u64;
+    summary.events_pending = store.pending().map(|p| p.events).unwrap_or_default();
+    let record = RunRecord {
+        status: "failed".into(),
+        rows: summary.rows,
+        rejected: summary.rejected,
+        events_sent: summary.events_sent,
+        events_pending: summary.events_pending,
+        requests: summary.requests,
+        retries: summary.retries,
+        error: Some(msg.clone()),
+        ..RunRecord::default()
     };
-    if let Err(re) = recorded {
-        tracing::warn!(error = %re, "could not record the failed run");
+    let recorded = match run_id {
+        Some(id) => store.finish_run(id, &record).map(|_| id),
+        None => store.record_failed_run(started_at, summary.rows, [0; 4], &msg),
+    };
+    match recorded {
+        Ok(id) => summary.run_id = Some(id),
+        Err(re) => tracing::warn!(error = %re, "could not record the failed run"),
     }
-    e
+    RunFailed { error, summary }
 }
 
 fn finish(
