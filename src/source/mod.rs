@@ -9,7 +9,12 @@
 //! - A column the mapping needs and the source lacks is a config error naming the column.
 
 pub mod csv;
+mod db;
+pub mod mysql;
 pub mod ndjson;
+pub mod postgres;
+pub mod sqlite;
+mod sqltypes;
 
 use crate::config::{Settings, SourceKind};
 use crate::core::value::Cell;
@@ -32,6 +37,10 @@ pub enum SourceError {
     },
     #[error("{what}: {message}")]
     Query { what: String, message: String },
+    /// The source's settings cannot work as written (an unparseable URL, an unset password
+    /// variable, a column the query returns twice): the user's config to fix.
+    #[error("{what}: {message}")]
+    Config { what: String, message: String },
 }
 
 fn hint(available: &[String]) -> String {
@@ -43,9 +52,13 @@ fn hint(available: &[String]) -> String {
 }
 
 impl SourceError {
-    /// A missing column is the user's config to fix (exit 2), not a failed run.
+    /// A missing column, or source settings that cannot work, are the user's config to fix
+    /// (exit 2), not a failed run.
     pub fn is_config(&self) -> bool {
-        matches!(self, SourceError::MissingColumn { .. })
+        matches!(
+            self,
+            SourceError::MissingColumn { .. } | SourceError::Config { .. }
+        )
     }
 }
 
@@ -86,9 +99,26 @@ pub fn open(settings: &Settings) -> Result<Box<dyn Source>, SourceError> {
             s.path.as_deref().expect("validated"),
             columns,
         )?)),
-        SourceKind::Sqlite | SourceKind::Postgres | SourceKind::Mysql => Err(SourceError::Query {
-            what: format!("{:?} source", s.kind).to_lowercase(),
-            message: "database sources are not built into this version".into(),
-        }),
+        SourceKind::Sqlite => Ok(Box::new(sqlite::open(
+            s.path.as_deref().expect("validated"),
+            s.query.as_deref().expect("validated"),
+            s.timeout,
+            columns,
+        )?)),
+        SourceKind::Postgres | SourceKind::Mysql => {
+            let db = db::Query {
+                url: s.url.as_deref().expect("validated"),
+                query: s.query.as_deref().expect("validated"),
+                password_env: s.password_env.as_deref(),
+                timeout: s.timeout,
+                columns,
+                timezone: settings.timezone,
+            };
+            if s.kind == SourceKind::Postgres {
+                Ok(Box::new(postgres::open(&db)?))
+            } else {
+                Ok(Box::new(mysql::open(&db)?))
+            }
+        }
     }
 }

@@ -1,0 +1,418 @@
+//! What the database sources share: the settings of one query, the thread that runs a driver
+//! beside the pipeline, the bounded channel that hands its rows to [`Source::next_row`],
+//! resolving the plan's columns against the result, and the password from the environment.
+//!
+//! Invariants:
+//! - Bounded memory: at most `DEPTH` batches of [`BATCH`] rows wait between the driver's
+//!   thread and the pipeline, whatever the result's size. When the pipeline is slower, the
+//!   driver blocks on the channel, stops reading its socket, and the database waits.
+//! - A result ends only on the driver's explicit `Done`. A driver error, a timeout, a panic,
+//!   or a thread that ends without `Done` reaches `next_row` as a structural [`SourceError`]
+//!   carrying the database's message: a result is never silently cut short.
+//! - Connecting, preparing the query and resolving the plan's columns happen before `open`
+//!   returns, so a column the query lacks is a config error before any row is read.
+//! - Dropping the source drops the receiver: the driver's next send fails, it stops, and its
+//!   connection closes with it.
+//! - No password reaches a message: sources describe themselves from parsed connection
+//!   settings (user, host, port, database), never from the URL's text.
+
+use super::{Read, Source, SourceError};
+use crate::core::value::Cell;
+use chrono_tz::Tz;
+use std::env::VarError;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::time::Duration;
+
+/// Rows per message between the driver's thread and the pipeline.
+pub const BATCH: usize = 1024;
+/// Batches that may wait in the channel.
+const DEPTH: usize = 4;
+
+/// The settings of one database query (PostgreSQL, MySQL).
+pub struct Query<'a> {
+    pub url: &'a str,
+    pub query: &'a str,
+    pub password_env: Option<&'a str>,
+    /// Bounds connecting and the query (see each driver's module doc).
+    pub timeout: Duration,
+    /// The plan's columns, in the order the cells must come.
+    pub columns: &'a [String],
+    /// How naive dates and times are read.
+    pub timezone: Tz,
+}
+
+enum Msg {
+    Ready,
+    Rows(Vec<Cell>),
+    Done,
+    Failed(SourceError),
+}
+
+/// The pipeline has dropped the source: the driver should stop.
+#[derive(Debug)]
+pub struct Gone;
+
+/// The driver's end of the channel.
+pub struct Feed {
+    tx: SyncSender<Msg>,
+    width: usize,
+    batch: Vec<Cell>,
+    rows: u64,
+}
+
+impl Feed {
+    /// Setup is over (connected, prepared, columns resolved): `open` returns.
+    pub fn ready(&self) -> Result<(), Gone> {
+        self.tx.send(Msg::Ready).map_err(|_| Gone)
+    }
+
+    /// Takes one row's cells (one per plan column, drained from `row`); sends a full batch.
+    pub fn row(&mut self, row: &mut Vec<Cell>) -> Result<(), Gone> {
+        debug_assert_eq!(row.len(), self.width);
+        self.batch.append(row);
+        self.rows += 1;
+        if self.batch.len() >= BATCH * self.width {
+            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH * self.width));
+            self.tx.send(Msg::Rows(full)).map_err(|_| Gone)?;
+        }
+        Ok(())
+    }
+
+    /// Rows taken so far.
+    pub fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    /// The result is complete: the last rows, then the end.
+    pub fn done(mut self) {
+        if !self.batch.is_empty() {
+            let last = std::mem::take(&mut self.batch);
+            if self.tx.send(Msg::Rows(last)).is_err() {
+                return;
+            }
+        }
+        let _ = self.tx.send(Msg::Done);
+    }
+
+    /// The query failed, before or after `ready`.
+    pub fn fail(self, e: SourceError) {
+        let _ = self.tx.send(Msg::Failed(e));
+    }
+}
+
+/// A query whose driver runs on its own thread, read as a [`Source`].
+pub struct FedSource {
+    what: String,
+    rx: Receiver<Msg>,
+    width: usize,
+    batch: std::vec::IntoIter<Cell>,
+    line: u64,
+    done: bool,
+}
+
+impl FedSource {
+    /// Starts `drive` on a thread named `name` and waits until it is ready or has failed.
+    /// `drive` must end with [`Feed::done`] or [`Feed::fail`]; anything else is an error.
+    pub fn start(
+        what: String,
+        width: usize,
+        name: &str,
+        drive: impl FnOnce(Feed) + Send + 'static,
+    ) -> Result<FedSource, SourceError> {
+        assert!(width > 0, "a plan has at least the custom id column");
+        let (tx, rx) = sync_channel(DEPTH);
+        let feed = Feed {
+            tx: tx.clone(),
+            width,
+            batch: Vec::with_capacity(BATCH * width),
+            rows: 0,
+        };
+        let thread_what = what.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                if let Err(panic) = std::panic::catch_unwind(AssertUnwindSafe(|| drive(feed))) {
+                    let why = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    let _ = tx.send(Msg::Failed(SourceError::Query {
+                        what: thread_what,
+                        message: format!("the database reader panicked (a bug): {why}"),
+                    }));
+                }
+            })
+            .map_err(|e| SourceError::Io {
+                what: what.clone(),
+                message: format!("cannot start the reader thread: {e}"),
+            })?;
+        match rx.recv() {
+            Ok(Msg::Ready) => Ok(FedSource {
+                what,
+                rx,
+                width,
+                batch: Vec::new().into_iter(),
+                line: 0,
+                done: false,
+            }),
+            Ok(Msg::Failed(e)) => Err(e),
+            Ok(Msg::Rows(_) | Msg::Done) | Err(_) => Err(SourceError::Query {
+                what,
+                message: "the database reader stopped before the query started".into(),
+            }),
+        }
+    }
+}
+
+impl Source for FedSource {
+    fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
+        cells.clear();
+        loop {
+            if self.batch.len() >= self.width {
+                cells.extend(self.batch.by_ref().take(self.width));
+                self.line += 1;
+                return Ok(Some(Read {
+                    line: self.line,
+                    bad: None,
+                }));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            match self.rx.recv() {
+                Ok(Msg::Rows(rows)) => self.batch = rows.into_iter(),
+                Ok(Msg::Done) => self.done = true,
+                Ok(Msg::Ready) => {}
+                Ok(Msg::Failed(e)) => return Err(e),
+                Err(_) => {
+                    return Err(SourceError::Query {
+                        what: self.what.clone(),
+                        message: format!(
+                            "the database reader stopped after row {} without finishing the result",
+                            self.line
+                        ),
+                    })
+                }
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}
+
+/// The result's column of each plan column, by exact name. Extra columns are ignored; a
+/// missing one, or one the result holds twice, is a config error naming it.
+pub fn resolve(what: &str, wanted: &[String], names: &[String]) -> Result<Vec<usize>, SourceError> {
+    wanted
+        .iter()
+        .map(|c| {
+            let mut at = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| *n == c)
+                .map(|(i, _)| i);
+            match (at.next(), at.next()) {
+                (Some(i), None) => Ok(i),
+                (Some(_), Some(_)) => Err(SourceError::Config {
+                    what: what.to_string(),
+                    message: format!(
+                        "the query returns column {c:?} more than once; give the others another name (… AS other_name)"
+                    ),
+                }),
+                (None, _) => Err(SourceError::MissingColumn {
+                    what: what.to_string(),
+                    column: c.clone(),
+                    available: names.to_vec(),
+                }),
+            }
+        })
+        .collect()
+}
+
+/// The password for a URL that holds none: from the variable `password_env` names (which
+/// must then be set), else from the driver's standard variable (`PGPASSWORD`, `MYSQL_PWD`)
+/// when it is set and not empty.
+pub fn password(
+    what: &str,
+    password_env: Option<&str>,
+    standard: &str,
+) -> Result<Option<String>, SourceError> {
+    match password_env {
+        Some(var) => match std::env::var(var) {
+            Ok(p) => Ok(Some(p)),
+            Err(VarError::NotPresent) => Err(SourceError::Config {
+                what: what.to_string(),
+                message: format!(
+                    "source.password_env names {var}, which is not set; export it, or remove password_env to use {standard}"
+                ),
+            }),
+            Err(VarError::NotUnicode(_)) => Err(SourceError::Config {
+                what: what.to_string(),
+                message: format!("{var} (source.password_env) is not valid UTF-8"),
+            }),
+        },
+        None => Ok(std::env::var(standard).ok().filter(|p| !p.is_empty())),
+    }
+}
+
+/// The runtime an async driver runs on: one thread, the driver's own.
+pub fn runtime(what: &str) -> Result<tokio::runtime::Runtime, SourceError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| SourceError::Io {
+            what: what.to_string(),
+            message: format!("cannot start the driver's runtime: {e}"),
+        })
+}
+
+/// How long a driver waits for the next message from the server before giving up: the
+/// server's own statement timeout, plus a margin so that its message wins when it can send one.
+pub fn idle_limit(timeout: Duration) -> Duration {
+    timeout + Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::value::Value;
+
+    fn int(i: i64) -> Cell {
+        Cell::Typed(Value::Int(i))
+    }
+
+    fn read_all(src: &mut FedSource) -> Result<Vec<(u64, Vec<Cell>)>, SourceError> {
+        let mut out = Vec::new();
+        let mut cells = Vec::new();
+        while let Some(r) = src.next_row(&mut cells)? {
+            out.push((r.line, cells.clone()));
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn rows_cross_the_channel_in_order_with_their_row_numbers() {
+        let n = BATCH as i64 * 3 + 7;
+        let mut src = FedSource::start("test".into(), 2, "feed-test", move |mut feed| {
+            feed.ready().unwrap();
+            for i in 0..n {
+                if feed.row(&mut vec![int(i), int(-i)]).is_err() {
+                    return;
+                }
+            }
+            feed.done();
+        })
+        .unwrap();
+        let rows = read_all(&mut src).unwrap();
+        assert_eq!(rows.len() as i64, n);
+        assert_eq!(rows[1500], (1501, vec![int(1500), int(-1500)]));
+        assert_eq!(src.next_row(&mut Vec::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_failure_mid_stream_is_an_error_not_an_early_end() {
+        let mut src = FedSource::start("test".into(), 1, "feed-test", |mut feed| {
+            feed.ready().unwrap();
+            for i in 0..(BATCH as i64 + 3) {
+                feed.row(&mut vec![int(i)]).unwrap();
+            }
+            feed.fail(SourceError::Query {
+                what: "test".into(),
+                message: "connection reset".into(),
+            });
+        })
+        .unwrap();
+        let err = read_all(&mut src).unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+    }
+
+    #[test]
+    fn a_driver_that_ends_without_done_is_an_error() {
+        let mut src = FedSource::start("test".into(), 1, "feed-test", |mut feed| {
+            feed.ready().unwrap();
+            feed.row(&mut vec![int(1)]).unwrap();
+        })
+        .unwrap();
+        let err = read_all(&mut src).unwrap_err();
+        assert!(err.to_string().contains("without finishing"), "{err}");
+    }
+
+    #[test]
+    fn a_panicking_driver_is_an_error_with_its_message() {
+        let mut src = FedSource::start("test".into(), 1, "feed-test", |feed| {
+            feed.ready().unwrap();
+            panic!("decoder exploded");
+        })
+        .unwrap();
+        let err = read_all(&mut src).unwrap_err();
+        assert!(err.to_string().contains("decoder exploded"), "{err}");
+    }
+
+    #[test]
+    fn a_setup_failure_is_returned_by_start() {
+        let err = FedSource::start("test".into(), 1, "feed-test", |feed| {
+            feed.fail(SourceError::Query {
+                what: "test".into(),
+                message: "relation \"nope\" does not exist".into(),
+            })
+        })
+        .map(|_| ())
+        .unwrap_err();
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+
+    #[test]
+    fn dropping_the_source_stops_the_driver() {
+        let (stopped_tx, stopped_rx) = std::sync::mpsc::channel();
+        let src = FedSource::start("test".into(), 1, "feed-test", move |mut feed| {
+            feed.ready().unwrap();
+            let mut i = 0;
+            while feed.row(&mut vec![int(i)]).is_ok() {
+                i += 1;
+            }
+            stopped_tx.send(i).unwrap();
+        })
+        .unwrap();
+        drop(src);
+        let sent = stopped_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the driver stops");
+        // The channel holds at most DEPTH batches: the driver never ran ahead of that.
+        assert!(sent <= (BATCH * (DEPTH + 2)) as i64, "{sent}");
+    }
+
+    #[test]
+    fn columns_resolve_by_name_and_a_missing_or_doubled_one_is_a_config_error() {
+        let names: Vec<String> = ["id", "email", "extra", "dup", "dup"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let want = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            resolve("q", &want(&["email", "id"]), &names).unwrap(),
+            vec![1, 0]
+        );
+        let missing = resolve("q", &want(&["id", "amount"]), &names).unwrap_err();
+        assert!(missing.is_config() && missing.to_string().contains("\"amount\""));
+        let doubled = resolve("q", &want(&["dup"]), &names).unwrap_err();
+        assert!(doubled.is_config() && doubled.to_string().contains("more than once"));
+    }
+
+    #[test]
+    fn an_unset_password_variable_is_a_config_error_naming_it() {
+        let err = password(
+            "q",
+            Some("BATCHSYNC_TEST_SURELY_UNSET_PASSWORD_VAR"),
+            "PGPASSWORD",
+        )
+        .unwrap_err();
+        assert!(err.is_config());
+        assert!(err
+            .to_string()
+            .contains("BATCHSYNC_TEST_SURELY_UNSET_PASSWORD_VAR"));
+    }
+}

@@ -1,0 +1,600 @@
+//! PostgreSQL queries (`type = "postgres"`): tokio-postgres on the source's own thread (a
+//! current-thread runtime, see `db`), the result streamed row by row over the extended
+//! protocol. tokio-postgres reads the socket only as fast as rows are taken, so a 10M-row
+//! result never sits in memory: when the pipeline is slower, the server waits.
+//!
+//! Connection:
+//! - `url` is a libpq URL (`postgres://user@host:5432/db?sslmode=require`) or key-value string.
+//!   The password comes from the URL if it holds one, else from the variable `password_env`
+//!   names, else from `PGPASSWORD`. Without a user, `PGUSER`, then `USER`, as libpq does.
+//! - TLS (rustls) when `sslmode` is `require`, `verify-ca` or `verify-full`: always with
+//!   verify-full semantics, the chain checked against the Mozilla roots (webpki-roots), or the
+//!   PEM file `sslrootcert=FILE` names (relative to the working directory, as libpq), and the
+//!   name against the host. Any other `sslmode` (`prefer`, the default, or `disable`) connects
+//!   in plain TCP: batchsync never half-trusts a certificate.
+//! - `source.timeout` bounds connecting, and is the session's `statement_timeout`: the query,
+//!   including the time its rows take to stream, must finish within it. A server that sends
+//!   nothing for longer than that (plus a margin) is given up on.
+//!
+//! Types, by the result column's SQL type (`[mapping] types` then converts as for any source):
+//!
+//! | PostgreSQL | value |
+//! |---|---|
+//! | `bool` | bool |
+//! | `int2`, `int4`, `int8`, `oid` | integer |
+//! | `float8` | number; NaN and ±Infinity are invalid (the row is a reject) |
+//! | `float4` | number, read through its shortest decimal rendering (`0.1`, not 0.10000000149) |
+//! | `numeric` | number when an f64 holds it exactly (`42.50` → 42.5, `250.00` → 250), else invalid: round it or cast it to text in the query |
+//! | `text`, `varchar`, `char(n)` (blank-padded, as PostgreSQL returns it), `name`, `citext`, enums | string |
+//! | `uuid` | string, hyphenated lowercase |
+//! | `date` | time: midnight in `[mapping] timezone` |
+//! | `timestamp` | time: the wall-clock time read in `[mapping] timezone` (a DST gap is invalid) |
+//! | `timestamptz` | time: the instant, whatever the session's time zone |
+//! | `json`, `jsonb` | as NDJSON reads it: objects and arrays as they are, scalars by their JSON type |
+//! | `text[]`, `varchar[]`, `char(n)[]`, `name[]` | string array (one dimension; a null item is invalid) |
+//! | NULL of any type | null |
+//! | any other type (`time`, `interval`, `bytea`, `inet`, `money`, other arrays, …) | invalid, naming the type: cast it in the query (`col::text`) |
+//!
+//! Invariants:
+//! - A query error, a lost connection, a timeout or a server that terminates the backend
+//!   reaches the pipeline as a structural error carrying the server's message (severity,
+//!   message, SQLSTATE), never as the end of the result.
+//! - The source describes itself as `postgres://user@host:port/db`: never a password.
+
+use super::db::{self, FedSource, Feed, Query};
+use super::sqltypes;
+use super::SourceError;
+use crate::core::value::{Cell, Value};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono_tz::Tz;
+use futures_util::StreamExt;
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::error::{DbError, ErrorPosition};
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::{FromSql, Kind as PgKind, ToSql, Type};
+use tokio_postgres::{Client, Config, NoTls, Row, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+mod tls;
+
+/// Opens the query: connects, prepares it and resolves the plan's columns before returning.
+pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
+    let (url, rootcert) = tls::options(q.url);
+    let mut config: Config =
+        url.parse()
+            .map_err(|e: tokio_postgres::Error| SourceError::Config {
+                what: "source.url".into(),
+                message: format!("not a PostgreSQL connection URL: {}", chain(&e)),
+            })?;
+    if config.get_user().is_none() {
+        if let Some(user) = std::env::var("PGUSER")
+            .ok()
+            .or_else(|| std::env::var("USER").ok())
+        {
+            config.user(user);
+        }
+    }
+    let what = describe(&config);
+    if config.get_password().is_none() {
+        if let Some(p) = db::password(&what, q.password_env, "PGPASSWORD")? {
+            config.password(p);
+        }
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(q.timeout);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("batchsync");
+    }
+    let tls = match config.get_ssl_mode() {
+        SslMode::Require => Some(tls::connector(&what, rootcert.as_deref())?),
+        _ => None,
+    };
+    let job = Job {
+        what: what.clone(),
+        query: q.query.to_string(),
+        columns: q.columns.to_vec(),
+        timeout: q.timeout,
+        tz: q.timezone,
+    };
+    FedSource::start(
+        what,
+        q.columns.len(),
+        "batchsync-postgres",
+        move |feed| match db::runtime(&job.what) {
+            Ok(rt) => rt.block_on(job.run(feed, config, tls)),
+            Err(e) => feed.fail(e),
+        },
+    )
+}
+
+/// What the driver's thread needs.
+struct Job {
+    what: String,
+    query: String,
+    columns: Vec<String>,
+    timeout: Duration,
+    tz: Tz,
+}
+
+/// How to read one plan column out of a row.
+struct Column {
+    index: usize,
+    kind: Kind,
+    ty: Type,
+    name: String,
+}
+
+/// The error the connection task ended with, if it ended with one.
+type ConnectionError = Arc<Mutex<Option<String>>>;
+
+impl Job {
+    fn query_error(&self, message: String) -> SourceError {
+        SourceError::Query {
+            what: self.what.clone(),
+            message,
+        }
+    }
+
+    async fn run(self, mut feed: Feed, config: Config, tls: Option<MakeRustlsConnect>) {
+        let connecting = async {
+            match tls {
+                Some(tls) => connect(&config, tls).await,
+                None => connect(&config, NoTls).await,
+            }
+        };
+        let (client, lost) = match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                return feed.fail(SourceError::Io {
+                    what: self.what.clone(),
+                    message: format!("cannot connect: {}", message(&e, None)),
+                })
+            }
+            Err(_) => {
+                return feed.fail(SourceError::Io {
+                    what: self.what.clone(),
+                    message: format!(
+                        "cannot connect: no answer within {:?} (source.timeout)",
+                        self.timeout
+                    ),
+                })
+            }
+        };
+        let setup = format!(
+            "SET statement_timeout = {}",
+            self.timeout.as_millis().min(i32::MAX as u128)
+        );
+        if let Err(e) = client.batch_execute(&setup).await {
+            return feed.fail(self.query_error(format!(
+                "cannot set the statement timeout: {}",
+                message(&e, Some(&lost))
+            )));
+        }
+        let statement = match client.prepare(&self.query).await {
+            Ok(s) => s,
+            Err(e) => {
+                return feed.fail(
+                    self.query_error(format!("the query failed: {}", message(&e, Some(&lost)))),
+                )
+            }
+        };
+        let names: Vec<String> = statement
+            .columns()
+            .iter()
+            .map(|c| c.name().to_string())
+            .collect();
+        let at = match db::resolve(&self.what, &self.columns, &names) {
+            Ok(at) => at,
+            Err(e) => return feed.fail(e),
+        };
+        let columns: Vec<Column> = at
+            .into_iter()
+            .map(|i| {
+                let ty = statement.columns()[i].type_().clone();
+                Column {
+                    index: i,
+                    kind: kind_of(&ty),
+                    ty,
+                    name: names[i].clone(),
+                }
+            })
+            .collect();
+        if feed.ready().is_err() {
+            return;
+        }
+        let stream = match client
+            .query_raw(&statement, std::iter::empty::<&(dyn ToSql + Sync)>())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                return feed.fail(
+                    self.query_error(format!("the query failed: {}", message(&e, Some(&lost)))),
+                )
+            }
+        };
+        futures_util::pin_mut!(stream);
+        let idle = db::idle_limit(self.timeout);
+        let mut cells = Vec::with_capacity(columns.len());
+        loop {
+            match tokio::time::timeout(idle, stream.next()).await {
+                Ok(Some(Ok(row))) => {
+                    cells.extend(columns.iter().map(|c| decode(&row, c, self.tz)));
+                    if feed.row(&mut cells).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let rows = feed.rows();
+                    return feed.fail(self.query_error(format!(
+                        "the query failed after {rows} rows: {}",
+                        message(&e, Some(&lost))
+                    )));
+                }
+                Err(_) => {
+                    let rows = feed.rows();
+                    return feed.fail(self.query_error(format!(
+                        "no answer from the server for {idle:?} after {rows} rows (source.timeout)"
+                    )));
+                }
+            }
+        }
+        drop(client);
+        feed.done();
+    }
+}
+
+/// Connects and runs the connection on this thread's runtime, keeping how it ended.
+async fn connect<T>(
+    config: &Config,
+    tls: T,
+) -> Result<(Client, ConnectionError), tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket> + 'static,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    let lost: ConnectionError = Arc::default();
+    let slot = lost.clone();
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(message(&e, None));
+            }
+        }
+    });
+    Ok((client, lost))
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Bool,
+    Int2,
+    Int4,
+    Int8,
+    Oid,
+    Float4,
+    Float8,
+    Numeric,
+    Text,
+    Uuid,
+    Date,
+    Timestamp,
+    Timestamptz,
+    Json,
+    TextArray,
+    Other,
+}
+
+fn kind_of(ty: &Type) -> Kind {
+    let known = [
+        (Type::BOOL, Kind::Bool),
+        (Type::INT2, Kind::Int2),
+        (Type::INT4, Kind::Int4),
+        (Type::INT8, Kind::Int8),
+        (Type::OID, Kind::Oid),
+        (Type::FLOAT4, Kind::Float4),
+        (Type::FLOAT8, Kind::Float8),
+        (Type::NUMERIC, Kind::Numeric),
+        (Type::TEXT, Kind::Text),
+        (Type::VARCHAR, Kind::Text),
+        (Type::BPCHAR, Kind::Text),
+        (Type::NAME, Kind::Text),
+        (Type::UNKNOWN, Kind::Text),
+        (Type::UUID, Kind::Uuid),
+        (Type::DATE, Kind::Date),
+        (Type::TIMESTAMP, Kind::Timestamp),
+        (Type::TIMESTAMPTZ, Kind::Timestamptz),
+        (Type::JSON, Kind::Json),
+        (Type::JSONB, Kind::Json),
+        (Type::TEXT_ARRAY, Kind::TextArray),
+        (Type::VARCHAR_ARRAY, Kind::TextArray),
+        (Type::BPCHAR_ARRAY, Kind::TextArray),
+        (Type::NAME_ARRAY, Kind::TextArray),
+    ];
+    if let Some((_, k)) = known.iter().find(|(t, _)| t == ty) {
+        return *k;
+    }
+    if matches!(ty.kind(), PgKind::Enum(_)) || ty.name() == "citext" {
+        return Kind::Text;
+    }
+    Kind::Other
+}
+
+/// A column's bytes as the server sent them (binary format), whatever its type.
+struct Raw<'a>(&'a [u8]);
+
+impl<'a> FromSql<'a> for Raw<'a> {
+    fn from_sql(_: &Type, raw: &'a [u8]) -> Result<Raw<'a>, Box<dyn StdError + Sync + Send>> {
+        Ok(Raw(raw))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+fn decode(row: &Row, c: &Column, tz: Tz) -> Cell {
+    match row.try_get::<_, Option<Raw<'_>>>(c.index) {
+        Ok(Some(Raw(raw))) => cell(c, raw, tz),
+        Ok(None) => Cell::Typed(Value::Null),
+        Err(e) => Cell::Invalid(format!(
+            "{} value cannot be read: {}",
+            c.ty.name(),
+            chain(&e)
+        )),
+    }
+}
+
+/// One non-null value, by the rules of the module doc.
+fn cell(c: &Column, raw: &[u8], tz: Tz) -> Cell {
+    fn read<'a, T: FromSql<'a>>(c: &Column, raw: &'a [u8], f: impl FnOnce(T) -> Cell) -> Cell {
+        match T::from_sql(&c.ty, raw) {
+            Ok(v) => f(v),
+            Err(e) => Cell::Invalid(format!("{} value cannot be read: {e}", c.ty.name())),
+        }
+    }
+    let int = |i: i64| Cell::Typed(Value::Int(i));
+    match c.kind {
+        Kind::Bool => read(c, raw, |b: bool| Cell::Typed(Value::Bool(b))),
+        Kind::Int2 => read(c, raw, |i: i16| int(i.into())),
+        Kind::Int4 => read(c, raw, |i: i32| int(i.into())),
+        Kind::Int8 => read(c, raw, int),
+        Kind::Oid => read(c, raw, |i: u32| int(i.into())),
+        Kind::Float4 => read(c, raw, sqltypes::float4),
+        Kind::Float8 => read(c, raw, sqltypes::float8),
+        Kind::Numeric => match numeric_text(raw) {
+            Ok(text) => sqltypes::decimal(&text),
+            Err(e) => Cell::Invalid(format!("numeric value cannot be read: {e}")),
+        },
+        Kind::Text => sqltypes::text(raw, c.ty.name()),
+        Kind::Uuid => read(c, raw, |u: uuid::Uuid| {
+            Cell::Typed(Value::Text(u.hyphenated().to_string()))
+        }),
+        Kind::Date => read(c, raw, |d: NaiveDate| sqltypes::date(d, tz)),
+        Kind::Timestamp => read(c, raw, |t: NaiveDateTime| sqltypes::naive(t, tz)),
+        Kind::Timestamptz => read(c, raw, |t: DateTime<Utc>| {
+            Cell::Typed(Value::Time(t.timestamp_micros()))
+        }),
+        Kind::Json => read(c, raw, sqltypes::json),
+        Kind::TextArray => read(c, raw, |items: Vec<Option<String>>| {
+            match items.into_iter().collect::<Option<Vec<String>>>() {
+                Some(items) => Cell::Typed(Value::StrArray(items)),
+                None => Cell::Invalid(format!(
+                    "{} holds a null item; a Batch array cannot (array_remove(col, NULL) in the query)",
+                    c.ty.name()
+                )),
+            }
+        }),
+        Kind::Other => sqltypes::unsupported(c.ty.name(), &format!("{}::text", c.name)),
+    }
+}
+
+/// The text of a `numeric` in PostgreSQL's binary format: `ndigits`, `weight`, `sign`,
+/// `dscale` (i16/u16 BE), then `ndigits` base-10000 digits, the first worth 10000^weight.
+fn numeric_text(raw: &[u8]) -> Result<String, String> {
+    let word = |i: usize| -> Result<u16, String> {
+        raw.get(i..i + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or_else(|| format!("{} bytes is too short", raw.len()))
+    };
+    let ndigits = word(0)? as i16;
+    let weight = word(2)? as i16 as i64;
+    let sign = word(4)?;
+    let dscale = word(6)? as usize;
+    match sign {
+        0xC000 => return Ok("NaN".into()),
+        0xD000 => return Ok("Infinity".into()),
+        0xF000 => return Ok("-Infinity".into()),
+        0x0000 | 0x4000 => {}
+        other => return Err(format!("unknown sign {other:#06x}")),
+    }
+    if ndigits < 0 || raw.len() != 8 + 2 * ndigits as usize {
+        return Err(format!("{} digits in {} bytes", ndigits, raw.len()));
+    }
+    let digits = (0..ndigits as usize)
+        .map(|i| word(8 + 2 * i))
+        .collect::<Result<Vec<u16>, String>>()?;
+    if digits.iter().any(|&d| d >= 10_000) {
+        return Err("a digit is out of range".into());
+    }
+    let digit = |group: i64| -> u16 {
+        usize::try_from(group)
+            .ok()
+            .and_then(|g| digits.get(g).copied())
+            .unwrap_or(0)
+    };
+    let mut s = String::with_capacity(8 + 4 * digits.len() + dscale);
+    if sign == 0x4000 {
+        s.push('-');
+    }
+    if weight < 0 {
+        s.push('0');
+    } else {
+        s.push_str(&digit(0).to_string());
+        for g in 1..=weight {
+            s.push_str(&format!("{:04}", digit(g)));
+        }
+    }
+    if dscale > 0 {
+        let mut frac = String::with_capacity(dscale + 4);
+        let mut g = weight + 1;
+        while frac.len() < dscale {
+            frac.push_str(&format!("{:04}", digit(g)));
+            g += 1;
+        }
+        frac.truncate(dscale);
+        s.push('.');
+        s.push_str(&frac);
+    }
+    Ok(s)
+}
+
+/// The server's message: severity, message, SQLSTATE, position, detail and hint; or the error
+/// chain, with how the connection ended when the stream only saw it close.
+fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db_message(db);
+    }
+    let mut m = chain(e);
+    let ended = lost.and_then(|l| l.lock().ok().and_then(|slot| slot.clone()));
+    if let Some(ended) = ended {
+        if !m.contains(&ended) {
+            m.push_str(&format!(" ({ended})"));
+        }
+    }
+    m
+}
+
+fn db_message(db: &DbError) -> String {
+    let mut m = format!(
+        "{}: {} (SQLSTATE {})",
+        db.severity(),
+        db.message(),
+        db.code().code()
+    );
+    if let Some(ErrorPosition::Original(p)) = db.position() {
+        m.push_str(&format!(", at character {p} of the query"));
+    }
+    if let Some(d) = db.detail() {
+        m.push_str(&format!("; detail: {d}"));
+    }
+    if let Some(h) = db.hint() {
+        m.push_str(&format!("; hint: {h}"));
+    }
+    m
+}
+
+/// An error and its causes, `: `-separated (tokio-postgres keeps the useful part in causes).
+fn chain(e: &dyn StdError) -> String {
+    let mut m = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        if let Some(db) = c.downcast_ref::<DbError>() {
+            m.push_str(&format!(": {}", db_message(db)));
+        } else {
+            m.push_str(&format!(": {c}"));
+        }
+        cause = c.source();
+    }
+    m
+}
+
+/// `postgres://user@host:port/db`, from the parsed settings: no password, whatever the URL.
+fn describe(c: &Config) -> String {
+    let ports = c.get_ports();
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = ports
+                .get(i)
+                .or_else(|| (ports.len() == 1).then(|| &ports[0]))
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                Host::Tcp(h) => format!("{h}:{port}"),
+                #[cfg(unix)]
+                Host::Unix(dir) => format!("{}:{port}", dir.display()),
+            }
+        })
+        .collect();
+    let hosts = if hosts.is_empty() {
+        "localhost:5432".to_string()
+    } else {
+        hosts.join(",")
+    };
+    let user = c.get_user().unwrap_or("");
+    let db = c.get_dbname().unwrap_or(user);
+    format!("postgres://{user}@{hosts}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    /// The binary form of a numeric, as the server would send it.
+    fn numeric(sign: u16, weight: i16, dscale: u16, digits: &[u16]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(digits.len() as i16).to_be_bytes());
+        v.extend_from_slice(&weight.to_be_bytes());
+        v.extend_from_slice(&sign.to_be_bytes());
+        v.extend_from_slice(&dscale.to_be_bytes());
+        for d in digits {
+            v.extend_from_slice(&d.to_be_bytes());
+        }
+        v
+    }
+
+    #[rstest]
+    #[case(numeric(0, 0, 2, &[42, 5000]), "42.50")]
+    #[case(numeric(0x4000, 0, 2, &[7]), "-7.00")]
+    #[case(numeric(0, 1, 0, &[1, 2345]), "12345")]
+    #[case(numeric(0, 1, 0, &[1]), "10000")]
+    #[case(numeric(0, -2, 5, &[1000]), "0.00001")]
+    #[case(numeric(0, -1, 1, &[1000]), "0.1")]
+    #[case(numeric(0, 0, 0, &[]), "0")]
+    #[case(numeric(0, 0, 3, &[]), "0.000")]
+    #[case(numeric(0, 4, 3, &[1234, 5678, 9012, 3456, 7890, 1230]), "12345678901234567890.123")]
+    #[case(numeric(0xC000, 0, 0, &[]), "NaN")]
+    #[case(numeric(0xF000, 0, 0, &[]), "-Infinity")]
+    fn numerics_decode_to_their_text(#[case] raw: Vec<u8>, #[case] text: &str) {
+        assert_eq!(numeric_text(&raw).unwrap(), text);
+    }
+
+    #[test]
+    fn a_truncated_numeric_is_an_error() {
+        let mut raw = numeric(0, 0, 0, &[1, 2]);
+        raw.pop();
+        assert!(numeric_text(&raw).is_err());
+    }
+
+    #[test]
+    fn the_description_holds_no_password() {
+        let c: Config = "postgres://ada:s3cret@db.example:6543/shop?sslmode=require"
+            .parse()
+            .unwrap();
+        assert_eq!(describe(&c), "postgres://ada@db.example:6543/shop");
+        let c: Config = "host=db user=ada password=s3cret dbname=shop"
+            .parse()
+            .unwrap();
+        assert_eq!(describe(&c), "postgres://ada@db:5432/shop");
+    }
+
+    #[test]
+    fn types_map_to_kinds() {
+        assert_eq!(kind_of(&Type::INT8), Kind::Int8);
+        assert_eq!(kind_of(&Type::BPCHAR), Kind::Text);
+        assert_eq!(kind_of(&Type::JSONB), Kind::Json);
+        assert_eq!(kind_of(&Type::VARCHAR_ARRAY), Kind::TextArray);
+        assert_eq!(kind_of(&Type::INTERVAL), Kind::Other);
+        assert_eq!(kind_of(&Type::INT4_ARRAY), Kind::Other);
+    }
+}
