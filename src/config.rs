@@ -409,7 +409,7 @@ impl Validator<'_> {
                 "source",
                 "timeout",
                 s.timeout.as_deref(),
-                Duration::from_secs(300),
+                Duration::from_secs(3600),
             )?,
         };
 

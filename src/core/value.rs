@@ -92,7 +92,7 @@ impl fmt::Display for Type {
 
 /// A value that does not fit its type. Row-level: it follows `on_bad_row`.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
-#[error("expected {expected} ({ty}), found {found:?}")]
+#[error("{}", self.describe())]
 pub struct TypeError {
     pub ty: Type,
     pub expected: &'static str,
@@ -100,6 +100,17 @@ pub struct TypeError {
 }
 
 impl TypeError {
+    fn describe(&self) -> String {
+        if self.expected.is_empty() {
+            self.found.clone()
+        } else {
+            format!(
+                "expected {} ({}), found {:?}",
+                self.expected, self.ty, self.found
+            )
+        }
+    }
+
     pub fn new(ty: Type, expected: &'static str, found: &str) -> TypeError {
         let mut found = found.to_string();
         if found.chars().count() > 60 {
@@ -129,7 +140,7 @@ pub fn coerce(cell: Cell, declared: Option<Type>, tz: Tz) -> Result<Value, TypeE
     match (cell, declared) {
         (Cell::Invalid(why), ty) => Err(TypeError {
             ty: ty.unwrap_or(Type::String),
-            expected: "a readable value",
+            expected: "",
             found: why,
         }),
         (Cell::Text(s), _) if s.is_empty() => Ok(Value::Null),
@@ -227,7 +238,8 @@ pub fn from_json(v: serde_json::Value) -> Result<Value, TypeError> {
         },
         J::String(s) => Value::Text(s),
         J::Array(items) => {
-            if items.iter().all(|i| i.is_string()) && !items.is_empty() {
+            // An empty array is an empty string array, as CSV's "[]" and an empty text[] are.
+            if items.iter().all(|i| i.is_string()) {
                 Value::StrArray(string_array(items).unwrap_or_default())
             } else {
                 Value::Json(J::Array(items))

@@ -322,7 +322,7 @@ pub fn run(
     opts: &RunOptions,
     stop: &StopFlag,
     ui: &crate::ui::Ui,
-) -> Result<RunSummary, RunFailed> {
+) -> Result<RunSummary, Box<RunFailed>> {
     let t0 = Instant::now();
     let started_at = now_rfc3339();
     let _lock = RunLock::acquire(&settings.state_path)?;
@@ -345,7 +345,9 @@ pub fn run(
         }
         // --max-requests bounds the whole run, resume included.
         let mut ship_opts = ship_opts.clone();
-        ship_opts.max_requests = ship_opts.max_requests.map(|m| m.saturating_sub(summary.requests));
+        ship_opts.max_requests = ship_opts
+            .max_requests
+            .map(|m| m.saturating_sub(summary.requests));
         let mut bar = ui.shipping(pending.events);
         let report = rt
             .block_on(crate::ship::ship(
@@ -377,19 +379,30 @@ pub fn run(
         let id = store.record_resume_run(&started_at)?;
         run_id = Some(id);
         summary.resumed_requests = pending.requests;
-        let halt = ship_now(id, &mut summary).map_err(|e| fail_before_commit(&store, Some(id), &started_at, &summary, t0, e))?;
+        let halt = ship_now(id, &mut summary)
+            .map_err(|e| fail_before_commit(&store, Some(id), &started_at, &summary, t0, e))?;
         if let Some(h) = halt {
             let why = (h != Halt::Limit).then(|| {
                 "pending requests of an earlier run could not all be shipped; nothing new was read".to_string()
             });
-            return finish(&store, id, summary, settings, Some(h), t0, why).map_err(RunFailed::from);
+            return finish(&store, id, summary, settings, Some(h), t0, why)
+                .map_err(Box::<RunFailed>::from);
         }
     }
 
     // Snapshot, diff, commit.
     let snap = match take_snapshot(settings, stop, ui) {
         Ok(s) => s,
-        Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, &summary, t0, e)),
+        Err(e) => {
+            return Err(fail_before_commit(
+                &store,
+                run_id,
+                &started_at,
+                &summary,
+                t0,
+                e,
+            ))
+        }
     };
     crate::crash::point("after_read");
     let rows = snap.rows;
@@ -397,7 +410,16 @@ pub fn run(
     let (id, counts, _events, _requests) =
         match diff_and_commit(settings, &store, snap, opts, &started_at, run_id, stop) {
             Ok(v) => v,
-            Err(e) => return Err(fail_before_commit(&store, run_id, &started_at, &summary, t0, e)),
+            Err(e) => {
+                return Err(fail_before_commit(
+                    &store,
+                    run_id,
+                    &started_at,
+                    &summary,
+                    t0,
+                    e,
+                ))
+            }
         };
     summary.run_id = Some(id);
     summary.rows = rows;
@@ -411,8 +433,8 @@ pub fn run(
             "initial = \"baseline\": the first run records the segment without sending".into(),
         );
     }
-    let halt = ship_now(id, &mut summary).map_err(RunFailed::from)?;
-    finish(&store, id, summary, settings, halt, t0, None).map_err(RunFailed::from)
+    let halt = ship_now(id, &mut summary).map_err(Box::<RunFailed>::from)?;
+    finish(&store, id, summary, settings, halt, t0, None).map_err(Box::<RunFailed>::from)
 }
 
 /// A run that failed: the error, and the summary of what it did before (a resumed shipment
@@ -431,21 +453,25 @@ impl std::fmt::Display for RunFailed {
 
 impl std::error::Error for RunFailed {}
 
-impl From<RunError> for RunFailed {
-    fn from(error: RunError) -> RunFailed {
-        let summary = RunSummary { status: "failed".into(), error: Some(error.to_string()), ..RunSummary::default() };
-        RunFailed { error, summary }
+impl From<RunError> for Box<RunFailed> {
+    fn from(error: RunError) -> Box<RunFailed> {
+        let summary = RunSummary {
+            status: "failed".into(),
+            error: Some(error.to_string()),
+            ..RunSummary::default()
+        };
+        Box::new(RunFailed { error, summary })
     }
 }
 
-impl From<LockError> for RunFailed {
-    fn from(e: LockError) -> RunFailed {
+impl From<LockError> for Box<RunFailed> {
+    fn from(e: LockError) -> Box<RunFailed> {
         RunError::from(e).into()
     }
 }
 
-impl From<StoreError> for RunFailed {
-    fn from(e: StoreError) -> RunFailed {
+impl From<StoreError> for Box<RunFailed> {
+    fn from(e: StoreError) -> Box<RunFailed> {
         RunError::from(e).into()
     }
 }
@@ -457,7 +483,7 @@ fn fail_before_commit(
     summary: &RunSummary,
     t0: Instant,
     error: RunError,
-) -> RunFailed {
+) -> Box<RunFailed> {
     let msg = error.to_string();
     let mut summary = summary.clone();
     summary.status = "failed".into();
@@ -483,7 +509,7 @@ fn fail_before_commit(
         Ok(id) => summary.run_id = Some(id),
         Err(re) => tracing::warn!(error = %re, "could not record the failed run"),
     }
-    RunFailed { error, summary }
+    Box::new(RunFailed { error, summary })
 }
 
 fn finish(
