@@ -137,7 +137,12 @@ impl Source for CsvSource {
             .map(|p| p.line())
             .unwrap_or(start.line())
             + self.embedded_newlines;
-        self.embedded_newlines += self.record.as_slice().iter().filter(|&&b| b == b'\n').count() as u64;
+        self.embedded_newlines += self
+            .record
+            .as_slice()
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
         self.last_start = self
             .record
             .position()
