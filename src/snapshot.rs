@@ -1,13 +1,28 @@
 //! The snapshot: stream the source, type and validate each row, compute its key and hash, and
 //! hand the rows back sorted by key, spilling sorted runs to disk past a memory budget.
 //!
+//! Two threads share the work (`cells`, `runs`): the caller's reads, types and encodes each row
+//! into batches; a sorting thread hashes them, lays them out in an arena and sorts and spills
+//! it. When the sorting thread falls behind, the reading thread hashes its batches itself, so
+//! the hashing (the largest cost per row) lands on whichever core is free. The sorted runs are
+//! then merged on a third thread, ahead of the consumer (`merge`).
+//!
 //! Invariants:
-//! - Memory is bounded by `budget` bytes of rows plus one read buffer per spilled run, whatever
+//! - Memory is bounded by `budget` bytes of rows (records and sort entries), plus one read
+//!   buffer per spilled run and the few batches in flight between threads (a few MB), whatever
 //!   the segment's size (an external merge sort).
+//! - The rows, keys, hashes and rejects are exactly those of the reference path (`type_row`,
+//!   `encode_row`, `row_key`, one row at a time): the tests compare the two.
 //! - The source is read to its end before anything is written to the state store: a structural
 //!   error, or a bad row under `on_bad_row = "fail"`, returns an error and nothing else happens.
+//! - `progress` is called on the caller's thread, every 65,536 rows and once at the end; a
+//!   `Break` stops the read with [`SnapshotError::Interrupted`].
 //! - Spill files live in a temporary directory beside the state store and are removed on drop;
 //!   a crash leaves at most that directory, which the next run ignores and the OS may clean.
+
+mod cells;
+mod merge;
+mod runs;
 
 use crate::config::OnBadRow;
 use crate::core::diff::SnapRow;
@@ -16,13 +31,17 @@ use crate::core::mapping::{ColumnPlan, Reject};
 use crate::core::value::{coerce, Cell, Value};
 use crate::source::{Source, SourceError};
 use chrono_tz::Tz;
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read as _, Write};
+use runs::{Batch, Pending, BATCH_ROWS};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 
 pub const DEFAULT_BUDGET: usize = 128 * 1024 * 1024;
+
+/// Batches the sorting thread may have waiting (a few MB).
+const QUEUE: usize = 8;
+/// Waiting batches past which the reading thread hashes its own before sending them.
+const BEHIND: usize = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -54,26 +73,13 @@ pub struct Snapshot {
     /// Rows rejected while reading that are not in the sorted stream.
     pub loose: Vec<LooseReject>,
     pub what: String,
-    sorted: Sorted,
-}
-
-enum Sorted {
-    Memory(Vec<SnapRow>),
-    Spilled {
-        runs: Vec<File>,
-        _dir: tempfile::TempDir,
-    },
-}
-
-fn row_bytes(r: &SnapRow) -> usize {
-    r.key.len() + r.payload.len() + 96
-}
-
-fn sort_rows(rows: &mut [SnapRow]) {
-    rows.sort_unstable_by(|a, b| a.key.cmp(&b.key).then(a.line.cmp(&b.line)));
+    sorted: runs::Sorted,
 }
 
 /// Types one row: values in plan order, or the first column that does not fit.
+///
+/// The reference path, one `Value` per cell; the snapshot itself encodes cells directly
+/// (`cells`), to the same bytes.
 pub fn type_row(
     plan: &ColumnPlan,
     tz: Tz,
@@ -137,6 +143,33 @@ pub fn row_key(plan: &ColumnPlan, values: &[Value], hash: RowHash) -> Result<Vec
     Ok(key)
 }
 
+/// Why the reading thread stopped early.
+enum Stop {
+    Failed(SnapshotError),
+    /// The sorting thread hung up: its own error says why.
+    SorterGone,
+}
+
+impl From<SnapshotError> for Stop {
+    fn from(e: SnapshotError) -> Stop {
+        Stop::Failed(e)
+    }
+}
+
+impl From<SourceError> for Stop {
+    fn from(e: SourceError) -> Stop {
+        Stop::Failed(e.into())
+    }
+}
+
+/// The reading side's fixed inputs.
+struct Reading<'a> {
+    plan: &'a ColumnPlan,
+    tz: Tz,
+    on_bad_row: OnBadRow,
+    what: &'a str,
+}
+
 impl Snapshot {
     pub fn take(
         source: &mut dyn Source,
@@ -148,83 +181,48 @@ impl Snapshot {
         mut progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
     ) -> Result<Snapshot, SnapshotError> {
         let what = source.describe();
-        let mut cells = Vec::with_capacity(plan.columns.len());
-        let mut values = Vec::with_capacity(plan.columns.len());
-        let mut scratch = Vec::with_capacity(256);
-        let mut chunk: Vec<SnapRow> = Vec::new();
-        let mut chunk_bytes = 0usize;
-        let mut runs: Vec<File> = Vec::new();
-        let mut dir: Option<tempfile::TempDir> = None;
-        let mut loose = Vec::new();
-        let mut rows = 0u64;
-
-        while let Some(read) = source.next_row(&mut cells)? {
-            rows += 1;
-            if rows % 65_536 == 0 && progress(rows).is_break() {
-                return Err(SnapshotError::Interrupted { rows });
-            }
-            let typed = type_row(plan, tz, &mut cells, &mut values);
-            let (payload, hash) = encode_row(plan, &values, &mut scratch);
-            let problem = match (read.bad, typed) {
-                (Some(why), _) => Some(Reject::new(None, "unreadable_row", why)),
-                (None, Err(e)) => Some(e),
-                (None, Ok(())) => None,
+        let reading = Reading {
+            plan,
+            tz,
+            on_bad_row,
+            what: &what,
+        };
+        let (to_sorter, batches) = mpsc::sync_channel::<Batch>(QUEUE);
+        let (recycle, recycled) = mpsc::channel::<Batch>();
+        let abort = AtomicBool::new(false);
+        let queued = AtomicUsize::new(0);
+        let has_key = plan.has_key();
+        let (read, sorted) = std::thread::scope(|scope| {
+            let sorter = std::thread::Builder::new()
+                .name("batchsync-sort".into())
+                .spawn_scoped(scope, || {
+                    runs::sort_batches(
+                        batches, recycle, &queued, has_key, budget, spill_dir, &abort,
+                    )
+                })?;
+            let to_sorter = Sorter {
+                tx: to_sorter,
+                recycled,
+                queued: &queued,
             };
-            let key = row_key(plan, &values, hash);
-            let (key, bad) = match (problem, key) {
-                (None, Ok(k)) => (k, None),
-                (Some(p), Ok(k)) if plan.has_key() => (k, Some(p)),
-                (Some(p), _) | (None, Err(p)) => {
-                    if on_bad_row == OnBadRow::Fail {
-                        return Err(bad_row(&what, read.line, &p));
-                    }
-                    loose.push(LooseReject {
-                        line: read.line,
-                        reject: p,
-                    });
-                    continue;
-                }
-            };
-            if let (Some(p), OnBadRow::Fail) = (&bad, on_bad_row) {
-                return Err(bad_row(&what, read.line, p));
+            let read = read_rows(&reading, source, &mut progress, &to_sorter);
+            if read.is_err() {
+                // Before hanging up: the sorting thread must not sort what nobody will read.
+                abort.store(true, Ordering::Release);
             }
-            let row = SnapRow {
-                key,
-                hash,
-                payload,
-                line: read.line,
-                bad,
-            };
-            chunk_bytes += row_bytes(&row);
-            chunk.push(row);
-            if chunk_bytes >= budget {
-                let d = match &dir {
-                    Some(d) => d,
-                    None => dir.insert(
-                        tempfile::Builder::new()
-                            .prefix("spill-")
-                            .tempdir_in(spill_dir)?,
-                    ),
-                };
-                runs.push(spill(&mut chunk, d.path())?);
-                chunk_bytes = 0;
+            drop(to_sorter);
+            let sorted = sorter
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            Ok::<_, std::io::Error>((read, sorted))
+        })?;
+        let ((rows, loose), sorted) = match (read, sorted) {
+            (Err(Stop::Failed(e)), _) => return Err(e),
+            (Err(Stop::SorterGone), Err(e)) | (Ok(_), Err(e)) => return Err(e.into()),
+            (Err(Stop::SorterGone), Ok(_)) | (Ok(_), Ok(None)) => {
+                unreachable!("the sorting thread stops early only on an error or an abort")
             }
-        }
-        source.finish()?;
-        if progress(rows).is_break() {
-            return Err(SnapshotError::Interrupted { rows });
-        }
-        let sorted = match dir {
-            None => {
-                sort_rows(&mut chunk);
-                Sorted::Memory(chunk)
-            }
-            Some(d) => {
-                if !chunk.is_empty() {
-                    runs.push(spill(&mut chunk, d.path())?);
-                }
-                Sorted::Spilled { runs, _dir: d }
-            }
+            (Ok(read), Ok(Some(sorted))) => (read, sorted),
         };
         Ok(Snapshot {
             rows,
@@ -236,10 +234,128 @@ impl Snapshot {
 
     /// The rows, sorted by key then line.
     pub fn into_sorted(self) -> Box<dyn Iterator<Item = Result<SnapRow, std::io::Error>>> {
-        match self.sorted {
-            Sorted::Memory(rows) => Box::new(rows.into_iter().map(Ok)),
-            Sorted::Spilled { runs, _dir } => Box::new(KMerge::new(runs, _dir)),
+        merge::into_rows(self.sorted)
+    }
+}
+
+/// The reading thread's steps, for the debug log.
+const STEPS: usize = 4;
+const PARSE: usize = 0;
+const ENCODE: usize = 1;
+const HASH: usize = 2;
+const WAIT: usize = 3;
+
+/// The reading thread's loop: each row typed, encoded and keyed into batches for the sorting
+/// thread. Returns the row count and the rows rejected without a key.
+fn read_rows(
+    r: &Reading<'_>,
+    source: &mut dyn Source,
+    progress: &mut impl FnMut(u64) -> std::ops::ControlFlow<()>,
+    to_sorter: &Sorter<'_>,
+) -> Result<(u64, Vec<LooseReject>), Stop> {
+    let has_key = r.plan.has_key();
+    let mut steps = runs::Steps::<STEPS>::new();
+    let mut hashed = 0u64;
+    let mut encoder = cells::RowEncoder::new(r.plan, r.tz);
+    let mut cells = Vec::with_capacity(r.plan.columns.len());
+    let mut batch = Batch::new();
+    let mut loose = Vec::new();
+    let mut rows = 0u64;
+    while let Some(read) = source.next_row(&mut cells)? {
+        steps.mark(PARSE);
+        rows += 1;
+        if rows % 65_536 == 0 && progress(rows).is_break() {
+            return Err(SnapshotError::Interrupted { rows }.into());
         }
+        let at = batch.buf.len();
+        let typed = encoder.row(&mut cells, &mut batch.buf);
+        let input = batch.buf.len() - at;
+        let problem = match (read.bad, typed) {
+            (Some(why), _) => Some(Reject::new(None, "unreadable_row", why)),
+            (None, typed) => typed,
+        };
+        let key = if has_key {
+            encoder.key(&mut batch.buf, at)
+        } else {
+            Ok(())
+        };
+        let bad = match (problem, key) {
+            (None, Ok(())) => None,
+            (Some(p), Ok(())) if has_key => Some(Box::new(p)),
+            (Some(p), _) | (None, Err(p)) => {
+                batch.buf.truncate(at);
+                if r.on_bad_row == OnBadRow::Fail {
+                    return Err(bad_row(r.what, read.line, &p).into());
+                }
+                loose.push(LooseReject {
+                    line: read.line,
+                    reject: p,
+                });
+                continue;
+            }
+        };
+        if let (Some(p), OnBadRow::Fail) = (&bad, r.on_bad_row) {
+            return Err(bad_row(r.what, read.line, p).into());
+        }
+        batch.spans.extend_from_slice(encoder.spans());
+        batch.rows.push(Pending {
+            line: read.line,
+            input: input as u32,
+            key: (batch.buf.len() - at - input) as u32,
+            hash: RowHash::default(),
+            bad,
+        });
+        steps.mark(ENCODE);
+        if batch.rows.len() == BATCH_ROWS {
+            batch = to_sorter.send(batch, &mut steps, &mut hashed)?;
+        }
+    }
+    if !batch.rows.is_empty() {
+        to_sorter.send(batch, &mut steps, &mut hashed)?;
+    }
+    source.finish()?;
+    steps.mark(PARSE);
+    tracing::debug!(
+        rows,
+        parse_ms = steps.ms(PARSE),
+        encode_ms = steps.ms(ENCODE),
+        hash_ms = steps.ms(HASH),
+        batches_hashed = hashed,
+        wait_ms = steps.ms(WAIT),
+        "snapshot: reading thread"
+    );
+    if progress(rows).is_break() {
+        return Err(SnapshotError::Interrupted { rows }.into());
+    }
+    Ok((rows, loose))
+}
+
+/// The reading thread's end of the channel to the sorting thread.
+struct Sorter<'a> {
+    tx: SyncSender<Batch>,
+    recycled: Receiver<Batch>,
+    /// Batches sent and not yet taken.
+    queued: &'a AtomicUsize,
+}
+
+impl Sorter<'_> {
+    /// Hands a full batch to the sorting thread, hashing it here first when that thread is
+    /// behind (sorting or spilling a run, say); returns an empty batch to fill next.
+    fn send(
+        &self,
+        mut batch: Batch,
+        steps: &mut runs::Steps<STEPS>,
+        hashed: &mut u64,
+    ) -> Result<Batch, Stop> {
+        if self.queued.load(Ordering::Relaxed) >= BEHIND {
+            batch.hash();
+            *hashed += 1;
+            steps.mark(HASH);
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx.send(batch).map_err(|_| Stop::SorterGone)?;
+        steps.mark(WAIT);
+        Ok(self.recycled.try_recv().unwrap_or_else(|_| Batch::new()))
     }
 }
 
@@ -253,164 +369,6 @@ fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
         what: what.to_string(),
         line,
         reason: format!("{col}{} ({})", p.reason, p.rule),
-    }
-}
-
-fn spill(chunk: &mut Vec<SnapRow>, dir: &Path) -> std::io::Result<File> {
-    sort_rows(chunk);
-    let mut file = tempfile::tempfile_in(dir)?;
-    {
-        let mut w = BufWriter::with_capacity(1 << 20, &mut file);
-        for r in chunk.drain(..) {
-            write_row(&mut w, &r)?;
-        }
-        w.flush()?;
-    }
-    use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0))?;
-    Ok(file)
-}
-
-fn put(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {
-    w.write_all(&(b.len() as u32).to_le_bytes())?;
-    w.write_all(b)
-}
-
-fn write_row(w: &mut impl Write, r: &SnapRow) -> std::io::Result<()> {
-    put(w, &r.key)?;
-    w.write_all(&r.hash.0)?;
-    w.write_all(&r.line.to_le_bytes())?;
-    put(w, &r.payload)?;
-    match &r.bad {
-        None => w.write_all(&[0]),
-        Some(b) => {
-            w.write_all(&[1])?;
-            put(w, b.column.as_deref().unwrap_or("").as_bytes())?;
-            put(w, b.rule.as_bytes())?;
-            put(w, b.reason.as_bytes())
-        }
-    }
-}
-
-fn get(r: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let mut b = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut b)?;
-    Ok(b)
-}
-
-fn static_rule(rule: &[u8]) -> &'static str {
-    match rule {
-        b"type" => "type",
-        b"unreadable_row" => "unreadable_row",
-        b"key_null" => "key_null",
-        _ => "bad_row",
-    }
-}
-
-fn read_row(r: &mut BufReader<File>) -> std::io::Result<Option<SnapRow>> {
-    let mut len = [0u8; 4];
-    match r.read_exact(&mut len) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
-    let mut key = vec![0u8; u32::from_le_bytes(len) as usize];
-    r.read_exact(&mut key)?;
-    let mut hash = [0u8; 16];
-    r.read_exact(&mut hash)?;
-    let mut line = [0u8; 8];
-    r.read_exact(&mut line)?;
-    let payload = get(r)?;
-    let mut flag = [0u8; 1];
-    r.read_exact(&mut flag)?;
-    let bad = if flag[0] == 1 {
-        let column = String::from_utf8_lossy(&get(r)?).into_owned();
-        let rule = static_rule(&get(r)?);
-        let reason = String::from_utf8_lossy(&get(r)?).into_owned();
-        Some(Reject {
-            column: (!column.is_empty()).then_some(column),
-            rule,
-            reason,
-        })
-    } else {
-        None
-    };
-    Ok(Some(SnapRow {
-        key,
-        hash: RowHash(hash),
-        payload,
-        line: u64::from_le_bytes(line),
-        bad,
-    }))
-}
-
-struct Head {
-    row: SnapRow,
-    run: usize,
-}
-
-impl PartialEq for Head {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Head {}
-impl PartialOrd for Head {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Head {
-    // Reversed: BinaryHeap is a max-heap and we want the smallest (key, line) first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        (&other.row.key, other.row.line).cmp(&(&self.row.key, self.row.line))
-    }
-}
-
-struct KMerge {
-    readers: Vec<BufReader<File>>,
-    heap: BinaryHeap<Head>,
-    started: bool,
-    _dir: tempfile::TempDir,
-}
-
-impl KMerge {
-    fn new(runs: Vec<File>, dir: tempfile::TempDir) -> KMerge {
-        KMerge {
-            readers: runs
-                .into_iter()
-                .map(|f| BufReader::with_capacity(256 * 1024, f))
-                .collect(),
-            heap: BinaryHeap::new(),
-            started: false,
-            _dir: dir,
-        }
-    }
-}
-
-impl Iterator for KMerge {
-    type Item = std::io::Result<SnapRow>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if !self.started {
-            self.started = true;
-            for run in 0..self.readers.len() {
-                match read_row(&mut self.readers[run]) {
-                    Ok(Some(row)) => self.heap.push(Head { row, run }),
-                    Ok(None) => {}
-                    Err(e) => return Some(Err(e)),
-                }
-            }
-        }
-        let Head { row, run } = self.heap.pop()?;
-        match read_row(&mut self.readers[run]) {
-            Ok(Some(next)) => self.heap.push(Head { row: next, run }),
-            Ok(None) => {}
-            Err(e) => return Some(Err(e)),
-        }
-        Some(Ok(row))
     }
 }
 
@@ -549,5 +507,202 @@ mod tests {
             err.contains("line 2") && err.contains("\"amount\""),
             "{err}"
         );
+    }
+
+    /// Rows with their read errors, as a file source would give them.
+    struct Script(Vec<(Vec<Cell>, Option<String>)>, usize);
+    impl Source for Script {
+        fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
+            cells.clear();
+            let Some((r, bad)) = self.0.get(self.1) else {
+                return Ok(None);
+            };
+            self.1 += 1;
+            cells.extend(r.iter().cloned());
+            Ok(Some(Read {
+                line: self.1 as u64 * 2,
+                bad: bad.clone(),
+            }))
+        }
+        fn describe(&self) -> String {
+            "script".into()
+        }
+    }
+
+    type Outcome = Result<(Vec<SnapRow>, Vec<LooseReject>), String>;
+
+    /// The snapshot one row at a time through `type_row`, `encode_row` and `row_key`, sorted
+    /// in memory: what `take` must give, whatever its threads and runs.
+    fn reference(script: &Script, plan: &ColumnPlan, on_bad_row: OnBadRow) -> Outcome {
+        let (mut rows, mut loose) = (Vec::new(), Vec::new());
+        let (mut values, mut scratch) = (Vec::new(), Vec::new());
+        for (i, (cells, bad)) in script.0.iter().enumerate() {
+            let line = (i as u64 + 1) * 2;
+            let mut cells = cells.clone();
+            let typed = type_row(plan, chrono_tz::UTC, &mut cells, &mut values);
+            let (payload, hash) = encode_row(plan, &values, &mut scratch);
+            let problem = match (bad, typed) {
+                (Some(why), _) => Some(Reject::new(None, "unreadable_row", why.clone())),
+                (None, t) => t.err(),
+            };
+            let (key, bad) = match (problem, row_key(plan, &values, hash)) {
+                (None, Ok(k)) => (k, None),
+                (Some(p), Ok(k)) if plan.has_key() => (k, Some(p)),
+                (Some(p), _) | (None, Err(p)) => {
+                    if on_bad_row == OnBadRow::Fail {
+                        return Err(bad_row("script", line, &p).to_string());
+                    }
+                    loose.push(LooseReject { line, reject: p });
+                    continue;
+                }
+            };
+            if let (Some(p), OnBadRow::Fail) = (&bad, on_bad_row) {
+                return Err(bad_row("script", line, p).to_string());
+            }
+            rows.push(SnapRow {
+                key,
+                hash,
+                payload,
+                line,
+                bad,
+            });
+        }
+        rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.line.cmp(&b.line)));
+        Ok((rows, loose))
+    }
+
+    fn taken(
+        script: &mut Script,
+        plan: &ColumnPlan,
+        on_bad_row: OnBadRow,
+        budget: usize,
+    ) -> Outcome {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshot::take(
+            script,
+            plan,
+            chrono_tz::UTC,
+            on_bad_row,
+            dir.path(),
+            budget,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .map_err(|e| e.to_string())?;
+        let loose = snap.loose.clone();
+        let rows = snap.into_sorted().map(|r| r.unwrap()).collect();
+        Ok((rows, loose))
+    }
+
+    fn any_cell() -> impl Strategy<Value = Cell> {
+        prop_oneof![
+            4 => "|[0-9]{1,3}|-?[0-9]{1,2}\\.[0-9]{1,2}|x|NaN|é".prop_map(Cell::Text),
+            1 => Just(Cell::Invalid("invalid UTF-8 at byte 0".into())),
+            1 => (0i64..30).prop_map(|i| Cell::Typed(Value::Int(i))),
+        ]
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn take_gives_the_reference_rows_keys_hashes_and_rejects(
+            rows in proptest::collection::vec(
+                (proptest::collection::vec(any_cell(), 3), proptest::option::weighted(0.1, "[a-z ]{1,8}")),
+                0..300,
+            ),
+            keyed in any::<bool>(),
+            fail in proptest::bool::weighted(0.2),
+            budget in prop_oneof![Just(usize::MAX), 200usize..20_000],
+        ) {
+            let plan = if keyed {
+                plan()
+            } else {
+                ColumnPlan::new(MappingSpec {
+                    custom_id: "email".into(),
+                    event: Some("e".into()),
+                    attributes: vec!["amount".into(), "id".into()],
+                    types: [("amount".to_string(), Type::Number)].into(),
+                    ..Default::default()
+                })
+                .unwrap()
+            };
+            let on_bad_row = if fail { OnBadRow::Fail } else { OnBadRow::Reject };
+            let mut script = Script(rows, 0);
+            let expected = reference(&script, &plan, on_bad_row);
+            prop_assert_eq!(taken(&mut script, &plan, on_bad_row, budget), expected);
+        }
+    }
+
+    #[test]
+    fn many_batches_and_runs_come_back_whole_and_in_order() {
+        // More rows than a few batches, a budget that spills a dozen runs.
+        let mut src = VecSource(rows(20_000), 0);
+        let (rows, loose) = taken_vec(&mut src, 400_000);
+        assert!(loose.is_empty());
+        assert_eq!(rows.len(), 20_000);
+        assert!(rows
+            .windows(2)
+            .all(|w| (&w[0].key, w[0].line) <= (&w[1].key, w[1].line)));
+    }
+
+    fn taken_vec(src: &mut VecSource, budget: usize) -> (Vec<SnapRow>, Vec<LooseReject>) {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = Snapshot::take(
+            src,
+            &plan(),
+            chrono_tz::UTC,
+            OnBadRow::Reject,
+            dir.path(),
+            budget,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .unwrap();
+        let loose = snap.loose.clone();
+        (snap.into_sorted().map(|r| r.unwrap()).collect(), loose)
+    }
+
+    #[test]
+    fn a_break_from_progress_interrupts_the_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut src = VecSource(rows(70_000), 0);
+        let err = Snapshot::take(
+            &mut src,
+            &plan(),
+            chrono_tz::UTC,
+            OnBadRow::Reject,
+            dir.path(),
+            100_000,
+            |_| std::ops::ControlFlow::Break(()),
+        )
+        .map(|_| ())
+        .unwrap_err();
+        assert!(
+            matches!(err, SnapshotError::Interrupted { rows: 65_536 }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn dropping_the_sorted_rows_early_removes_the_spill_files() {
+        let dir = tempfile::tempdir().unwrap();
+        // Megabytes of rows: more than the merging thread may run ahead, so it is still
+        // reading its runs when the consumer gives up.
+        let mut src = VecSource(rows(50_000), 0);
+        let snap = Snapshot::take(
+            &mut src,
+            &plan(),
+            chrono_tz::UTC,
+            OnBadRow::Reject,
+            dir.path(),
+            200_000,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .unwrap();
+        let mut sorted = snap.into_sorted();
+        assert!(sorted.next().unwrap().is_ok());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        drop(sorted);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -1,28 +1,268 @@
 //! CSV files: a header row, RFC 4180 quoting (embedded newlines, doubled quotes), a configurable
 //! delimiter, an optional UTF-8 BOM, LF or CRLF line ends.
 //!
+//! The reader is the `csv` crate's grammar (csv-core's state machine with a CRLF terminator,
+//! double quotes, no escape or comment), written out here so that its common case is fast: a
+//! line with no quote and no carriage return is split on the delimiter eight bytes at a time;
+//! any other record takes the state machine byte by byte. The tests hold it to the `csv` crate.
+//!
 //! Invariants:
 //! - Every cell is untyped text; typing happens in the snapshot by `[mapping] types`.
 //! - A file that does not end with a line end, or whose last record holds an unterminated quote,
 //!   is cut short: a structural error, so a half-written export never becomes a baseline.
 //! - A record with the wrong number of fields is a bad row (its key still read when it can be).
+//! - A row's line is the 1-based line where its record starts, counting every line feed before
+//!   it (those inside quoted fields and blank lines included).
+//! - Memory: one read buffer (1 MB, more only for a longer record) and one record.
 
 use super::{Read, Source, SourceError};
 use crate::core::value::Cell;
 use std::fs::File;
-use std::io::{Read as _, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+
+const BUFFER: usize = 1 << 20;
 
 pub struct CsvSource {
     path: PathBuf,
-    reader: csv::Reader<File>,
-    record: csv::ByteRecord,
+    records: Records<File>,
     positions: Vec<usize>,
     width: usize,
-    last_start: u64,
     last_line: u64,
-    /// Newlines inside quoted fields so far: the csv crate's line count leaves them out.
-    embedded_newlines: u64,
+}
+
+/// Records, read from a buffered byte stream: field `i` of the current record is
+/// `bytes()[fields[i].0..fields[i].1]`, unescaped.
+struct Records<R> {
+    input: R,
+    buf: Vec<u8>,
+    /// Unread bytes are `buf[pos..len]`.
+    pos: usize,
+    len: usize,
+    eof: bool,
+    delimiter: u8,
+    /// Whether the fast path may be taken (a delimiter that is no quote or line end).
+    fast: bool,
+    /// The line of `buf[pos]`.
+    line: u64,
+    /// The last byte of the input, once read.
+    last_byte: Option<u8>,
+    /// The current record's unescaped bytes, unless it is `buf[line_at..]` as read.
+    data: Vec<u8>,
+    line_at: Option<usize>,
+    fields: Vec<(usize, usize)>,
+    /// The line where the current record starts.
+    record_line: u64,
+    /// The current record reached the end of the input inside a quoted field.
+    open_quote: bool,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum State {
+    StartField,
+    InField,
+    InQuoted,
+    /// A quote inside a quoted field: the field's end, or the first of a doubled quote.
+    QuoteInQuoted,
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+
+/// The high bit of every byte of `x` that equals `b`, exactly (no false positives).
+#[inline(always)]
+fn bytes_equal(x: u64, b: u8) -> u64 {
+    let y = x ^ (LO * u64::from(b));
+    !(((y & LOW7).wrapping_add(LOW7)) | y | LOW7)
+}
+
+impl<R: std::io::Read> Records<R> {
+    fn new(input: R, delimiter: u8, capacity: usize) -> Records<R> {
+        Records {
+            input,
+            buf: vec![0; capacity.max(1)],
+            pos: 0,
+            len: 0,
+            eof: false,
+            delimiter,
+            fast: !matches!(delimiter, b'"' | b'\r' | b'\n'),
+            line: 1,
+            last_byte: None,
+            data: Vec::with_capacity(1024),
+            line_at: None,
+            fields: Vec::with_capacity(64),
+            record_line: 1,
+            open_quote: false,
+        }
+    }
+
+    /// Reads more input after the unread bytes (moved to the front, the buffer grown when they
+    /// fill it); false at the end of the input.
+    fn fill(&mut self) -> std::io::Result<bool> {
+        if self.eof {
+            return Ok(false);
+        }
+        self.buf.copy_within(self.pos..self.len, 0);
+        self.len -= self.pos;
+        self.pos = 0;
+        if self.len == self.buf.len() {
+            self.buf.resize(self.buf.len() * 2, 0);
+        }
+        loop {
+            match self.input.read(&mut self.buf[self.len..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    return Ok(false);
+                }
+                Ok(n) => {
+                    self.last_byte = Some(self.buf[self.len + n - 1]);
+                    self.len += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the next record; false at the end of the input.
+    fn next_record(&mut self) -> std::io::Result<bool> {
+        self.data.clear();
+        self.line_at = None;
+        self.fields.clear();
+        // Line ends between records (blank lines, the LF of a CRLF) are skipped.
+        loop {
+            if self.pos == self.len && !self.fill()? {
+                return Ok(false);
+            }
+            match self.buf[self.pos] {
+                b'\n' => self.line += 1,
+                b'\r' => {}
+                _ => break,
+            }
+            self.pos += 1;
+        }
+        self.record_line = self.line;
+        if self.fast && self.fast_line() {
+            return Ok(true);
+        }
+        self.slow_record()
+    }
+
+    /// The current record's bytes, which its fields index.
+    fn bytes(&self) -> &[u8] {
+        match self.line_at {
+            Some(at) => &self.buf[at..],
+            None => &self.data,
+        }
+    }
+
+    /// A whole line in the buffer with no quote and no carriage return: split on the delimiter
+    /// eight bytes at a time, and left in place. False (nothing consumed) for any other line.
+    fn fast_line(&mut self) -> bool {
+        let bytes = &self.buf[self.pos..self.len];
+        let fields = &mut self.fields;
+        let mut from = 0;
+        let mut i = 0;
+        let mut end = None;
+        'scan: while i + 8 <= bytes.len() {
+            let x = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+            let mut hits = bytes_equal(x, self.delimiter)
+                | bytes_equal(x, b'\n')
+                | bytes_equal(x, b'"')
+                | bytes_equal(x, b'\r');
+            while hits != 0 {
+                let at = i + (hits.trailing_zeros() / 8) as usize;
+                match bytes[at] {
+                    b'\n' => {
+                        end = Some(at);
+                        break 'scan;
+                    }
+                    b'"' | b'\r' => {
+                        fields.clear();
+                        return false;
+                    }
+                    _ => {
+                        fields.push((from, at));
+                        from = at + 1;
+                    }
+                }
+                hits &= hits - 1;
+            }
+            i += 8;
+        }
+        while end.is_none() && i < bytes.len() {
+            match bytes[i] {
+                b'\n' => end = Some(i),
+                b'"' | b'\r' => {
+                    fields.clear();
+                    return false;
+                }
+                b if b == self.delimiter => {
+                    fields.push((from, i));
+                    from = i + 1;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        let Some(end) = end else {
+            // The line runs past the buffer: the state machine reads on.
+            fields.clear();
+            return false;
+        };
+        fields.push((from, end));
+        self.line_at = Some(self.pos);
+        self.pos += end + 1;
+        self.line += 1;
+        true
+    }
+
+    /// One record by csv-core's state machine, from its first byte to its line end (consumed)
+    /// or the end of the input.
+    fn slow_record(&mut self) -> std::io::Result<bool> {
+        let mut state = State::StartField;
+        let mut from = 0;
+        loop {
+            if self.pos == self.len && !self.fill()? {
+                self.open_quote = state == State::InQuoted;
+                self.fields.push((from, self.data.len()));
+                return Ok(true);
+            }
+            let c = self.buf[self.pos];
+            self.pos += 1;
+            if c == b'\n' {
+                self.line += 1;
+            }
+            let line_end = c == b'\n' || c == b'\r';
+            state = match state {
+                State::StartField if c == b'"' => State::InQuoted,
+                State::StartField | State::InField | State::QuoteInQuoted
+                    if c == self.delimiter =>
+                {
+                    self.fields.push((from, self.data.len()));
+                    from = self.data.len();
+                    State::StartField
+                }
+                State::StartField | State::InField | State::QuoteInQuoted if line_end => {
+                    self.fields.push((from, self.data.len()));
+                    return Ok(true);
+                }
+                State::InQuoted if c == b'"' => State::QuoteInQuoted,
+                State::InQuoted => {
+                    self.data.push(c);
+                    State::InQuoted
+                }
+                State::QuoteInQuoted if c == b'"' => {
+                    self.data.push(c);
+                    State::InQuoted
+                }
+                State::StartField | State::InField | State::QuoteInQuoted => {
+                    self.data.push(c);
+                    State::InField
+                }
+            };
+        }
+    }
 }
 
 impl CsvSource {
@@ -32,28 +272,26 @@ impl CsvSource {
             what: what.clone(),
             message: format!("cannot open: {e}"),
         })?;
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(delimiter)
-            .flexible(true)
-            .has_headers(true)
-            .from_reader(file);
-        let headers = reader
-            .byte_headers()
-            .map_err(|e| SourceError::Structure {
-                what: what.clone(),
-                line: 1,
-                message: format!("cannot read the header row: {e}"),
-            })?
-            .clone();
-        let names: Vec<String> = headers
-            .iter()
-            .map(|h| {
-                String::from_utf8_lossy(h)
-                    .trim_start_matches('\u{feff}')
-                    .trim()
-                    .to_string()
-            })
-            .collect();
+        let mut records = Records::new(file, delimiter, BUFFER);
+        let has_header = records.next_record().map_err(|e| SourceError::Structure {
+            what: what.clone(),
+            line: 1,
+            message: format!("cannot read the header row: {e}"),
+        })?;
+        let names: Vec<String> = if has_header {
+            records
+                .fields
+                .iter()
+                .map(|&(a, b)| {
+                    String::from_utf8_lossy(&records.bytes()[a..b])
+                        .trim_start_matches('\u{feff}')
+                        .trim()
+                        .to_string()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let positions = columns
             .iter()
             .map(|c| {
@@ -69,104 +307,102 @@ impl CsvSource {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(CsvSource {
             path: path.to_path_buf(),
-            reader,
-            record: csv::ByteRecord::new(),
+            records,
             positions,
             width: names.len(),
-            last_start: 0,
             last_line: 1,
-            embedded_newlines: headers.as_slice().iter().filter(|&&b| b == b'\n').count() as u64,
         })
     }
 
     /// The file must end with a line end, and its last record must close its quotes.
     fn check_ending(&self) -> Result<(), SourceError> {
-        let what = self.path.display().to_string();
-        let io = |e: std::io::Error| SourceError::Io {
-            what: what.clone(),
-            message: e.to_string(),
+        let cut = |message: &str| SourceError::Structure {
+            what: self.path.display().to_string(),
+            line: self.last_line,
+            message: message.into(),
         };
-        let mut f = File::open(&self.path).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
-        if len == 0 {
-            return Ok(());
+        if self.records.open_quote {
+            return Err(cut("a quoted field opened here is never closed (unterminated quote): the file looks cut short"));
         }
-        f.seek(SeekFrom::Start(self.last_start)).map_err(io)?;
-        let mut tail = Vec::new();
-        f.read_to_end(&mut tail).map_err(io)?;
-        if tail.iter().filter(|&&b| b == b'"').count() % 2 == 1 {
-            return Err(SourceError::Structure {
-                what,
-                line: self.last_line,
-                message: "a quoted field opened here is never closed (unterminated quote): the file looks cut short".into(),
-            });
-        }
-        if !tail.ends_with(b"\n") && !tail.is_empty() {
-            return Err(SourceError::Structure {
-                what,
-                line: self.last_line,
-                message: "the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline".into(),
-            });
+        if self.records.last_byte.is_some_and(|b| b != b'\n') {
+            return Err(cut("the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline"));
         }
         Ok(())
     }
 }
 
+/// Puts text in cell `i`, reusing the buffer of the text cell already there: a row's cells
+/// cost no allocation once the first rows have sized them.
+fn set_text(cells: &mut Vec<Cell>, i: usize, s: &str) {
+    match cells.get_mut(i) {
+        Some(Cell::Text(t)) => {
+            t.clear();
+            t.push_str(s);
+        }
+        _ => set(cells, i, Cell::Text(s.to_string())),
+    }
+}
+
+fn set(cells: &mut Vec<Cell>, i: usize, cell: Cell) {
+    match cells.get_mut(i) {
+        Some(c) => *c = cell,
+        None => cells.push(cell),
+    }
+}
+
 impl Source for CsvSource {
+    /// Fills `cells` with one cell per plan column; cells the caller hands back from the last
+    /// row keep their text buffers.
     fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
-        cells.clear();
-        let start = self.reader.position().clone();
         let more = self
-            .reader
-            .read_byte_record(&mut self.record)
-            .map_err(|e| {
-                let line = e.position().map(|p| p.line()).unwrap_or(start.line());
-                SourceError::Structure {
-                    what: self.path.display().to_string(),
-                    line,
-                    message: e.to_string(),
-                }
+            .records
+            .next_record()
+            .map_err(|e| SourceError::Structure {
+                what: self.path.display().to_string(),
+                line: self.records.line,
+                message: e.to_string(),
             })?;
         if !more {
+            cells.clear();
             self.check_ending()?;
             return Ok(None);
         }
-        let line = self
-            .record
-            .position()
-            .map(|p| p.line())
-            .unwrap_or(start.line())
-            + self.embedded_newlines;
-        self.embedded_newlines += self
-            .record
-            .as_slice()
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
-        self.last_start = self
-            .record
-            .position()
-            .map(|p| p.byte())
-            .unwrap_or(start.byte());
-        self.last_line = line;
-        let mut bad = None;
-        if self.record.len() != self.width {
-            bad = Some(format!(
+        let r = &self.records;
+        self.last_line = r.record_line;
+        let bad = (r.fields.len() != self.width).then(|| {
+            format!(
                 "{} fields where the header has {}",
-                self.record.len(),
+                r.fields.len(),
                 self.width
-            ));
+            )
+        });
+        // One UTF-8 check for the whole record; a field is checked alone only when that fails.
+        let bytes = r.bytes();
+        let end = r.fields.last().map_or(0, |f| f.1);
+        let text = std::str::from_utf8(&bytes[..end]).ok();
+        for (i, &p) in self.positions.iter().enumerate() {
+            let Some(&(a, b)) = r.fields.get(p) else {
+                set(cells, i, Cell::Invalid("missing field".into()));
+                continue;
+            };
+            match text
+                .and_then(|t| t.get(a..b))
+                .map(Ok)
+                .unwrap_or_else(|| std::str::from_utf8(&bytes[a..b]))
+            {
+                Ok(s) => set_text(cells, i, s),
+                Err(e) => set(
+                    cells,
+                    i,
+                    Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                ),
+            }
         }
-        for &p in &self.positions {
-            cells.push(match self.record.get(p) {
-                Some(bytes) => match std::str::from_utf8(bytes) {
-                    Ok(s) => Cell::Text(s.to_string()),
-                    Err(e) => Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
-                },
-                None => Cell::Invalid("missing field".into()),
-            });
-        }
-        Ok(Some(Read { line, bad }))
+        cells.truncate(self.positions.len());
+        Ok(Some(Read {
+            line: r.record_line,
+            bad,
+        }))
     }
 
     fn describe(&self) -> String {
@@ -252,5 +488,87 @@ mod tests {
     fn invalid_utf8_is_an_invalid_cell() {
         let rows = read_all(b"id,email\n1,\xff\xfe\n", &["email"]).unwrap();
         assert!(matches!(rows[0].1[0], Cell::Invalid(_)));
+    }
+
+    #[test]
+    fn lines_count_every_line_feed_before_the_record() {
+        // LF ends, a quoted newline, a blank line: each row's own line.
+        let rows = read_all(b"id,note\n1,\"a\nb\"\n\n2,x\n3,y\n", &["id"]).unwrap();
+        let lines: Vec<u64> = rows.iter().map(|r| r.0.line).collect();
+        assert_eq!(lines, vec![2, 5, 6]);
+    }
+
+    #[test]
+    fn a_literal_quote_inside_the_last_field_is_not_an_unterminated_quote() {
+        let rows = read_all(b"id,note\n1,5\" screen\n", &["note"]).unwrap();
+        assert_eq!(rows[0].1, vec![text("5\" screen")]);
+    }
+
+    #[test]
+    fn a_record_longer_than_the_buffer_is_read_whole() {
+        let long = "x".repeat(3 * BUFFER);
+        let content = format!("id,note\n1,{long}\n2,\"{long}\"\n");
+        let rows = read_all(content.as_bytes(), &["note", "id"]).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1].1, vec![text(&long), text("2")]);
+        assert_eq!(rows[1].0.line, 3);
+    }
+
+    /// A reader that hands out its bytes a few at a time, to exercise the refills.
+    struct Trickle<'a>(&'a [u8], usize);
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.1 = self.1 % 5 + 1;
+            let n = self.1.min(buf.len()).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    fn ours(input: &[u8], delimiter: u8, capacity: usize) -> (Vec<Vec<Vec<u8>>>, bool) {
+        let mut r = Records::new(Trickle(input, 0), delimiter, capacity);
+        let mut out = Vec::new();
+        while r.next_record().unwrap() {
+            out.push(
+                r.fields
+                    .iter()
+                    .map(|&(a, b)| r.bytes()[a..b].to_vec())
+                    .collect(),
+            );
+        }
+        (out, r.open_quote)
+    }
+
+    fn theirs(input: &[u8], delimiter: u8) -> Vec<Vec<Vec<u8>>> {
+        let mut r = ::csv::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .flexible(true)
+            .has_headers(false)
+            .from_reader(input);
+        r.byte_records()
+            .map(|rec| rec.unwrap().iter().map(|f| f.to_vec()).collect())
+            .collect()
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn records_are_the_csv_crates(
+            input in proptest::collection::vec(
+                prop_oneof![
+                    4 => Just(b'a'), 1 => Just(b'b'), 3 => Just(b','), 2 => Just(b'"'),
+                    2 => Just(b'\n'), 1 => Just(b'\r'), 1 => Just(b';'), 1 => Just(0xc3), 1 => Just(0xa9),
+                ],
+                0..120,
+            ),
+            semicolon in any::<bool>(),
+            capacity in prop_oneof![Just(4usize), Just(16), Just(BUFFER)],
+        ) {
+            let delimiter = if semicolon { b';' } else { b',' };
+            prop_assert_eq!(ours(&input, delimiter, capacity).0, theirs(&input, delimiter));
+        }
     }
 }

@@ -1,0 +1,362 @@
+//! One row's cells → its hash input (each column's name header and value), from which its
+//! payload (the values) and row key are cut, written straight into a byte buffer: the
+//! snapshot's hot loop, without a `Value` (and its `String`) per cell.
+//!
+//! Invariants:
+//! - Byte for byte what the reference path gives (`type_row`, then `encode_row` and `row_key`
+//!   in the parent module): text, and text declared integer, number, bool or date, take fast
+//!   paths that the tests check against it; every other cell takes the reference path itself.
+//! - A cell that does not fit its type is encoded as null, and the first such column is the
+//!   row's reject, as `type_row` does.
+//! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
+
+use crate::core::encode::encode_value;
+use crate::core::mapping::{ColumnPlan, Reject};
+use crate::core::value::{coerce, parse_text, Cell, Type, TypeError};
+use chrono_tz::Tz;
+
+/// Tag bytes of the canonical encoding (`core::encode`, recipe version 1).
+const NULL: u8 = 0x00;
+const BOOL: u8 = 0x01;
+const TEXT: u8 = 0x04;
+const TIME: u8 = 0x05;
+
+pub(super) struct RowEncoder {
+    columns: Vec<String>,
+    types: Vec<Option<Type>>,
+    key: Vec<usize>,
+    tz: Tz,
+    /// Per column, in plan order: `u32 BE name length ‖ name`, the hash input's column header.
+    headers: Vec<Vec<u8>>,
+    /// Where column `i`'s value sits in the last row's hash input: `spans[i]`, from its start.
+    spans: Vec<(u32, u32)>,
+}
+
+impl RowEncoder {
+    pub(super) fn new(plan: &ColumnPlan, tz: Tz) -> RowEncoder {
+        let headers = plan
+            .columns
+            .iter()
+            .map(|name| {
+                let mut h = (name.len() as u32).to_be_bytes().to_vec();
+                h.extend_from_slice(name.as_bytes());
+                h
+            })
+            .collect();
+        RowEncoder {
+            columns: plan.columns.clone(),
+            types: plan.types.clone(),
+            key: plan.key.clone(),
+            tz,
+            headers,
+            spans: Vec::with_capacity(plan.columns.len()),
+        }
+    }
+
+    /// Appends the row's hash input to `out`: per column in plan order, its name header and its
+    /// value (`core::encode`; `hash_encoding` adds the domain). Returns the first column whose
+    /// cell does not fit its type (encoded as null). The values, back to back, are the payload.
+    pub(super) fn row(&mut self, cells: &mut [Cell], out: &mut Vec<u8>) -> Option<Reject> {
+        let base = out.len();
+        self.spans.clear();
+        let mut first = None;
+        for (i, cell) in cells.iter_mut().enumerate() {
+            out.extend_from_slice(&self.headers[i]);
+            let at = out.len();
+            if let Err(e) = encode_cell(cell, self.types[i], self.tz, out) {
+                out.truncate(at);
+                out.push(NULL);
+                if first.is_none() {
+                    first = Some(Reject::new(Some(&self.columns[i]), "type", e.to_string()));
+                }
+            }
+            self.spans
+                .push(((at - base) as u32, (out.len() - base) as u32));
+        }
+        first
+    }
+
+    /// The last row's values in its hash input, from the input's start.
+    pub(super) fn spans(&self) -> &[(u32, u32)] {
+        &self.spans
+    }
+
+    /// Appends the row key, cut from the last row's hash input at `row_at` in `buf`, or says
+    /// which key column is null.
+    pub(super) fn key(&self, buf: &mut Vec<u8>, row_at: usize) -> Result<(), Reject> {
+        for &i in &self.key {
+            let (from, to) = self.spans[i];
+            let (from, to) = (row_at + from as usize, row_at + to as usize);
+            if buf[from] == NULL {
+                return Err(Reject::new(
+                    Some(&self.columns[i]),
+                    "key_null",
+                    "a primary-key column is null",
+                ));
+            }
+            buf.extend_from_within(from..to);
+        }
+        Ok(())
+    }
+}
+
+/// Appends one cell's encoding, as `encode_value(&coerce(cell, ty, tz)?)` would.
+fn encode_cell(
+    cell: &mut Cell,
+    ty: Option<Type>,
+    tz: Tz,
+    out: &mut Vec<u8>,
+) -> Result<(), TypeError> {
+    match cell {
+        Cell::Text(s) if s.is_empty() => out.push(NULL),
+        Cell::Text(s) => match ty {
+            None | Some(Type::String) => {
+                out.push(TEXT);
+                out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                out.extend_from_slice(s.as_bytes());
+            }
+            Some(Type::Date) => match rfc3339_utc_micros(s) {
+                Some(t) => {
+                    out.push(TIME);
+                    out.extend_from_slice(&t.to_be_bytes());
+                }
+                None => encode_value(&parse_text(s, Type::Date, tz)?, out),
+            },
+            Some(Type::Bool) => match s.as_str() {
+                "true" => out.extend_from_slice(&[BOOL, 1]),
+                "false" => out.extend_from_slice(&[BOOL, 0]),
+                _ => encode_value(&parse_text(s, Type::Bool, tz)?, out),
+            },
+            // Integers and numbers parse without allocating; URLs, arrays and JSON are rare.
+            Some(ty) => encode_value(&parse_text(s, ty, tz)?, out),
+        },
+        Cell::Typed(v) if ty.is_none() => encode_value(v, out),
+        other => {
+            let cell = std::mem::replace(other, Cell::Text(String::new()));
+            encode_value(&coerce(cell, ty, tz)?, out)
+        }
+    }
+    Ok(())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` → microseconds since the epoch, as chrono's RFC 3339
+/// parser gives them; `None` for any other spelling (offsets, lowercase, leap seconds, spaces),
+/// which then takes the reference parser.
+fn rfc3339_utc_micros(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' {
+        return None;
+    }
+    if b[16] != b':' || *b.last()? != b'Z' {
+        return None;
+    }
+    let num = |from: usize, to: usize| -> Option<i64> {
+        b[from..to].iter().try_fold(0i64, |n, &c| {
+            c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+        })
+    };
+    let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
+    let micros = match &b[19..b.len() - 1] {
+        [] => 0,
+        [b'.', digits @ ..] if (1..=9).contains(&digits.len()) => {
+            let nanos = num(20, 20 + digits.len())? * 10i64.pow(9 - digits.len() as u32);
+            nanos / 1000
+        }
+        _ => return None,
+    };
+    let month_days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if year == 0 || day == 0 || day > month_days || hour > 23 || minute > 59 || second > 59 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    Some((days * 86_400 + hour * 3600 + minute * 60 + second) * 1_000_000 + micros)
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::mapping::MappingSpec;
+    use crate::core::value::{parse_time, Value};
+    use proptest::prelude::*;
+
+    const UTC: Tz = chrono_tz::UTC;
+
+    fn reference(cell: Cell, ty: Option<Type>) -> Result<Vec<u8>, TypeError> {
+        let mut out = Vec::new();
+        encode_value(&coerce(cell, ty, UTC)?, &mut out);
+        Ok(out)
+    }
+
+    fn fast(mut cell: Cell, ty: Option<Type>) -> Result<Vec<u8>, TypeError> {
+        let mut out = Vec::new();
+        encode_cell(&mut cell, ty, UTC, &mut out).map(|()| out)
+    }
+
+    const TYPES: [Option<Type>; 9] = [
+        None,
+        Some(Type::String),
+        Some(Type::Number),
+        Some(Type::Integer),
+        Some(Type::Bool),
+        Some(Type::Date),
+        Some(Type::Url),
+        Some(Type::StringArray),
+        Some(Type::Json),
+    ];
+
+    #[test]
+    fn known_spellings_encode_as_the_reference_path_does() {
+        let texts = [
+            "",
+            "x",
+            "42",
+            "-7",
+            "42.0",
+            "3.25",
+            " 12 ",
+            "1e3",
+            "NaN",
+            "true",
+            "false",
+            "TRUE",
+            " yes",
+            "0",
+            "1",
+            "2026-11-27T10:30:00Z",
+            "2026-11-27T10:30:00.5Z",
+            "2026-11-27T10:30:00.123456789Z",
+            "2026-11-27T10:30:00.1234567891Z",
+            "2026-11-27T10:30:60Z",
+            "2026-02-29T00:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "1900-02-29T00:00:00Z",
+            "2000-02-29T00:00:00Z",
+            "1969-12-31T23:59:59.999999Z",
+            "0001-01-01T00:00:00Z",
+            "0000-01-01T00:00:00Z",
+            "9999-12-31T23:59:59Z",
+            "2026-13-01T00:00:00Z",
+            "2026-11-27t10:30:00z",
+            "2026-11-27T10:30:00+01:00",
+            "2026-11-27 10:30:00",
+            "2026-11-27",
+            "2026-11-27T24:00:00Z",
+            "2026-11-27T10:30:00.Z",
+            "https://example.com/a",
+            "[\"a\",\"b\"]",
+            "{\"a\":1}",
+            "déjà vu, \"quoted\"",
+        ];
+        for t in texts {
+            for ty in TYPES {
+                let cell = Cell::Text(t.to_string());
+                assert_eq!(
+                    fast(cell.clone(), ty),
+                    reference(cell, ty),
+                    "{t:?} as {ty:?}"
+                );
+            }
+        }
+        let others = [
+            Cell::Invalid("invalid UTF-8 at byte 3".into()),
+            Cell::Typed(Value::Int(1)),
+            Cell::Typed(Value::Text("7".into())),
+            Cell::Typed(Value::Float(2.5)),
+            Cell::Typed(Value::Bool(true)),
+            Cell::Typed(Value::Null),
+            Cell::Typed(Value::StrArray(vec!["a".into()])),
+        ];
+        for cell in others {
+            for ty in TYPES {
+                assert_eq!(
+                    fast(cell.clone(), ty),
+                    reference(cell.clone(), ty),
+                    "{cell:?} as {ty:?}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_utc_time_parses_as_chrono_does(
+            y in 1i64..=9999, mo in 1i64..=12, d in 1i64..=31,
+            h in 0i64..=23, mi in 0i64..=59, s in 0i64..=59, frac in "(\\.[0-9]{1,9})?",
+        ) {
+            let text = format!("{y:04}-{mo:02}-{d:02}T{h:02}:{mi:02}:{s:02}{frac}Z");
+            let fast = rfc3339_utc_micros(&text);
+            let chrono = parse_time(&text, UTC);
+            // The fast path may decline, never disagree.
+            if let Some(t) = fast {
+                prop_assert_eq!(Some(t), chrono, "{}", text);
+            }
+            prop_assert_eq!(fast.is_some(), chrono.is_some(), "{}", text);
+        }
+
+        #[test]
+        fn any_text_encodes_as_the_reference_path_does(text in ".{0,24}", pick in 0usize..9) {
+            let cell = Cell::Text(text);
+            prop_assert_eq!(fast(cell.clone(), TYPES[pick]), reference(cell, TYPES[pick]));
+        }
+    }
+
+    #[test]
+    fn payload_and_key_are_cut_from_the_hash_input() {
+        let plan = ColumnPlan::new(MappingSpec {
+            primary_key: vec!["id".into(), "email".into()],
+            custom_id: "email".into(),
+            event: Some("e".into()),
+            attributes: vec!["amount".into()],
+            types: [("id".to_string(), Type::Integer)].into(),
+            ..Default::default()
+        })
+        .unwrap();
+        // plan order: amount, email, id
+        let mut enc = RowEncoder::new(&plan, UTC);
+        let mut cells = vec![
+            Cell::Text("1.5".into()),
+            Cell::Text("a@x".into()),
+            Cell::Text("7".into()),
+        ];
+        let mut buf = b"earlier rows".to_vec();
+        let at = buf.len();
+        assert!(enc.row(&mut cells, &mut buf).is_none());
+        let key_at = buf.len();
+        enc.key(&mut buf, at).unwrap();
+        let payload: Vec<u8> = enc
+            .spans()
+            .iter()
+            .flat_map(|&(a, b)| buf[at + a as usize..at + b as usize].to_vec())
+            .collect();
+
+        let values = [
+            Value::Text("1.5".into()),
+            Value::Text("a@x".into()),
+            Value::Int(7),
+        ];
+        let mut scratch = Vec::new();
+        let (expected, hash) = super::super::encode_row(&plan, &values, &mut scratch);
+        assert_eq!(&buf[at..key_at], &scratch[..]);
+        assert_eq!(payload, expected);
+        let key = super::super::row_key(&plan, &values, hash).unwrap();
+        assert_eq!(&buf[key_at..], &key[..]);
+    }
+}

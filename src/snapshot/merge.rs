@@ -1,0 +1,231 @@
+//! The end of the snapshot: the sorted runs merged into one stream of rows, on a thread of its
+//! own, a few batches ahead of the consumer (who is busy with the baseline and the writes).
+//!
+//! Invariants:
+//! - Rows come out in (key, line) order: a k-way merge of runs that are each in that order.
+//! - The merging thread hands over records (the bytes of `runs`), not rows: a row's buffers are
+//!   allocated and freed on the consumer's thread, where the allocator reuses them at once;
+//!   freeing another thread's allocations costs glibc a lock per row.
+//! - A failure of the merging thread reaches the consumer as an error, and a panic as a panic:
+//!   the rows never just end early (a missing row would read as a removal).
+//! - The spill directory lives as long as the merging thread; dropping the rows stops the
+//!   thread and waits for it, so the files are gone when the drop returns.
+
+use super::runs::{header, row, Run, Sorted, Steps, HEADER};
+use crate::core::diff::SnapRow;
+use std::cmp::Ordering;
+use std::collections::binary_heap::{BinaryHeap, PeekMut};
+use std::fs::File;
+use std::io::{self, BufReader, Read};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+
+/// Bytes of records per batch handed to the consumer.
+const BATCH_BYTES: usize = 256 * 1024;
+
+enum Cursor {
+    File(BufReader<File>),
+    Memory { run: Run, next: usize },
+}
+
+impl Cursor {
+    /// Reads the next record into `rec`; false at the end of the run.
+    fn next_into(&mut self, rec: &mut Vec<u8>) -> io::Result<bool> {
+        rec.clear();
+        match self {
+            Cursor::Memory { run, next } => match run.sorted_at(*next) {
+                Some(at) => {
+                    *next += 1;
+                    rec.extend_from_slice(run.record(at));
+                    Ok(true)
+                }
+                None => Ok(false),
+            },
+            Cursor::File(r) => {
+                rec.resize(HEADER, 0);
+                match r.read_exact(rec) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                    Err(e) => return Err(e),
+                }
+                let h = header(rec);
+                rec.resize(HEADER + h.key + h.payload + h.bad, 0);
+                r.read_exact(&mut rec[HEADER..])?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// A run's current record in the merge.
+struct Head {
+    rec: Vec<u8>,
+    cursor: usize,
+}
+
+impl Head {
+    fn key_line(&self) -> (&[u8], u64) {
+        let h = header(&self.rec);
+        (&self.rec[HEADER..HEADER + h.key], h.line)
+    }
+}
+
+impl PartialEq for Head {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Head {}
+impl PartialOrd for Head {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Head {
+    // Reversed: BinaryHeap is a max-heap and we want the smallest (key, line) first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.key_line().cmp(&self.key_line())
+    }
+}
+
+type Batches = SyncSender<io::Result<Vec<u8>>>;
+
+/// The merging thread: records in order into batches, until the runs end or the consumer
+/// hangs up. Owns the spill directory (`_dir`), removed when it returns.
+fn merge(
+    mut cursors: Vec<Cursor>,
+    tx: Batches,
+    recycled: Receiver<Vec<u8>>,
+    _dir: Option<tempfile::TempDir>,
+) {
+    let mut heap = BinaryHeap::with_capacity(cursors.len());
+    let mut steps = Steps::<2>::new();
+    let (mut rows, runs) = (0u64, cursors.len());
+    let merged = (|| -> io::Result<()> {
+        for (cursor, c) in cursors.iter_mut().enumerate() {
+            let mut rec = Vec::new();
+            if c.next_into(&mut rec)? {
+                heap.push(Head { rec, cursor });
+            }
+        }
+        let mut out = Vec::with_capacity(BATCH_BYTES + 4096);
+        while let Some(mut top) = heap.peek_mut() {
+            rows += 1;
+            out.extend_from_slice(&top.rec);
+            let cursor = top.cursor;
+            if !cursors[cursor].next_into(&mut top.rec)? {
+                PeekMut::pop(top);
+            }
+            if out.len() >= BATCH_BYTES {
+                steps.mark(0);
+                if tx.send(Ok(out)).is_err() {
+                    return Ok(());
+                }
+                steps.mark(1);
+                out = recycled.try_recv().unwrap_or_default();
+                out.clear();
+            }
+        }
+        if !out.is_empty() {
+            let _ = tx.send(Ok(out));
+        }
+        Ok(())
+    })();
+    steps.mark(0);
+    tracing::debug!(
+        rows,
+        runs,
+        merge_ms = steps.ms(0),
+        wait_ms = steps.ms(1),
+        "snapshot: merging thread"
+    );
+    if let Err(e) = merged {
+        let _ = tx.send(Err(e));
+    }
+}
+
+/// The sorted rows, merged on a thread of their own.
+pub(super) fn into_rows(sorted: Sorted) -> Box<dyn Iterator<Item = io::Result<SnapRow>>> {
+    let (cursors, dir) = match sorted {
+        Sorted::Memory(run) => (vec![Cursor::Memory { run, next: 0 }], None),
+        Sorted::Spilled { files, last, dir } => {
+            let mut cursors: Vec<Cursor> = files
+                .into_iter()
+                .map(|f| Cursor::File(BufReader::with_capacity(256 * 1024, f)))
+                .collect();
+            cursors.push(Cursor::Memory { run: last, next: 0 });
+            (cursors, Some(dir))
+        }
+    };
+    let (tx, rx) = mpsc::sync_channel(2);
+    let (recycle, recycled) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("batchsync-merge".into())
+        .spawn(move || merge(cursors, tx, recycled, dir));
+    match spawned {
+        Ok(thread) => Box::new(Rows {
+            rx: Some(rx),
+            recycle,
+            buf: Vec::new(),
+            at: 0,
+            thread: Some(thread),
+        }),
+        // No thread to be had: an error, never a silently empty snapshot.
+        Err(e) => Box::new(std::iter::once(Err(io::Error::new(
+            e.kind(),
+            format!("cannot start the merge thread: {e}"),
+        )))),
+    }
+}
+
+struct Rows {
+    rx: Option<Receiver<io::Result<Vec<u8>>>>,
+    recycle: Sender<Vec<u8>>,
+    /// The current batch of records, read from `at`.
+    buf: Vec<u8>,
+    at: usize,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Iterator for Rows {
+    type Item = io::Result<SnapRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.at >= self.buf.len() {
+            match self.rx.as_ref()?.recv() {
+                Ok(Ok(batch)) => {
+                    let done = std::mem::replace(&mut self.buf, batch);
+                    let _ = self.recycle.send(done);
+                    self.at = 0;
+                }
+                Ok(Err(e)) => {
+                    self.rx = None;
+                    return Some(Err(e));
+                }
+                Err(_) => {
+                    // The merging thread hung up: at the end of the rows, or in a panic.
+                    self.rx = None;
+                    if let Some(Err(panic)) = self.thread.take().map(|t| t.join()) {
+                        std::panic::resume_unwind(panic);
+                    }
+                    return None;
+                }
+            }
+        }
+        let rec = &self.buf[self.at..];
+        let h = header(rec);
+        let end = HEADER + h.key + h.payload + h.bad;
+        self.at += end;
+        Some(row(&h, &rec[HEADER..end]))
+    }
+}
+
+impl Drop for Rows {
+    fn drop(&mut self) {
+        // Hang up first, so that a merging thread blocked on a full channel wakes and ends;
+        // joining then waits for the spill directory to be removed.
+        self.rx = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! The snapshot's sorting side: batches of encoded rows come in from the reading thread, are
+//! hashed here unless that thread had time to, and are laid out in a byte arena; a full arena
+//! is sorted and spilled to a file. What is left is sorted in memory; `merge` takes it from
+//! there.
+//!
+//! Invariants:
+//! - An arena holds at most `budget` bytes (records plus 24 bytes of sort entry per row) before
+//!   it is spilled; the last one stays in memory and joins the merge without a file.
+//! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
+//!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
+//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes).
+//! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
+//!   prefix and fall back to the whole key and the line only on a tie.
+
+use crate::core::diff::SnapRow;
+use crate::core::encode::{hash_encoding, RowHash};
+use crate::core::mapping::Reject;
+use std::fs::File;
+use std::io::{self, BufWriter, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::Instant;
+
+/// Rows per batch between the reading and the sorting thread.
+pub(super) const BATCH_ROWS: usize = 1024;
+pub(super) const HEADER: usize = 36;
+
+/// Where a thread's time goes, step by step: kept only when debug logs are on
+/// (`BATCHSYNC_LOG=batchsync::snapshot=debug`), for docs/BENCHMARKS.md.
+pub(super) struct Steps<const N: usize> {
+    last: Option<Instant>,
+    ms: [f64; N],
+}
+
+impl<const N: usize> Steps<N> {
+    pub(super) fn new() -> Steps<N> {
+        Steps {
+            last: tracing::enabled!(tracing::Level::DEBUG).then(Instant::now),
+            ms: [0.0; N],
+        }
+    }
+
+    /// Charges the time since the last mark to step `i`.
+    #[inline]
+    pub(super) fn mark(&mut self, i: usize) {
+        if let Some(t) = self.last {
+            let now = Instant::now();
+            self.ms[i] += (now - t).as_secs_f64() * 1000.0;
+            self.last = Some(now);
+        }
+    }
+
+    pub(super) fn ms(&self, i: usize) -> f64 {
+        (self.ms[i] * 10.0).round() / 10.0
+    }
+}
+
+/// Rows typed and encoded by the reading thread, on their way to the sorting thread.
+pub(super) struct Batch {
+    /// Per row, back to back: its hash input ‖ its key.
+    pub(super) buf: Vec<u8>,
+    pub(super) rows: Vec<Pending>,
+    /// Per row, one per column: where the column's value sits in the row's hash input. The
+    /// values, back to back, are the row's payload.
+    pub(super) spans: Vec<(u32, u32)>,
+    /// Whether the rows' hashes are filled in: the reading thread hashes a batch itself when
+    /// the sorting thread is behind, which shares the hashing between the two cores.
+    hashed: bool,
+}
+
+pub(super) struct Pending {
+    pub(super) line: u64,
+    pub(super) input: u32,
+    /// 0 when the plan has no primary key: the key is then the hash.
+    pub(super) key: u32,
+    pub(super) hash: RowHash,
+    pub(super) bad: Option<Box<Reject>>,
+}
+
+impl Batch {
+    pub(super) fn new() -> Batch {
+        Batch {
+            buf: Vec::with_capacity(BATCH_ROWS * 512),
+            rows: Vec::with_capacity(BATCH_ROWS),
+            spans: Vec::with_capacity(BATCH_ROWS * 16),
+            hashed: false,
+        }
+    }
+
+    pub(super) fn hash(&mut self) {
+        if self.hashed {
+            return;
+        }
+        let mut at = 0;
+        for r in &mut self.rows {
+            r.hash = hash_encoding(&self.buf[at..at + r.input as usize]);
+            at += (r.input + r.key) as usize;
+        }
+        self.hashed = true;
+    }
+}
+
+/// A run's sort entry: the first 16 key bytes (zero-padded, big-endian halves) and the
+/// record's offset in the arena.
+#[derive(Clone, Copy)]
+struct Entry {
+    hi: u64,
+    lo: u64,
+    at: usize,
+}
+
+/// One sorted run in memory: records back to back, and their sort entries.
+pub(super) struct Run {
+    data: Vec<u8>,
+    entries: Vec<Entry>,
+}
+
+pub(super) struct Header {
+    pub(super) key: usize,
+    pub(super) payload: usize,
+    pub(super) bad: usize,
+    pub(super) line: u64,
+    pub(super) hash: RowHash,
+}
+
+fn u32_at(b: &[u8], at: usize) -> usize {
+    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes")) as usize
+}
+
+pub(super) fn header(b: &[u8]) -> Header {
+    Header {
+        key: u32_at(b, 0),
+        payload: u32_at(b, 4),
+        bad: u32_at(b, 8),
+        line: u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")),
+        hash: RowHash(b[20..36].try_into().expect("16 bytes")),
+    }
+}
+
+fn put(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+fn static_rule(rule: &[u8]) -> &'static str {
+    match rule {
+        b"type" => "type",
+        b"unreadable_row" => "unreadable_row",
+        b"key_null" => "key_null",
+        _ => "bad_row",
+    }
+}
+
+fn decode_reject(b: &[u8]) -> io::Result<Reject> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt reject in a run");
+    let mut parts = Vec::with_capacity(3);
+    let mut at = 0;
+    for _ in 0..3 {
+        let n = b
+            .get(at..at + 4)
+            .map(|_| u32_at(b, at))
+            .ok_or_else(corrupt)?;
+        parts.push(b.get(at + 4..at + 4 + n).ok_or_else(corrupt)?);
+        at += 4 + n;
+    }
+    let column = String::from_utf8_lossy(parts[0]).into_owned();
+    Ok(Reject {
+        column: (!column.is_empty()).then_some(column),
+        rule: static_rule(parts[1]),
+        reason: String::from_utf8_lossy(parts[2]).into_owned(),
+    })
+}
+
+/// A row from its header and its body (key ‖ payload ‖ reject).
+pub(super) fn row(h: &Header, body: &[u8]) -> io::Result<SnapRow> {
+    let (key, rest) = body.split_at(h.key);
+    let (payload, bad) = rest.split_at(h.payload);
+    Ok(SnapRow {
+        key: key.to_vec(),
+        hash: h.hash,
+        payload: payload.to_vec(),
+        line: h.line,
+        bad: if h.bad == 0 {
+            None
+        } else {
+            Some(decode_reject(&bad[..h.bad])?)
+        },
+    })
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            data: Vec::new(),
+            entries: Vec::new(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.data.len() + self.entries.len() * std::mem::size_of::<Entry>()
+    }
+
+    /// Appends a row whose payload is the `values` of its hash `input`.
+    fn push(
+        &mut self,
+        key: &[u8],
+        hash: RowHash,
+        line: u64,
+        (input, values): (&[u8], &[(u32, u32)]),
+        bad: Option<&Reject>,
+    ) {
+        let at = self.data.len();
+        let mut prefix = [0u8; 16];
+        let n = key.len().min(16);
+        prefix[..n].copy_from_slice(&key[..n]);
+        self.entries.push(Entry {
+            hi: u64::from_be_bytes(prefix[..8].try_into().expect("8 bytes")),
+            lo: u64::from_be_bytes(prefix[8..].try_into().expect("8 bytes")),
+            at,
+        });
+        let payload: u32 = values.iter().map(|&(a, b)| b - a).sum();
+        let d = &mut self.data;
+        d.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        d.extend_from_slice(&payload.to_le_bytes());
+        d.extend_from_slice(&0u32.to_le_bytes());
+        d.extend_from_slice(&line.to_le_bytes());
+        d.extend_from_slice(&hash.0);
+        d.extend_from_slice(key);
+        for &(a, b) in values {
+            d.extend_from_slice(&input[a as usize..b as usize]);
+        }
+        if let Some(b) = bad {
+            let from = d.len();
+            put(d, b.column.as_deref().unwrap_or("").as_bytes());
+            put(d, b.rule.as_bytes());
+            put(d, b.reason.as_bytes());
+            let n = (d.len() - from) as u32;
+            d[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
+        }
+    }
+
+    pub(super) fn record(&self, at: usize) -> &[u8] {
+        let h = header(&self.data[at..at + HEADER]);
+        &self.data[at..at + HEADER + h.key + h.payload + h.bad]
+    }
+
+    /// The offset of the `i`th record in sorted order (once sorted).
+    pub(super) fn sorted_at(&self, i: usize) -> Option<usize> {
+        self.entries.get(i).map(|e| e.at)
+    }
+
+    fn sort(&mut self) {
+        let data = &self.data;
+        let key_line = |at: usize| {
+            let h = header(&data[at..at + HEADER]);
+            (&data[at + HEADER..at + HEADER + h.key], h.line)
+        };
+        self.entries.sort_unstable_by(|a, b| {
+            (a.hi, a.lo)
+                .cmp(&(b.hi, b.lo))
+                .then_with(|| key_line(a.at).cmp(&key_line(b.at)))
+        });
+    }
+
+    /// Writes the sorted run to a new file in `dir`, leaving the run empty.
+    ///
+    /// Through a 1 MB buffer: one `writev` per thousand records measured slower here (the
+    /// kernel's per-segment cost beats a user-space copy).
+    fn spill(&mut self, dir: &Path) -> io::Result<File> {
+        let mut file = tempfile::tempfile_in(dir)?;
+        {
+            let mut w = BufWriter::with_capacity(1 << 20, &mut file);
+            for e in &self.entries {
+                w.write_all(self.record(e.at))?;
+            }
+            w.flush()?;
+        }
+        file.seek(SeekFrom::Start(0))?;
+        self.data.clear();
+        self.entries.clear();
+        Ok(file)
+    }
+}
+
+/// What the sorting thread hands back: rows sorted in memory, or spilled runs to merge.
+pub(super) enum Sorted {
+    Memory(Run),
+    Spilled {
+        files: Vec<File>,
+        last: Run,
+        dir: tempfile::TempDir,
+    },
+}
+
+/// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
+/// left. `None` when the reading thread gave up (`abort`): nothing is sorted for nobody.
+pub(super) fn sort_batches(
+    batches: Receiver<Batch>,
+    recycle: Sender<Batch>,
+    queued: &AtomicUsize,
+    has_key: bool,
+    budget: usize,
+    spill_dir: &Path,
+    abort: &AtomicBool,
+) -> io::Result<Option<Sorted>> {
+    const WAIT: usize = 0;
+    const HASH: usize = 1;
+    const ARRANGE: usize = 2;
+    const SORT: usize = 3;
+    const SPILL: usize = 4;
+    let mut steps = Steps::<5>::new();
+    let (mut hashed, mut rows) = (0u64, 0u64);
+    let mut run = Run::new();
+    let mut files = Vec::new();
+    let mut dir: Option<tempfile::TempDir> = None;
+    for mut batch in batches.iter() {
+        queued.fetch_sub(1, AtomicOrdering::Relaxed);
+        steps.mark(WAIT);
+        hashed += !batch.hashed as u64;
+        batch.hash();
+        steps.mark(HASH);
+        rows += batch.rows.len() as u64;
+        let columns = batch.spans.len() / batch.rows.len().max(1);
+        let mut at = 0;
+        for (r, spans) in batch.rows.drain(..).zip(batch.spans.chunks(columns.max(1))) {
+            let input = &batch.buf[at..at + r.input as usize];
+            let key_at = at + r.input as usize;
+            at = key_at + r.key as usize;
+            let key = if has_key {
+                &batch.buf[key_at..at]
+            } else {
+                &r.hash.0[..]
+            };
+            run.push(key, r.hash, r.line, (input, spans), r.bad.as_deref());
+            if run.bytes() >= budget {
+                steps.mark(ARRANGE);
+                let d = match &dir {
+                    Some(d) => d,
+                    None => dir.insert(
+                        tempfile::Builder::new()
+                            .prefix("spill-")
+                            .tempdir_in(spill_dir)?,
+                    ),
+                };
+                run.sort();
+                steps.mark(SORT);
+                files.push(run.spill(d.path())?);
+                steps.mark(SPILL);
+            }
+        }
+        batch.buf.clear();
+        batch.spans.clear();
+        batch.hashed = false;
+        // The reading thread may be gone already (an error): the batch is just dropped.
+        let _ = recycle.send(batch);
+        steps.mark(ARRANGE);
+    }
+    if abort.load(AtomicOrdering::Acquire) {
+        return Ok(None);
+    }
+    run.sort();
+    steps.mark(SORT);
+    tracing::debug!(
+        rows,
+        batches_hashed = hashed,
+        wait_ms = steps.ms(WAIT),
+        hash_ms = steps.ms(HASH),
+        arrange_ms = steps.ms(ARRANGE),
+        sort_ms = steps.ms(SORT),
+        spill_ms = steps.ms(SPILL),
+        runs_spilled = files.len(),
+        "snapshot: sorting thread"
+    );
+    Ok(Some(match dir {
+        None => Sorted::Memory(run),
+        Some(dir) => Sorted::Spilled {
+            files,
+            last: run,
+            dir,
+        },
+    }))
+}
