@@ -1,11 +1,11 @@
 //! The snapshot: stream the source, type and validate each row, compute its key and hash, and
 //! hand the rows back sorted by key, spilling sorted runs to disk past a memory budget.
 //!
-//! Two threads share the work (`cells`, `runs`): the caller's reads, types and encodes each row
-//! into batches; a sorting thread hashes them, lays them out in an arena and sorts and spills
-//! it. When the sorting thread falls behind, the reading thread hashes its batches itself, so
-//! the hashing (the largest cost per row) lands on whichever core is free. The sorted runs are
-//! then merged on a third thread, ahead of the consumer (`merge`).
+//! Two threads share the work (`cells`, `runs`): the caller's thread reads, types and encodes
+//! each row into batches; a sorting thread hashes them, lays them out in an arena, and sorts
+//! and spills it. When the sorting thread falls behind, the reading thread hashes its batches
+//! itself, so the hashing (the largest cost per row) lands on whichever core is free. The sorted
+//! runs are then merged on a third thread, ahead of the consumer (`merge`).
 //!
 //! Invariants:
 //! - Memory is bounded by `budget` bytes of rows (records and sort entries), plus one read
