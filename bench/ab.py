@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Before and after: two batchsync binaries timed in alternation on the same files, so that
+a change in the machine's load hits both alike. For a change's figures in docs/BENCHMARKS.md.
+
+    bench/ab.py --a OLD/batchsync --b NEW/batchsync [--rows 1000000] [--rounds 5]
+
+Uses (or generates) the harness's data in bench/out/<size>/; prints medians and b ÷ a for the
+first run, `plan` and `run --max-requests 0` of the second run, with the load seen.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness as h  # noqa: E402
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--a", type=Path, required=True, help="the binary before")
+    p.add_argument("--b", type=Path, required=True, help="the binary after")
+    p.add_argument("--gen", type=Path, required=True)
+    p.add_argument("--rows", type=int, default=1_000_000)
+    p.add_argument("--rounds", type=int, default=5)
+    a = p.parse_args()
+    env = dict(os.environ, BATCH_REST_API_KEY="bench-rest-key", BATCH_PROJECT_KEY="bench-project-key")
+    d = h.HERE / "out" / f"ab-{h.label(a.rows)}"
+    d.mkdir(parents=True, exist_ok=True)
+    h.generate(a.gen, d, a.rows, "csv")
+    state, s1 = d / "state.db", d / "state-first.db"
+    first, second = d / "first.toml", d / "second.toml"
+    h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9")
+    h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9")
+    times = {(b, k): [] for b in "ab" for k in ("first", "plan", "commit")}
+    loads = []
+    for r in range(a.rounds):
+        for b in ("ab" if r % 2 == 0 else "ba"):
+            bs = [str(getattr(a, b)), "-q"]
+            h.reset(state)
+            m = h.measure(bs[:1] + ["--config", str(first)] + bs[1:] + ["run", "--json"], env)
+            times[(b, "first")].append(m["seconds"])
+            loads.append((m["load"], m["psi"]))
+            h.save(state, s1)
+            m = h.measure(bs[:1] + ["--config", str(second)] + bs[1:] + ["plan", "--json"], env)
+            times[(b, "plan")].append(m["seconds"])
+            h.save(s1, state)
+            m = h.measure(bs[:1] + ["--config", str(second)] + bs[1:] + ["run", "--max-requests", "0", "--json"], env)
+            times[(b, "commit")].append(m["seconds"])
+        h.log(f"round {r + 1} of {a.rounds} done")
+    out = {}
+    print(f"| run ({h.label(a.rows)} rows, medians of {a.rounds}) | a: before | b: after | b ÷ a |")
+    print("|---|---:|---:|---:|")
+    for k, name in (("first", "first run"), ("plan", "second run, `plan`"),
+                    ("commit", "second run, `run --max-requests 0`")):
+        ma, mb = statistics.median(times[("a", k)]), statistics.median(times[("b", k)])
+        out[k] = {"a": ma, "b": mb, "a_all": times[("a", k)], "b_all": times[("b", k)]}
+        print(f"| {name} | {ma:.2f} s | {mb:.2f} s | {mb / ma:.2f} |")
+    ls = [x for x, _ in loads]
+    ps = [y for _, y in loads if y is not None]
+    print(f"\nload {min(ls)}–{max(ls)}" + (f", CPU pressure {min(ps):.0f}–{max(ps):.0f}%" if ps else ""))
+    (d / "ab.json").write_text(json.dumps({"times": out, "loads": loads}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
