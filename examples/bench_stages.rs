@@ -220,7 +220,7 @@ impl Sink for Nothing {
     fn put(&mut self, _: &[u8], _: RowHash) -> Res<()> {
         Ok(())
     }
-    fn tombstone(&mut self, _: &[u8]) -> Res<()> {
+    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Res<()> {
         Ok(())
     }
     fn event(&mut self, e: &Event, _: RowRef) -> Res<()> {
@@ -238,10 +238,10 @@ struct Writes<'a, 'b>(&'a mut batchsync::store::commit::RunWriter<'b>);
 impl Sink for Writes<'_, '_> {
     type Error = Box<dyn std::error::Error>;
     fn put(&mut self, key: &[u8], hash: RowHash) -> Res<()> {
-        Ok(self.0.put(key, &hash.0)?)
+        Ok(self.0.put(key, hash)?)
     }
-    fn tombstone(&mut self, key: &[u8]) -> Res<()> {
-        Ok(self.0.tombstone(key)?)
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Res<()> {
+        Ok(self.0.tombstone(key, hash)?)
     }
     fn event(&mut self, e: &Event, row: RowRef) -> Res<()> {
         Ok(self.0.event(&e.custom_id, &e.body.to_string(), &row)?)
@@ -301,6 +301,11 @@ fn write(s: &Settings) -> Res<Timed> {
     };
     let reader = store.reader()?;
     let mut writer = store.begin_run(&batchsync::store::now_rfc3339(), None)?;
+    if writer.compacting() {
+        // The stage writes a run's delta; a compacting commit also rewrites the kept entries,
+        // which only the pipeline does.
+        return Err("the store's baseline layers are due for compaction: time the stages on a store after one first run".into());
+    }
     let mut counts = Counts::default();
     {
         let mut sink = Writes(&mut writer);

@@ -259,20 +259,15 @@ fn utc_naive(v: &str) -> String {
 
 /// The baseline of a state store: (key, hash) in hex, present rows only, by key.
 fn baseline(dir: &Dir) -> Vec<(String, String)> {
-    let conn = rusqlite::Connection::open_with_flags(
-        dir.state(),
-        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-    )
-    .expect("the state store exists");
-    let mut stmt = conn
-        .prepare("SELECT hex(key), hex(hash) FROM baseline WHERE present = 1 ORDER BY key")
-        .unwrap();
-    let rows = stmt
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap();
-    rows
+    common::baseline(&dir.state())
+        .into_iter()
+        .filter(|(_, _, present)| *present)
+        .map(|(k, h, _)| (hex_upper(&k), hex_upper(&h)))
+        .collect()
+}
+
+fn hex_upper(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02X}")).collect()
 }
 
 fn sorted_ids(received: &[batchsync::emulate::Received]) -> Vec<String> {

@@ -68,6 +68,19 @@ pub enum Delta {
     },
 }
 
+impl Delta {
+    /// The row key this delta is about.
+    pub fn key(&self) -> &[u8] {
+        match self {
+            Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Bad { row, .. } => {
+                &row.key
+            }
+            Delta::Unchanged { key } | Delta::Removed { key, .. } | Delta::Absent { key } => key,
+            Delta::Duplicate { rows, .. } => &rows[0].key,
+        }
+    }
+}
+
 /// The merge, as an iterator of deltas in key order.
 pub struct Merge<S: Iterator, B: Iterator> {
     snap: Peekable<S>,

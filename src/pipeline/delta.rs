@@ -13,7 +13,8 @@ use crate::snapshot::LooseReject;
 pub trait Sink {
     type Error;
     fn put(&mut self, key: &[u8], hash: RowHash) -> Result<(), Self::Error>;
-    fn tombstone(&mut self, key: &[u8]) -> Result<(), Self::Error>;
+    /// The key left the segment; `hash` is the one the baseline held.
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<(), Self::Error>;
     fn event(&mut self, event: &Event, row: RowRef) -> Result<(), Self::Error>;
     fn reject(
         &mut self,
@@ -138,10 +139,10 @@ impl Apply<'_> {
                     sink.put(&row.key, row.hash)?;
                 }
             }
-            Delta::Removed { key, .. } => {
+            Delta::Removed { key, hash } => {
                 counts.removed += 1;
                 if write == BaselineWrite::Tombstone && !self.defer_removals {
-                    sink.tombstone(&key)?;
+                    sink.tombstone(&key, hash)?;
                 }
             }
             Delta::Unchanged { .. } => counts.unchanged += 1,

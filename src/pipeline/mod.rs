@@ -12,7 +12,7 @@
 pub mod delta;
 
 use crate::config::{Initial, LateEvents, OnChange, Reentry, Settings};
-use crate::core::diff::{merge, Policy};
+use crate::core::diff::{merge, BaseRow, Policy};
 use crate::core::encode::RowHash;
 use crate::core::mapping::{Event, EventRules, LatePolicy, Reject};
 use crate::core::pack::RowRef;
@@ -22,6 +22,8 @@ use crate::ship::{Halt, Progress, ShipOptions, StopFlag};
 use crate::snapshot::{Snapshot, SnapshotError};
 use crate::store::{now_rfc3339, RunRecord, Store, StoreError};
 use delta::{Apply, Counts, Sink};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -194,15 +196,19 @@ fn guard_check(
 
 struct CommitSink<'a, 'b> {
     w: &'a mut crate::store::commit::RunWriter<'b>,
+    /// Whether the current delta wrote its key's baseline entry.
+    wrote: bool,
 }
 
 impl Sink for CommitSink<'_, '_> {
     type Error = StoreError;
     fn put(&mut self, key: &[u8], hash: RowHash) -> Result<(), StoreError> {
-        self.w.put(key, &hash.0)
+        self.wrote = true;
+        self.w.put(key, hash)
     }
-    fn tombstone(&mut self, key: &[u8]) -> Result<(), StoreError> {
-        self.w.tombstone(key)
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<(), StoreError> {
+        self.wrote = true;
+        self.w.tombstone(key, hash)
     }
     fn event(&mut self, event: &Event, row: RowRef) -> Result<(), StoreError> {
         self.w
@@ -219,6 +225,19 @@ impl Sink for CommitSink<'_, '_> {
     }
 }
 
+/// The baseline's entries, counting the present ones into `present` as they go by (the
+/// guards' percentages are of the present rows).
+fn counted<'a, E>(
+    base: impl Iterator<Item = Result<BaseRow, E>> + 'a,
+    present: &'a Cell<u64>,
+) -> impl Iterator<Item = Result<BaseRow, E>> + 'a {
+    base.inspect(move |r| {
+        if let Ok(b) = r {
+            present.set(present.get() + b.present as u64);
+        }
+    })
+}
+
 /// Diff and commit. Returns the counts and how many events and requests went to the outbox.
 fn diff_and_commit(
     settings: &Settings,
@@ -232,7 +251,6 @@ fn diff_and_commit(
     let first_run = !store.has_baseline()?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let reader = store.reader()?;
-    let baseline_rows = reader.baseline_present()?;
     let apply = Apply {
         plan: &settings.plan,
         policy: policy(settings, first_run, initial),
@@ -249,20 +267,50 @@ fn diff_and_commit(
         record_only: apply.policy.record_only,
         ..Counts::default()
     };
+    let baseline_rows = Cell::new(0u64);
     {
-        let mut sink = CommitSink { w: &mut writer };
+        let compacting = writer.compacting();
+        let mut sink = CommitSink {
+            w: &mut writer,
+            wrote: false,
+        };
         apply.loose(&loose, &mut sink, &mut counts)?;
         let sorted = snap
             .into_sorted()
             .map(|r| r.map_err(|e| RunError::Snapshot(SnapshotError::Spill(e))));
-        let base = reader.baseline_iter().map(|r| r.map_err(RunError::Store));
+        // A new base takes every entry, the kept ones too: the baseline rows the merge has
+        // read and not yet matched with a delta wait here (at most two: the merge peeks one).
+        let read = RefCell::new(VecDeque::new());
+        let base = counted(reader.baseline_iter(), &baseline_rows).map(|r| {
+            if let (true, Ok(b)) = (compacting, &r) {
+                read.borrow_mut().push_back(b.clone());
+            }
+            r.map_err(RunError::Store)
+        });
         for (i, d) in merge(sorted, base).enumerate() {
             if i % 65_536 == 0 && stop.is_raised() {
                 return Err(RunError::Interrupted);
             }
-            apply.delta(d?, &mut sink, &mut counts)?;
+            let d = d?;
+            if !compacting {
+                apply.delta(d, &mut sink, &mut counts)?;
+                continue;
+            }
+            let old = {
+                let mut read = read.borrow_mut();
+                match read.front() {
+                    Some(b) if b.key.as_slice() == d.key() => read.pop_front(),
+                    _ => None,
+                }
+            };
+            sink.wrote = false;
+            apply.delta(d, &mut sink, &mut counts)?;
+            if let (false, Some(old)) = (sink.wrote, old) {
+                sink.w.keep(&old.key, old.hash, old.present)?;
+            }
         }
     }
+    let baseline_rows = baseline_rows.get();
     guard_check(settings, &counts, baseline_rows, first_run, opts.force)
         .map_err(RunError::Guard)?;
     let record = RunRecord {
@@ -595,7 +643,7 @@ impl Sink for PlanSink {
     fn put(&mut self, _: &[u8], _: RowHash) -> Result<(), RunError> {
         Ok(())
     }
-    fn tombstone(&mut self, _: &[u8]) -> Result<(), RunError> {
+    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<(), RunError> {
         Ok(())
     }
     fn event(&mut self, event: &Event, _: RowRef) -> Result<(), RunError> {
@@ -644,16 +692,16 @@ pub fn plan(
     let sorted = snap
         .into_sorted()
         .map(|r| r.map_err(|e| RunError::Snapshot(SnapshotError::Spill(e))));
-    let (baseline_rows, pending) = match &store {
-        Some(s) => (s.baseline_present()?, s.pending()?),
-        None => (0, Default::default()),
+    let pending = match &store {
+        Some(s) => s.pending()?,
+        None => Default::default(),
     };
+    let baseline_rows = Cell::new(0u64);
     match &store {
         Some(s) => {
-            for d in merge(
-                sorted,
-                s.baseline_iter().map(|r| r.map_err(RunError::Store)),
-            ) {
+            let base =
+                counted(s.baseline_iter(), &baseline_rows).map(|r| r.map_err(RunError::Store));
+            for d in merge(sorted, base) {
                 apply.delta(d?, &mut sink, &mut counts)?;
             }
         }
@@ -663,7 +711,14 @@ pub fn plan(
             }
         }
     }
-    let guard = guard_check(settings, &counts, baseline_rows, first_run, opts.force).err();
+    let guard = guard_check(
+        settings,
+        &counts,
+        baseline_rows.get(),
+        first_run,
+        opts.force,
+    )
+    .err();
     Ok(PlanSummary {
         rows,
         added: counts.added,

@@ -3,12 +3,18 @@
 //!
 //! Invariants:
 //! - Nothing of a run is visible before `commit` returns; dropping a [`RunWriter`] rolls back.
+//! - The baseline's changes arrive in key order (the merge's order) and go straight into one
+//!   layer (`baseline`): a delta layer of the puts and tombstones, or, when the layers are due
+//!   for compaction, a new base that also takes every entry the run keeps as it was
+//!   ([`RunWriter::keep`]).
 //! - Events wait in a TEMP table (on disk, not in memory) until the merge is over, then leave
 //!   it sorted by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
 
+use super::baseline::{self, LayerWriter, State};
 use super::{now_rfc3339, Ctx, Result, Store};
+use crate::core::encode::RowHash;
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use rusqlite::params;
 
@@ -16,6 +22,7 @@ pub struct RunWriter<'a> {
     store: &'a Store,
     run_id: i64,
     events: u64,
+    layer: Option<LayerWriter>,
     committed: bool,
 }
 
@@ -40,6 +47,7 @@ impl Store {
             store: self,
             run_id: 0,
             events: 0,
+            layer: None,
             committed: false,
         };
         self.conn
@@ -65,6 +73,8 @@ impl Store {
                 w.run_id = self.conn.last_insert_rowid();
             }
         }
+        let compact = baseline::should_compact(&baseline::layers(self)?);
+        w.layer = Some(LayerWriter::begin(self, compact, w.run_id)?);
         Ok(w)
     }
 }
@@ -74,25 +84,40 @@ impl RunWriter<'_> {
         self.run_id
     }
 
-    pub fn put(&mut self, key: &[u8], hash: &[u8; 16]) -> Result<()> {
-        self.store
-            .conn
-            .prepare_cached(
-                "INSERT INTO baseline (key, hash, present, run_id) VALUES (?1, ?2, 1, ?3)
-                 ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, present = 1, run_id = excluded.run_id",
-            )
-            .and_then(|mut s| s.execute(params![key, &hash[..], self.run_id]))
-            .ctx(&self.store.path)?;
-        Ok(())
+    fn layer(&mut self) -> &mut LayerWriter {
+        self.layer.as_mut().expect("a layer until the commit")
     }
 
-    pub fn tombstone(&mut self, key: &[u8]) -> Result<()> {
-        self.store
-            .conn
-            .prepare_cached("UPDATE baseline SET present = 0, run_id = ?2 WHERE key = ?1")
-            .and_then(|mut s| s.execute(params![key, self.run_id]))
-            .ctx(&self.store.path)?;
-        Ok(())
+    /// Whether this commit writes a whole new base: then every entry the run keeps must be
+    /// passed to [`RunWriter::keep`], in key order with the puts and tombstones.
+    pub fn compacting(&self) -> bool {
+        self.layer.as_ref().is_some_and(LayerWriter::is_base)
+    }
+
+    /// The key is in the segment with this hash. Keys come in increasing order.
+    pub fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+        let store = self.store;
+        self.layer().push(store, key, State::Present, &hash)
+    }
+
+    /// The key left the segment; `hash` is the one it had.
+    pub fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+        let store = self.store;
+        self.layer().push(store, key, State::Tombstone, &hash)
+    }
+
+    /// A baseline entry the run leaves as it was: written only into a new base.
+    pub fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
+        if !self.compacting() {
+            return Ok(());
+        }
+        let state = if present {
+            State::Present
+        } else {
+            State::Tombstone
+        };
+        let store = self.store;
+        self.layer().push(store, key, state, &hash)
     }
 
     pub fn event(&mut self, custom_id: &str, event_json: &str, row: &RowRef) -> Result<()> {
@@ -137,6 +162,9 @@ impl RunWriter<'_> {
     ) -> Result<Committed> {
         let p = self.store.path.clone();
         let conn = &self.store.conn;
+        if let Some(layer) = self.layer.take() {
+            layer.finish(self.store)?;
+        }
         let endpoint = Endpoint::for_delta(self.events, mass_update_from);
         let mut packer = Packer::new(endpoint);
         let mut seq = 0u64;

@@ -9,11 +9,13 @@
 //!   requests, rejects and run record all exist. Each answer is recorded whole or not at all.
 //! - No secret is ever written here: request bodies hold events, never keys.
 
+mod baseline;
 pub mod commit;
 pub mod outbox;
 mod schema;
 
-use crate::core::diff::BaseRow;
+pub use baseline::BaselineIter;
+
 use crate::core::encode::RowHash;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::{Path, PathBuf};
@@ -202,16 +204,21 @@ impl Store {
             )));
         }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
+            let number = i + 1;
             self.conn.execute_batch("BEGIN IMMEDIATE").ctx(p)?;
-            let applied = self.conn.execute_batch(sql).and_then(|_| {
+            let applied = self.conn.execute_batch(sql).ctx(p).and_then(|_| {
+                for (_, step) in schema::DATA_STEPS.iter().filter(|(n, _)| *n == number) {
+                    step(self)?;
+                }
                 self.conn
-                    .execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+                    .execute_batch(&format!("PRAGMA user_version = {number}"))
+                    .ctx(p)
             });
             match applied {
                 Ok(()) => self.conn.execute_batch("COMMIT").ctx(p)?,
                 Err(e) => {
                     let _ = self.conn.execute_batch("ROLLBACK");
-                    return Err(e).ctx(p);
+                    return Err(e);
                 }
             }
         }
@@ -265,63 +272,24 @@ impl Store {
             .ctx(&self.path)
     }
 
+    /// Present entries of the baseline (tombstones not counted): a full read, for `status`.
+    /// A run counts them as its merge reads the baseline.
     pub fn baseline_present(&self) -> Result<u64> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM baseline WHERE present = 1", [], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
-            .ctx(&self.path)
-    }
-
-    /// One page of the baseline in key order, after `after` (exclusive).
-    pub fn baseline_page(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<BaseRow>> {
-        let map = |r: &rusqlite::Row<'_>| -> rusqlite::Result<BaseRow> {
-            let hash: Vec<u8> = r.get(1)?;
-            let mut h = [0u8; 16];
-            let n = hash.len().min(16);
-            h[..n].copy_from_slice(&hash[..n]);
-            Ok(BaseRow {
-                key: r.get(0)?,
-                hash: RowHash(h),
-                present: r.get::<_, i64>(2)? != 0,
-            })
-        };
-        let rows = match after {
-            None => {
-                let mut st = self
-                    .conn
-                    .prepare_cached("SELECT key, hash, present FROM baseline ORDER BY key LIMIT ?1")
-                    .ctx(&self.path)?;
-                let v = st
-                    .query_map(params![limit as i64], map)
-                    .ctx(&self.path)?
-                    .collect::<rusqlite::Result<Vec<_>>>();
-                v
-            }
-            Some(k) => {
-                let mut st = self
-                    .conn
-                    .prepare_cached("SELECT key, hash, present FROM baseline WHERE key > ?1 ORDER BY key LIMIT ?2")
-                    .ctx(&self.path)?;
-                let v = st
-                    .query_map(params![k, limit as i64], map)
-                    .ctx(&self.path)?
-                    .collect::<rusqlite::Result<Vec<_>>>();
-                v
-            }
-        };
-        rows.ctx(&self.path)
-    }
-
-    /// The baseline in key order, read page by page (memory: one page).
-    pub fn baseline_iter(&self) -> BaselineIter<'_> {
-        BaselineIter {
-            store: self,
-            page: Vec::new().into_iter(),
-            last: None,
-            done: false,
+        let mut n = 0;
+        for r in self.baseline_iter() {
+            n += r?.present as u64;
         }
+        Ok(n)
+    }
+
+    /// The baseline in key order (memory: one page per layer).
+    pub fn baseline_iter(&self) -> BaselineIter<'_> {
+        BaselineIter::new(self)
+    }
+
+    /// The baseline's entry for one key: (hash, present), or `None`.
+    pub fn baseline_get(&self, key: &[u8]) -> Result<Option<(RowHash, bool)>> {
+        baseline::lookup(self, key)
     }
 
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
@@ -474,45 +442,10 @@ impl Store {
     }
 }
 
-pub struct BaselineIter<'a> {
-    store: &'a Store,
-    page: std::vec::IntoIter<BaseRow>,
-    last: Option<Vec<u8>>,
-    done: bool,
-}
-
-const PAGE: usize = 16_384;
-
-impl Iterator for BaselineIter<'_> {
-    type Item = Result<BaseRow>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if let Some(r) = self.page.next() {
-            return Some(Ok(r));
-        }
-        if self.done {
-            return None;
-        }
-        match self.store.baseline_page(self.last.as_deref(), PAGE) {
-            Ok(page) => {
-                if page.len() < PAGE {
-                    self.done = true;
-                }
-                self.last = page.last().map(|r| r.key.clone());
-                self.page = page.into_iter();
-                self.page.next().map(Ok)
-            }
-            Err(e) => {
-                self.done = true;
-                Some(Err(e))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::diff::BaseRow;
 
     #[test]
     fn the_store_opens_in_wal_with_full_sync_and_foreign_keys() {
@@ -546,20 +479,48 @@ mod tests {
     }
 
     #[test]
-    fn the_baseline_pages_in_key_order() {
+    fn a_schema_1_baseline_is_packed_into_layers_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("state.db")).unwrap();
-        s.conn.execute("INSERT INTO run (id, started_at, status, committed) VALUES (1, 'x', 'completed', 1)", []).unwrap();
-        for k in (0u16..40_000).rev() {
-            s.conn
-                .execute(
-                    "INSERT INTO baseline (key, hash, present, run_id) VALUES (?1, ?2, 1, 1)",
-                    params![k.to_be_bytes().to_vec(), vec![0u8; 16]],
+        let p = dir.path().join("state.db");
+        {
+            // A store as batchsync with schema 1 left it: one row per key.
+            let c = Connection::open(&p).unwrap();
+            c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+            c.execute_batch("PRAGMA user_version = 1").unwrap();
+            c.execute_batch("BEGIN").unwrap();
+            c.execute("INSERT INTO run (id, started_at, status, committed) VALUES (1, 'x', 'completed', 1)", []).unwrap();
+            for k in (0u16..40_000).rev() {
+                c.execute(
+                    "INSERT INTO baseline (key, hash, present, run_id) VALUES (?1, ?2, ?3, 1)",
+                    rusqlite::params![
+                        k.to_be_bytes().to_vec(),
+                        vec![k as u8; 16],
+                        (k % 3 != 0) as i64
+                    ],
                 )
                 .unwrap();
+            }
+            c.execute_batch("COMMIT").unwrap();
         }
-        let keys: Vec<Vec<u8>> = s.baseline_iter().map(|r| r.unwrap().key).collect();
-        assert_eq!(keys.len(), 40_000);
-        assert!(keys.windows(2).all(|w| w[0] < w[1]));
+        let s = Store::open(&p).unwrap();
+        assert_eq!(s.pragma("user_version").unwrap(), "2");
+        let rows: Vec<BaseRow> = s.baseline_iter().map(|r| r.unwrap()).collect();
+        assert_eq!(rows.len(), 40_000);
+        assert!(rows.windows(2).all(|w| w[0].key < w[1].key));
+        for (k, r) in (0u16..40_000).zip(&rows) {
+            assert_eq!(r.key, k.to_be_bytes());
+            assert_eq!(r.hash, RowHash([k as u8; 16]));
+            assert_eq!(r.present, k % 3 != 0);
+        }
+        let legacy: i64 = s
+            .conn
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name LIKE 'baseline%'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(legacy, 0, "the old table is gone");
+        assert_eq!(s.integrity_check().unwrap(), "ok");
     }
 }

@@ -10,8 +10,9 @@
 //! - Delivered requests keep their counts but drop their bodies, so the store does not grow
 //!   with every event ever sent.
 
+use super::baseline::{self, State};
 use super::{now_rfc3339, Ctx, Result, Store};
-use crate::core::encode::unhex;
+use crate::core::encode::{unhex, RowHash};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use rusqlite::{params, OptionalExtension};
@@ -107,7 +108,10 @@ impl Store {
         }
     }
 
-    /// Rejects every row of one operation with Batch's reason and restores their baseline entries.
+    /// Rejects every row of one operation with Batch's reason, and adds to `restore` the
+    /// baseline entries to put back: each row's entry as it was before the run that sent it,
+    /// where the baseline still holds what that run wrote.
+    #[allow(clippy::too_many_arguments)]
     fn reject_rows(
         &self,
         req: &PendingRequest,
@@ -116,6 +120,7 @@ impl Store {
         column: Option<&str>,
         rule: &str,
         reason: &str,
+        restore: &mut Vec<(Vec<u8>, State, RowHash)>,
     ) -> Result<()> {
         let p = &self.path;
         for row in rows {
@@ -128,26 +133,25 @@ impl Store {
             let (Some(key), Some(hash)) = (unhex(&row.k), unhex(&row.h)) else {
                 continue;
             };
-            match &row.prev {
-                None => self
-                    .conn
-                    .prepare_cached("DELETE FROM baseline WHERE key = ?1 AND hash = ?2")
-                    .and_then(|mut s| s.execute(params![key, hash])),
-                Some((prev, present)) => self
-                    .conn
-                    .prepare_cached(
-                        "UPDATE baseline SET hash = ?3, present = ?4 WHERE key = ?1 AND hash = ?2",
-                    )
-                    .and_then(|mut s| {
-                        s.execute(params![
-                            key,
-                            hash,
-                            unhex(prev).unwrap_or_default(),
-                            *present as i64
-                        ])
-                    }),
+            let held = self.baseline_get(&key)?;
+            if held.is_none_or(|(h, _)| h.0[..] != hash[..]) {
+                continue; // a later run changed the entry since: leave it
             }
-            .ctx(p)?;
+            restore.push(match &row.prev {
+                None => (key, State::Erased, RowHash::default()),
+                Some((prev, present)) => {
+                    let mut h = RowHash::default();
+                    let prev = unhex(prev).unwrap_or_default();
+                    let n = prev.len().min(16);
+                    h.0[..n].copy_from_slice(&prev[..n]);
+                    let state = if *present {
+                        State::Present
+                    } else {
+                        State::Tombstone
+                    };
+                    (key, state, h)
+                }
+            });
         }
         Ok(())
     }
@@ -162,6 +166,7 @@ impl Store {
     ) -> Result<(u64, u64)> {
         self.tx(|s| {
             let mut rejected = 0u64;
+            let mut restore = Vec::new();
             let mut seen = std::collections::BTreeSet::new();
             for d in dropped {
                 let Some(rows) = req.manifest.get(d.bulk_index) else {
@@ -173,9 +178,10 @@ impl Store {
                 }
                 let rule = if d.category.is_empty() { "batch" } else { d.category.as_str() };
                 let reason = if d.reason.is_empty() { "dropped by Batch without a reason" } else { d.reason.as_str() };
-                s.reject_rows(req, rows, run_id, d.attribute.as_deref(), rule, reason)?;
+                s.reject_rows(req, rows, run_id, d.attribute.as_deref(), rule, reason, &mut restore)?;
                 rejected += rows.len() as u64;
             }
+            baseline::write_delta(s, run_id, restore)?;
             let delivered = req.events.saturating_sub(rejected);
             s.conn
                 .execute(
@@ -192,10 +198,12 @@ impl Store {
     pub fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
         self.tx(|s| {
             let mut rejected = 0;
+            let mut restore = Vec::new();
             for rows in &req.manifest {
-                s.reject_rows(req, rows, run_id, None, "batch_bad_request", message)?;
+                s.reject_rows(req, rows, run_id, None, "batch_bad_request", message, &mut restore)?;
                 rejected += rows.len() as u64;
             }
+            baseline::write_delta(s, run_id, restore)?;
             s.conn
                 .execute(
                     "UPDATE request SET state = 'rejected', attempts = attempts + 1, answered_at = ?2, last_error = ?3,

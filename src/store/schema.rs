@@ -1,6 +1,8 @@
 //! Migrations of the state store, applied in order and tracked by `PRAGMA user_version`.
 //!
 //! Invariant: a migration that has landed is never edited; a change is a new entry at the end.
+//! A migration whose data cannot move in SQL alone names a step in [`DATA_STEPS`], run in the
+//! same transaction right after its SQL.
 
 pub const MIGRATIONS: &[&str] = &[
     // 1: runs, baseline, outbox, rejects.
@@ -65,4 +67,33 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX reject_run ON reject(run_id);
     "#,
+    // 2: the baseline as sorted layers of packed pages (store::baseline); the rows of the
+    // one-row-per-key table are packed into a base layer by the data step, then dropped.
+    r#"
+    CREATE TABLE base_layer (
+        id      INTEGER PRIMARY KEY,
+        kind    TEXT NOT NULL CHECK (kind IN ('base', 'delta')),
+        run_id  INTEGER NOT NULL,
+        entries INTEGER NOT NULL
+    );
+
+    CREATE TABLE base_page (
+        id      INTEGER PRIMARY KEY,
+        layer   INTEGER NOT NULL,
+        seq     INTEGER NOT NULL,
+        last    BLOB NOT NULL,
+        entries INTEGER NOT NULL,
+        data    BLOB NOT NULL,
+        UNIQUE (layer, seq)
+    );
+    CREATE INDEX base_page_last ON base_page(layer, last);
+
+    ALTER TABLE baseline RENAME TO baseline_v1;
+    "#,
 ];
+
+/// A migration's data step, run after its SQL in the same transaction.
+pub type DataStep = fn(&super::Store) -> super::Result<()>;
+
+/// (migration number, step).
+pub const DATA_STEPS: &[(usize, DataStep)] = &[(2, super::baseline::pack_legacy)];

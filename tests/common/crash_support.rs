@@ -352,10 +352,17 @@ pub fn dump(path: &Path) -> Dump {
         return Dump::default();
     };
     Dump {
-        baseline: rows(
-            &c,
-            "SELECT key, hash, present, run_id FROM baseline ORDER BY key",
-        ),
+        baseline: crate::common::baseline(path)
+            .into_iter()
+            .map(|(k, h, present)| {
+                use rusqlite::types::Value;
+                vec![
+                    Value::Blob(k),
+                    Value::Blob(h),
+                    Value::Integer(present as i64),
+                ]
+            })
+            .collect(),
         requests: rows(
             &c,
             "SELECT id, run_id, endpoint, operations, events, body, manifest, state, attempts,

@@ -106,6 +106,21 @@ impl Dir {
     }
 }
 
+/// The baseline of a state store in key order: (key, hash, present), tombstones included;
+/// empty when there is no store yet.
+pub fn baseline(state: &Path) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
+    match batchsync::store::Store::open_read(state).expect("the state store opens") {
+        None => Vec::new(),
+        Some(s) => s
+            .baseline_iter()
+            .map(|r| {
+                let b = r.expect("the baseline reads");
+                (b.key, b.hash.0.to_vec(), b.present)
+            })
+            .collect(),
+    }
+}
+
 /// Exit code and the one JSON value on stdout.
 pub fn json_of(out: Output) -> (i32, serde_json::Value) {
     let code = out.status.code().unwrap_or(-1);
