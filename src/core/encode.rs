@@ -44,9 +44,11 @@ impl fmt::Debug for RowHash {
 }
 
 pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push_str(&format!("{b:02x}"));
+    for &b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
     }
     s
 }
@@ -299,6 +301,7 @@ mod tests {
             unhex(&hex(&[0, 1, 254, 255])).unwrap(),
             vec![0, 1, 254, 255]
         );
+        assert_eq!(hex(&[0, 1, 0xab, 0x7f, 255]), "0001ab7fff");
         assert_eq!(unhex("zz"), None);
     }
 }

@@ -248,6 +248,7 @@ fn diff_and_commit(
     existing_run: Option<i64>,
     stop: &StopFlag,
 ) -> Result<(i64, Counts, u64, u64), RunError> {
+    let t0 = Instant::now();
     let first_run = !store.has_baseline()?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let reader = store.reader()?;
@@ -322,11 +323,19 @@ fn diff_and_commit(
         ..RunRecord::default()
     };
     let run_id = writer.run_id();
+    let merged = t0.elapsed();
     let written = writer.commit(
         &record,
         settings.destination.mass_update_from,
         &settings.plan.identity(),
     )?;
+    tracing::debug!(
+        merge_ms = merged.as_millis() as u64,
+        commit_ms = (t0.elapsed() - merged).as_millis() as u64,
+        events = written.events,
+        requests = written.requests,
+        "diff and commit"
+    );
     Ok((run_id, counts, written.events, written.requests))
 }
 
@@ -453,6 +462,11 @@ pub fn run(
         }
     };
     crate::crash::point("after_read");
+    tracing::debug!(
+        ms = t0.elapsed().as_millis() as u64,
+        rows = snap.rows,
+        "snapshot taken"
+    );
     let rows = snap.rows;
     summary.rows = rows;
     let (id, counts, _events, _requests) =

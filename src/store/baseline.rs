@@ -82,7 +82,7 @@ pub(crate) fn layers(store: &Store) -> Result<Vec<Layer>> {
 /// Whether the next commit should write a whole new base rather than a delta layer.
 pub(crate) fn should_compact(layers: &[Layer]) -> bool {
     match layers.first() {
-        Some(base) if base.base => {
+        Some(base) if base.base && base.entries > 0 => {
             let deltas: u64 = layers[1..].iter().map(|l| l.entries).sum();
             deltas * COMPACT_SHARE > base.entries || layers.len() > MAX_LAYERS
         }
@@ -450,6 +450,15 @@ pub(crate) fn write_delta(
 /// packed into a base layer, then dropped. Runs inside the migration's transaction.
 pub(crate) fn pack_legacy(store: &Store) -> Result<()> {
     let p = &store.path;
+    let legacy: i64 = store
+        .conn
+        .query_row("SELECT EXISTS(SELECT 1 FROM baseline_v1)", [], |r| r.get(0))
+        .ctx(p)?;
+    if legacy == 0 {
+        // A new store, or one whose runs never committed: no layer until the first commit.
+        store.conn.execute_batch("DROP TABLE baseline_v1").ctx(p)?;
+        return Ok(());
+    }
     let mut w = LayerWriter::begin(store, true, 0)?;
     {
         let mut st = store
@@ -572,6 +581,7 @@ mod tests {
         };
         assert!(should_compact(&[]));
         assert!(should_compact(&[delta(1, 5)]));
+        assert!(should_compact(&[base(0), delta(2, 1)]));
         assert!(!should_compact(&[base(100)]));
         assert!(!should_compact(&[base(100), delta(2, 25)]));
         assert!(should_compact(&[base(100), delta(2, 20), delta(3, 6)]));

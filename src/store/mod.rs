@@ -459,6 +459,10 @@ mod tests {
             s.pragma("user_version").unwrap(),
             schema::MIGRATIONS.len().to_string()
         );
+        assert!(
+            baseline::layers(&s).unwrap().is_empty(),
+            "a new store has no baseline layer until its first commit"
+        );
     }
 
     #[test]
