@@ -24,6 +24,7 @@ import os
 import platform
 import shutil
 import statistics
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -277,6 +278,9 @@ def bench_size(a, n, env, emu_off):
         res["plan_ndjson"] = summary(plans, nd["evolved"]["rows"],
                                      {"delta": {k: s[k] for k in ("added", "changed", "removed")}})
 
+    if n == a.rows and a.steady:
+        res["steady"] = steady_runs(a, d, s1, state, emu_off, env)
+
     if a.stages and n == a.rows:
         save(s1, state)
         log(f"{label(n)}: stage breakdown")
@@ -314,6 +318,37 @@ def bench_size(a, n, env, emu_off):
                                   "--output", str(d / "qsv-diff.csv")]))
         res["qsv_diff"] = summary(qruns, rows2)
     return res
+
+
+def base_layer(state):
+    """The id of the store's base layer: it changes when a commit compacts the layers."""
+    c = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        return c.execute("SELECT id FROM base_layer WHERE kind = 'base'").fetchone()[0]
+    finally:
+        c.close()
+
+
+def steady_runs(a, d, s1, state, emu_off, env):
+    """Runs in a row, from the first run's store, the segment going back and forth between
+    its two versions (4% of it changes each time), each a whole `run` that ships: what a
+    scheduled sync costs over time, compactions of the baseline's layers included."""
+    cfgs = [d / "second.toml", d / "back.toml"]
+    write_config(cfgs[1], d / "base.csv", state, emu_off.endpoint)
+    save(s1, state)
+    bs = [str(a.bin)]
+    base = base_layer(state)
+    out = []
+    for i in range(a.steady):
+        m = measure(bs + ["--config", str(cfgs[i % 2]), "-q", "run", "--json"], env)
+        s = json.loads(m["stdout"])
+        assert s["events_pending"] == 0 and s["status"] == "completed", s
+        now = base_layer(state)
+        out.append({"seconds": m["seconds"], "compacted": now != base, "events": s["events_sent"],
+                    "load": m["load"]})
+        base = now
+    log(f"steady: {[(o['seconds'], o['compacted']) for o in out]}")
+    return out
 
 
 def poll_events(emu, samples, stop, every):
@@ -553,6 +588,26 @@ def report(results, shipping, meta, a):
         if "qsv_diff" in x:
             row("`qsv diff` of the two files (stateless, sends nothing)", x["qsv_diff"])
     lines.append("")
+    st = results[0].get("steady")
+    if st:
+        plain = [o["seconds"] for o in st if not o["compacted"]]
+        comp = [o["seconds"] for o in st if o["compacted"]]
+        n = results[0]["evolved_rows"]
+        mean = statistics.mean(o["seconds"] for o in st)
+        lines.append(f"Runs in a row ({label(results[0]['rows'])}, {len(st)} whole `run`s from the first run's store, "
+                     f"the segment going back and forth between its two versions, {st[0]['events']:,} events "
+                     "shipped each): the baseline's delta layers are folded into a new base when they pass a quarter "
+                     "of it, so a few runs pay for a compaction.")
+        lines.append("")
+        lines.append("| runs | seconds | rows/s |")
+        lines.append("|---|---:|---:|")
+        if plain:
+            lines.append(f"| {len(plain)} writing a delta layer (median) | {statistics.median(plain):.2f} | "
+                         f"{round(n / statistics.median(plain)):,} |")
+        for c in comp:
+            lines.append(f"| 1 compacting (writes a new base) | {c:.2f} | {round(n / c):,} |")
+        lines.append(f"| all {len(st)}, mean (amortised) | {mean:.2f} | {round(n / mean):,} |")
+        lines.append("")
     lines.append("Shipping (`run` of a store whose outbox holds every row of a segment as an event; the steady "
                  "rate is what the emulator's counters saw between the first and the last request answered):")
     lines.append("")
@@ -632,6 +687,8 @@ def main():
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--big-repeat", type=int, default=3)
     p.add_argument("--limits-seconds", type=int, default=60)
+    p.add_argument("--steady", type=int, default=10,
+                   help="runs in a row at the small size, compactions included (0: skip)")
     p.add_argument("--ship-events", type=int, default=100_000, help="events for the limits-off shipping runs (0: skip)")
     p.add_argument("--skip-limits", action="store_true")
     p.add_argument("--no-python", action="store_true")
