@@ -8,7 +8,8 @@
 //!   it is spilled; the last one stays in memory and joins the merge without a file.
 //! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
 //!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
-//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes).
+//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes). Under
+//!   `Payloads::Skip` every payload is empty: the batches then carry no value spans at all.
 //! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
 //!   prefix and fall back to the whole key and the line only on a tie.
 
@@ -293,13 +294,22 @@ pub(super) enum Sorted {
     },
 }
 
+/// What the sorting thread needs to know of the rows' shape.
+pub(super) struct Layout {
+    /// Without a primary key, a row's key is its hash.
+    pub(super) has_key: bool,
+    pub(super) columns: usize,
+    /// Whether records keep their payload; the batches then carry `columns` spans a row.
+    pub(super) payloads: bool,
+}
+
 /// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
 /// left. `None` when the reading thread gave up (`abort`): nothing is sorted for nobody.
 pub(super) fn sort_batches(
     batches: Receiver<Batch>,
     recycle: Sender<Batch>,
     queued: &AtomicUsize,
-    has_key: bool,
+    layout: Layout,
     budget: usize,
     spill_dir: &Path,
     abort: &AtomicBool,
@@ -321,13 +331,14 @@ pub(super) fn sort_batches(
         batch.hash();
         steps.mark(HASH);
         rows += batch.rows.len() as u64;
-        let columns = batch.spans.len() / batch.rows.len().max(1);
+        let columns = if layout.payloads { layout.columns } else { 0 };
         let mut at = 0;
-        for (r, spans) in batch.rows.drain(..).zip(batch.spans.chunks(columns.max(1))) {
+        for (i, r) in batch.rows.drain(..).enumerate() {
+            let spans = &batch.spans[i * columns..(i + 1) * columns];
             let input = &batch.buf[at..at + r.input as usize];
             let key_at = at + r.input as usize;
             at = key_at + r.key as usize;
-            let key = if has_key {
+            let key = if layout.has_key {
                 &batch.buf[key_at..at]
             } else {
                 &r.hash.0[..]
