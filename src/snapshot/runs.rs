@@ -319,7 +319,7 @@ fn radix_sort(entries: &mut Vec<Entry>) {
     let mut scratch: Vec<Entry> = Vec::new();
     let mut from = std::mem::take(entries);
     for (d, c) in counts.iter().enumerate() {
-        if c.iter().any(|&k| k == n) {
+        if c.contains(&n) {
             continue;
         }
         let mut next = [0usize; 256];
