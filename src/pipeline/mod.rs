@@ -19,7 +19,7 @@ use crate::core::pack::RowRef;
 use crate::lock::{LockError, RunLock};
 use crate::ship::client::{Client, Credentials};
 use crate::ship::{Halt, Progress, ShipOptions, StopFlag};
-use crate::snapshot::{Snapshot, SnapshotError};
+use crate::snapshot::{Payloads, Snapshot, SnapshotError};
 use crate::store::{now_rfc3339, RunRecord, Store, StoreError};
 use delta::{Apply, Counts, Sink};
 use std::cell::{Cell, RefCell};
@@ -122,23 +122,41 @@ fn spill_dir(settings: &Settings) -> std::path::PathBuf {
         .unwrap_or_else(|| ".".into())
 }
 
+/// Whether the rows' payloads will be needed: not on a run that only records the segment (the
+/// first under `initial = "baseline"`, as `policy` decides it), which never builds an event.
+/// Should the two ever disagree, an event would find an empty payload and reject its row
+/// (`corrupt_row`), never send a wrong one.
+fn payloads(settings: &Settings, first_run: bool, opts: &RunOptions) -> Payloads {
+    let initial = opts.initial.unwrap_or(settings.sync.initial);
+    if first_run && initial == Initial::Baseline {
+        Payloads::Skip
+    } else {
+        Payloads::Keep
+    }
+}
+
 /// Reads the source into a sorted snapshot, with progress on stderr.
 fn take_snapshot(
     settings: &Settings,
     stop: &StopFlag,
     ui: &crate::ui::Ui,
+    payloads: Payloads,
 ) -> Result<Snapshot, RunError> {
     let mut source = crate::source::open(settings).map_err(SnapshotError::from)?;
     let dir = spill_dir(settings);
     std::fs::create_dir_all(&dir).map_err(SnapshotError::Spill)?;
     let mut reading = ui.reading(&source.describe());
-    let snap = Snapshot::take(
+    let opts = crate::snapshot::Options {
+        on_bad_row: settings.sync.on_bad_row,
+        spill_dir: &dir,
+        budget: crate::snapshot::DEFAULT_BUDGET,
+        payloads,
+    };
+    let snap = Snapshot::take_with(
         source.as_mut(),
         &settings.plan,
         settings.timezone,
-        settings.sync.on_bad_row,
-        &dir,
-        crate::snapshot::DEFAULT_BUDGET,
+        opts,
         |rows| {
             reading.rows(rows);
             if stop.is_raised() {
@@ -448,7 +466,8 @@ pub fn run(
     }
 
     // Snapshot, diff, commit.
-    let snap = match take_snapshot(settings, stop, ui) {
+    let first_run = !store.has_baseline()?;
+    let snap = match take_snapshot(settings, stop, ui, payloads(settings, first_run, opts)) {
         Ok(s) => s,
         Err(e) => {
             return Err(fail_before_commit(
@@ -684,11 +703,16 @@ pub fn plan(
     if let Some(s) = &store {
         s.check_identity(&settings.plan.identity())?;
     }
-    let snap = take_snapshot(settings, &StopFlag::default(), ui)?;
     let first_run = match &store {
         Some(s) => !s.has_baseline()?,
         None => true,
     };
+    let snap = take_snapshot(
+        settings,
+        &StopFlag::default(),
+        ui,
+        payloads(settings, first_run, opts),
+    )?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let apply = Apply {
         plan: &settings.plan,
@@ -775,7 +799,7 @@ pub struct CheckSummary {
 /// Reads the whole source and maps every row as if it were new: config, source and mapping
 /// problems surface without touching the store or the network.
 pub fn check(settings: &Settings, ui: &crate::ui::Ui) -> Result<CheckSummary, RunError> {
-    let snap = take_snapshot(settings, &StopFlag::default(), ui)?;
+    let snap = take_snapshot(settings, &StopFlag::default(), ui, Payloads::Keep)?;
     let apply = Apply {
         plan: &settings.plan,
         policy: Policy {

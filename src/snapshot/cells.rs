@@ -12,12 +12,13 @@
 
 use crate::core::encode::encode_value;
 use crate::core::mapping::{ColumnPlan, Reject};
-use crate::core::value::{coerce, parse_text, Cell, Type, TypeError};
+use crate::core::value::{coerce, parse_text, Cell, Type, TypeError, Value};
 use chrono_tz::Tz;
 
 /// Tag bytes of the canonical encoding (`core::encode`, recipe version 1).
 const NULL: u8 = 0x00;
 const BOOL: u8 = 0x01;
+const INT: u8 = 0x02;
 const TEXT: u8 = 0x04;
 const TIME: u8 = 0x05;
 
@@ -127,7 +128,18 @@ fn encode_cell(
                 "false" => out.extend_from_slice(&[BOOL, 0]),
                 _ => encode_value(&parse_text(s, Type::Bool, tz)?, out),
             },
-            // Integers and numbers parse without allocating; URLs, arrays and JSON are rare.
+            Some(Type::Integer) => match plain_int(s.as_bytes()) {
+                Some(i) => {
+                    out.push(INT);
+                    out.extend_from_slice(&i.to_be_bytes());
+                }
+                None => encode_value(&parse_text(s, Type::Integer, tz)?, out),
+            },
+            Some(Type::Number) => match plain_decimal(s.as_bytes()) {
+                Some(v) => encode_value(&v, out),
+                None => encode_value(&parse_text(s, Type::Number, tz)?, out),
+            },
+            // URLs, arrays and JSON are rare.
             Some(ty) => encode_value(&parse_text(s, ty, tz)?, out),
         },
         Cell::Typed(v) if ty.is_none() => encode_value(v, out),
@@ -137,6 +149,49 @@ fn encode_cell(
         }
     }
     Ok(())
+}
+
+/// `-?[0-9]{1,18}` → its value, as `str::parse::<i64>` gives it (18 digits cannot overflow);
+/// `None` for any other spelling (signs, spaces, longer), which takes the reference parser.
+fn plain_int(b: &[u8]) -> Option<i64> {
+    let (neg, digits) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 18 {
+        return None;
+    }
+    let n = digits.iter().try_fold(0i64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + i64::from(c - b'0'))
+    })?;
+    Some(if neg { -n } else { n })
+}
+
+/// A plain integer, or `-?[0-9]+\.[0-9]+` of at most 15 digits → the value `parse_number`
+/// gives: the digits as an integer m < 2^53 over 10^k (k ≤ 14), both exact in an f64, so one
+/// division rounds correctly (Clinger's fast path, which the standard parser takes too).
+/// `None` for anything else, which takes the reference parser.
+fn plain_decimal(b: &[u8]) -> Option<Value> {
+    if let Some(i) = plain_int(b) {
+        return Some(Value::Int(i));
+    }
+    const POW10: [f64; 15] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+    ];
+    let (neg, rest) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    let dot = rest.iter().position(|&c| c == b'.')?;
+    let (int, frac) = (&rest[..dot], &rest[dot + 1..]);
+    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 15 {
+        return None;
+    }
+    let m = int.iter().chain(frac).try_fold(0u64, |n, &c| {
+        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
+    })?;
+    let x = m as f64 / POW10[frac.len()];
+    Value::number(if neg { -x } else { x }).ok()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` → microseconds since the epoch, as chrono's RFC 3339
@@ -194,7 +249,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 mod tests {
     use super::*;
     use crate::core::mapping::MappingSpec;
-    use crate::core::value::{parse_time, Value};
+    use crate::core::value::parse_time;
     use proptest::prelude::*;
 
     const UTC: Tz = chrono_tz::UTC;
@@ -264,6 +319,27 @@ mod tests {
             "[\"a\",\"b\"]",
             "{\"a\":1}",
             "déjà vu, \"quoted\"",
+            "-0",
+            "-0.0",
+            "0.10",
+            "007",
+            "007.50",
+            "-",
+            "-.5",
+            "1.",
+            ".5",
+            "+5",
+            "109.33",
+            "-109.33",
+            "123456789012345678",
+            "1234567890123456789",
+            "-9223372036854775808",
+            "9223372036854775808",
+            "12345678901234.5",
+            "1234567890123456.5",
+            "0.000000000000001",
+            "1.2.3",
+            "1-2",
         ];
         for t in texts {
             for ty in TYPES {
@@ -309,6 +385,15 @@ mod tests {
                 prop_assert_eq!(Some(t), chrono, "{}", text);
             }
             prop_assert_eq!(fast.is_some(), chrono.is_some(), "{}", text);
+        }
+
+        #[test]
+        fn any_number_encodes_as_the_reference_path_does(
+            text in "[-+]?[0-9]{0,20}(\\.[0-9]{0,20})?", number in any::<bool>(),
+        ) {
+            let ty = Some(if number { Type::Number } else { Type::Integer });
+            let cell = Cell::Text(text);
+            prop_assert_eq!(fast(cell.clone(), ty), reference(cell, ty));
         }
 
         #[test]

@@ -4,13 +4,16 @@
 //! there.
 //!
 //! Invariants:
-//! - An arena holds at most `budget` bytes (records plus 24 bytes of sort entry per row) before
-//!   it is spilled; the last one stays in memory and joins the merge without a file.
+//! - An arena holds at most `budget` bytes (records plus 48 bytes per row: its 24-byte sort
+//!   entry and the entry's place in the radix sort's scratch) before it is spilled; the last one
+//!   stays in memory and joins the merge without a file.
 //! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
 //!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
-//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes).
+//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes). Under
+//!   `Payloads::Skip` every payload is empty: the batches then carry no value spans at all.
 //! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
-//!   prefix and fall back to the whole key and the line only on a tie.
+//!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
+//!   the line only where prefixes tie.
 
 use crate::core::diff::SnapRow;
 use crate::core::encode::{hash_encoding, RowHash};
@@ -197,8 +200,9 @@ impl Run {
         }
     }
 
+    /// The arena's bytes, counting the scratch the sort will need.
     fn bytes(&self) -> usize {
-        self.data.len() + self.entries.len() * std::mem::size_of::<Entry>()
+        self.data.len() + self.entries.len() * 2 * std::mem::size_of::<Entry>()
     }
 
     /// Appends a row whose payload is the `values` of its hash `input`.
@@ -220,12 +224,14 @@ impl Run {
             at,
         });
         let payload: u32 = values.iter().map(|&(a, b)| b - a).sum();
+        let mut head = [0u8; HEADER];
+        head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
+        head[4..8].copy_from_slice(&payload.to_le_bytes());
+        head[12..20].copy_from_slice(&line.to_le_bytes());
+        head[20..36].copy_from_slice(&hash.0);
         let d = &mut self.data;
-        d.extend_from_slice(&(key.len() as u32).to_le_bytes());
-        d.extend_from_slice(&payload.to_le_bytes());
-        d.extend_from_slice(&0u32.to_le_bytes());
-        d.extend_from_slice(&line.to_le_bytes());
-        d.extend_from_slice(&hash.0);
+        d.reserve(HEADER + key.len() + payload as usize);
+        d.extend_from_slice(&head);
         d.extend_from_slice(key);
         for &(a, b) in values {
             d.extend_from_slice(&input[a as usize..b as usize]);
@@ -251,16 +257,24 @@ impl Run {
     }
 
     fn sort(&mut self) {
+        radix_sort(&mut self.entries);
         let data = &self.data;
         let key_line = |at: usize| {
             let h = header(&data[at..at + HEADER]);
             (&data[at + HEADER..at + HEADER + h.key], h.line)
         };
-        self.entries.sort_unstable_by(|a, b| {
-            (a.hi, a.lo)
-                .cmp(&(b.hi, b.lo))
-                .then_with(|| key_line(a.at).cmp(&key_line(b.at)))
-        });
+        // Equal prefixes: duplicate keys, or keys that differ past their 16th byte.
+        let mut from = 0;
+        for to in 1..=self.entries.len() {
+            let e = &self.entries;
+            if to < e.len() && (e[to].hi, e[to].lo) == (e[from].hi, e[from].lo) {
+                continue;
+            }
+            if to - from > 1 {
+                self.entries[from..to].sort_unstable_by(|a, b| key_line(a.at).cmp(&key_line(b.at)));
+            }
+            from = to;
+        }
     }
 
     /// Writes the sorted run to a new file in `dir`, leaving the run empty.
@@ -283,6 +297,55 @@ impl Run {
     }
 }
 
+/// Sorts entries by (hi, lo): least significant byte first, one counting pass per byte, and
+/// none for a byte all entries share (an integer key's high bytes, the padding of short keys).
+/// Stable, which the tie-break above does not rely on.
+fn radix_sort(entries: &mut Vec<Entry>) {
+    let n = entries.len();
+    if n < 64 {
+        entries.sort_unstable_by_key(|e| (e.hi, e.lo));
+        return;
+    }
+    let digit = |e: &Entry, d: usize| -> usize {
+        let word = if d < 8 { e.lo } else { e.hi };
+        ((word >> ((d % 8) * 8)) & 0xff) as usize
+    };
+    let mut counts = vec![[0usize; 256]; 16];
+    for e in entries.iter() {
+        for (d, c) in counts.iter_mut().enumerate() {
+            c[digit(e, d)] += 1;
+        }
+    }
+    let mut scratch: Vec<Entry> = Vec::new();
+    let mut from = std::mem::take(entries);
+    for (d, c) in counts.iter().enumerate() {
+        if c.contains(&n) {
+            continue;
+        }
+        let mut next = [0usize; 256];
+        let mut sum = 0;
+        for (slot, &k) in next.iter_mut().zip(c) {
+            *slot = sum;
+            sum += k;
+        }
+        scratch.resize(
+            n,
+            Entry {
+                hi: 0,
+                lo: 0,
+                at: 0,
+            },
+        );
+        for e in &from {
+            let b = digit(e, d);
+            scratch[next[b]] = *e;
+            next[b] += 1;
+        }
+        std::mem::swap(&mut from, &mut scratch);
+    }
+    *entries = from;
+}
+
 /// What the sorting thread hands back: rows sorted in memory, or spilled runs to merge.
 pub(super) enum Sorted {
     Memory(Run),
@@ -293,13 +356,22 @@ pub(super) enum Sorted {
     },
 }
 
+/// What the sorting thread needs to know of the rows' shape.
+pub(super) struct Layout {
+    /// Without a primary key, a row's key is its hash.
+    pub(super) has_key: bool,
+    pub(super) columns: usize,
+    /// Whether records keep their payload; the batches then carry `columns` spans a row.
+    pub(super) payloads: bool,
+}
+
 /// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
 /// left. `None` when the reading thread gave up (`abort`): nothing is sorted for nobody.
 pub(super) fn sort_batches(
     batches: Receiver<Batch>,
     recycle: Sender<Batch>,
     queued: &AtomicUsize,
-    has_key: bool,
+    layout: Layout,
     budget: usize,
     spill_dir: &Path,
     abort: &AtomicBool,
@@ -321,13 +393,14 @@ pub(super) fn sort_batches(
         batch.hash();
         steps.mark(HASH);
         rows += batch.rows.len() as u64;
-        let columns = batch.spans.len() / batch.rows.len().max(1);
+        let columns = if layout.payloads { layout.columns } else { 0 };
         let mut at = 0;
-        for (r, spans) in batch.rows.drain(..).zip(batch.spans.chunks(columns.max(1))) {
+        for (i, r) in batch.rows.drain(..).enumerate() {
+            let spans = &batch.spans[i * columns..(i + 1) * columns];
             let input = &batch.buf[at..at + r.input as usize];
             let key_at = at + r.input as usize;
             at = key_at + r.key as usize;
-            let key = if has_key {
+            let key = if layout.has_key {
                 &batch.buf[key_at..at]
             } else {
                 &r.hash.0[..]
@@ -380,4 +453,58 @@ pub(super) fn sort_batches(
             dir,
         },
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_radix_sort_orders_as_a_comparison_sort_does(
+            keys in proptest::collection::vec((0u64..4, any::<u64>(), 0u64..3, any::<u16>()), 0..600),
+        ) {
+            // Few distinct values in some bytes, many in others: passes are both skipped and run.
+            let mut entries: Vec<Entry> = keys
+                .iter()
+                .enumerate()
+                .map(|(at, &(a, b, c, d))| Entry { hi: a << 56 | b >> 8, lo: c << 40 | u64::from(d), at })
+                .collect();
+            let mut expected = entries.clone();
+            expected.sort_by_key(|e| (e.hi, e.lo, e.at));
+            radix_sort(&mut entries);
+            let got: Vec<_> = entries.iter().map(|e| (e.hi, e.lo, e.at)).collect();
+            let expected: Vec<_> = expected.iter().map(|e| (e.hi, e.lo, e.at)).collect();
+            prop_assert_eq!(got, expected);
+        }
+    }
+
+    #[test]
+    fn a_run_sorts_by_whole_key_then_line_past_the_prefix() {
+        let mut run = Run::new();
+        let long = |tail: &[u8]| [&[7u8; 16][..], tail].concat();
+        let rows: Vec<(Vec<u8>, u64)> = (0..300u64)
+            .map(|i| match i % 4 {
+                0 => (long(&[(i % 7) as u8]), i),
+                1 => (vec![(i % 5) as u8], i),
+                2 => (vec![(i % 5) as u8, 0], i),
+                _ => ((i * 7919 % 1000).to_be_bytes().to_vec(), i),
+            })
+            .collect();
+        for (key, line) in &rows {
+            run.push(key, RowHash::default(), *line, (&[], &[]), None);
+        }
+        run.sort();
+        let mut expected = rows.clone();
+        expected.sort();
+        let got: Vec<(Vec<u8>, u64)> = (0..rows.len())
+            .map(|i| {
+                let rec = run.record(run.sorted_at(i).unwrap());
+                let h = header(rec);
+                (rec[HEADER..HEADER + h.key].to_vec(), h.line)
+            })
+            .collect();
+        assert_eq!(got, expected);
+    }
 }
