@@ -5,9 +5,12 @@
 //!   a mapped column that no row of the file has is a config error naming it.
 //! - A line that is not a JSON object is a bad row with its line number; a last line without a
 //!   line end is structural (the file looks cut short). Blank lines are skipped.
+//! - Only the plan's columns are built into values; other keys are skipped as they are parsed
+//!   (no map of the whole object). A key given twice keeps its last value.
 
 use super::{Read, Source, SourceError};
 use crate::core::value::{from_json, Cell};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -20,6 +23,8 @@ pub struct NdjsonSource {
     line: u64,
     buf: Vec<u8>,
     rows: u64,
+    /// The current line's values of the plan's columns.
+    slots: Vec<Option<serde_json::Value>>,
 }
 
 impl NdjsonSource {
@@ -36,6 +41,7 @@ impl NdjsonSource {
             line: 0,
             buf: Vec::new(),
             rows: 0,
+            slots: Vec::new(),
         })
     }
 }
@@ -70,35 +76,30 @@ impl Source for NdjsonSource {
         }
         self.rows += 1;
         let line = self.line;
-        let mut obj = match serde_json::from_slice::<serde_json::Value>(&self.buf) {
-            Ok(serde_json::Value::Object(m)) => m,
-            Ok(other) => {
-                cells.resize(
-                    self.columns.len(),
-                    Cell::Typed(crate::core::value::Value::Null),
-                );
-                let kind = match other {
-                    serde_json::Value::Array(_) => "an array",
-                    _ => "a scalar",
-                };
-                return Ok(Some(Read {
-                    line,
-                    bad: Some(format!("the line is {kind}, not a JSON object")),
-                }));
-            }
-            Err(e) => {
-                cells.resize(
-                    self.columns.len(),
-                    Cell::Typed(crate::core::value::Value::Null),
-                );
-                return Ok(Some(Read {
-                    line,
-                    bad: Some(format!("not valid JSON: {e}")),
-                }));
-            }
+        self.slots.clear();
+        self.slots.resize(self.columns.len(), None);
+        let mut de = serde_json::Deserializer::from_slice(&self.buf);
+        let parsed = LineSeed {
+            columns: &self.columns,
+            slots: &mut self.slots,
+        }
+        .deserialize(&mut de)
+        .and_then(|shape| de.end().map(|()| shape));
+        let bad = match parsed {
+            Ok(Shape::Object) => None,
+            Ok(Shape::Array) => Some("the line is an array, not a JSON object".to_string()),
+            Ok(Shape::Scalar) => Some("the line is a scalar, not a JSON object".to_string()),
+            Err(e) => Some(format!("not valid JSON: {e}")),
         };
-        for (i, c) in self.columns.iter().enumerate() {
-            cells.push(match obj.remove(c) {
+        if bad.is_some() {
+            cells.resize(
+                self.columns.len(),
+                Cell::Typed(crate::core::value::Value::Null),
+            );
+            return Ok(Some(Read { line, bad }));
+        }
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            cells.push(match slot.take() {
                 Some(v) => {
                     self.seen[i] = true;
                     match from_json(v) {
@@ -128,6 +129,95 @@ impl Source for NdjsonSource {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+/// What a line turned out to be.
+enum Shape {
+    Object,
+    Array,
+    Scalar,
+}
+
+/// Parses one line, keeping only the values of the plan's columns: the other keys are skipped
+/// without building them, and no map of the whole object is made. A key given twice keeps its
+/// last value, as a JSON map would.
+struct LineSeed<'a> {
+    columns: &'a [String],
+    slots: &'a mut [Option<serde_json::Value>],
+}
+
+impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
+    type Value = Shape;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Shape, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LineSeed<'_> {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
+        while let Some(column) = map.next_key_seed(ColumnSeed(self.columns))? {
+            match column {
+                Some(i) => self.slots[i] = Some(map.next_value()?),
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(Shape::Object)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Shape, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Array)
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+    fn visit_unit<E>(self) -> Result<Shape, E> {
+        Ok(Shape::Scalar)
+    }
+}
+
+/// A key of the line's object: the index of the plan's column it names, if any, found without
+/// allocating the key when it has no escapes.
+struct ColumnSeed<'a>(&'a [String]);
+
+impl<'de> DeserializeSeed<'de> for ColumnSeed<'_> {
+    type Value = Option<usize>;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ColumnSeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.iter().position(|c| c == key))
     }
 }
 
@@ -175,6 +265,33 @@ mod tests {
         let rows = read_all(b"{\"id\":1}\n{\"id\":\n{\"id\":3}\n", &["id"]).unwrap();
         assert_eq!(rows[1].0.line, 2);
         assert!(rows[1].0.bad.as_deref().unwrap().contains("not valid JSON"));
+    }
+
+    #[test]
+    fn other_keys_are_skipped_a_repeated_key_keeps_its_last_value_and_non_objects_are_bad_rows() {
+        let rows = read_all(
+            b"{\"x\":{\"id\":9,\"a\":[1,{\"b\":null}]},\"id\":1,\"id\":2,\"n\\u0061me\":\"\\u00e9\"}\n[1,2]\n\"id\"\n42\n{\"id\":3} x\n",
+            &["id", "name"],
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0].1,
+            vec![
+                Cell::Typed(Value::Int(2)),
+                Cell::Typed(Value::Text("\u{e9}".into()))
+            ]
+        );
+        assert!(rows[0].0.bad.is_none());
+        let bad: Vec<&str> = rows[1..]
+            .iter()
+            .map(|r| r.0.bad.as_deref().unwrap())
+            .collect();
+        assert!(bad[0].contains("an array"), "{bad:?}");
+        assert!(
+            bad[1].contains("a scalar") && bad[2].contains("a scalar"),
+            "{bad:?}"
+        );
+        assert!(bad[3].contains("not valid JSON"), "{bad:?}");
     }
 
     #[test]
