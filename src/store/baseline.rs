@@ -347,7 +347,7 @@ impl<'a> BaselineIter<'a> {
             let mut best: Option<usize> = None;
             for (i, c) in self.cursors.iter().enumerate() {
                 let Some(k) = c.key() else { continue };
-                if best.is_none_or(|b| k <= self.cursors[b].key().expect("a head")) {
+                if best.map_or(true, |b| k <= self.cursors[b].key().expect("a head")) {
                     best = Some(i);
                 }
             }
