@@ -308,6 +308,9 @@ impl Cursor {
 pub struct BaselineIter<'a> {
     store: &'a Store,
     cursors: Vec<Cursor>,
+    /// The later layers' cursor with the smallest head, unless `overlay_stale`.
+    overlay_min: Option<usize>,
+    overlay_stale: bool,
     started: bool,
     failed: bool,
 }
@@ -317,6 +320,8 @@ impl<'a> BaselineIter<'a> {
         BaselineIter {
             store,
             cursors: Vec::new(),
+            overlay_min: None,
+            overlay_stale: true,
             started: false,
             failed: false,
         }
@@ -343,15 +348,39 @@ impl<'a> BaselineIter<'a> {
             self.start()?;
         }
         loop {
-            // The smallest key; on a tie the later layer, which wins.
-            let mut best: Option<usize> = None;
-            for (i, c) in self.cursors.iter().enumerate() {
-                let Some(k) = c.key() else { continue };
-                if best.map_or(true, |b| k <= self.cursors[b].key().expect("a head")) {
-                    best = Some(i);
+            if self.overlay_stale {
+                self.overlay_min = min_head(&self.cursors, 1);
+                self.overlay_stale = false;
+            }
+            // Most entries are the first layer's alone (the deltas are a few percent of the
+            // base): when its head comes strictly before every later layer's, take it without
+            // looking at the others again.
+            if let Some(k0) = self.cursors.first().and_then(Cursor::key) {
+                let first = match self.overlay_min {
+                    None => true,
+                    Some(m) => k0 < self.cursors[m].key().expect("a head"),
+                };
+                if first {
+                    let head = self.cursors[0].head.expect("a head");
+                    let key = k0.to_vec();
+                    self.cursors[0].advance(self.store)?;
+                    match head.state {
+                        State::Erased => continue,
+                        s => {
+                            return Ok(Some(BaseRow {
+                                key,
+                                hash: head.hash,
+                                present: s == State::Present,
+                            }))
+                        }
+                    }
                 }
             }
-            let Some(b) = best else { return Ok(None) };
+            // The smallest key; on a tie the later layer, which wins.
+            self.overlay_stale = true;
+            let Some(b) = min_head(&self.cursors, 0) else {
+                return Ok(None);
+            };
             let head = self.cursors[b].head.expect("a head");
             let key = self.cursors[b].page[head.key.0..head.key.1].to_vec();
             for c in &mut self.cursors {
@@ -371,6 +400,18 @@ impl<'a> BaselineIter<'a> {
             }
         }
     }
+}
+
+/// The cursor from `from` on with the smallest head (on a tie the later), if any has one.
+fn min_head(cursors: &[Cursor], from: usize) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, c) in cursors.iter().enumerate().skip(from) {
+        let Some(k) = c.key() else { continue };
+        if best.map_or(true, |b| k <= cursors[b].key().expect("a head")) {
+            best = Some(i);
+        }
+    }
+    best
 }
 
 impl Iterator for BaselineIter<'_> {
