@@ -364,15 +364,9 @@ impl<'a> BaselineIter<'a> {
                     let head = self.cursors[0].head.expect("a head");
                     let key = k0.to_vec();
                     self.cursors[0].advance(self.store)?;
-                    match head.state {
-                        State::Erased => continue,
-                        s => {
-                            return Ok(Some(BaseRow {
-                                key,
-                                hash: head.hash,
-                                present: s == State::Present,
-                            }))
-                        }
+                    match row_of(key, head) {
+                        Some(row) => return Ok(Some(row)),
+                        None => continue,
                     }
                 }
             }
@@ -388,18 +382,20 @@ impl<'a> BaselineIter<'a> {
                     c.advance(self.store)?;
                 }
             }
-            match head.state {
-                State::Erased => continue,
-                s => {
-                    return Ok(Some(BaseRow {
-                        key,
-                        hash: head.hash,
-                        present: s == State::Present,
-                    }))
-                }
+            if let Some(row) = row_of(key, head) {
+                return Ok(Some(row));
             }
         }
     }
+}
+
+/// The baseline row of an entry that won its key; `None` for an erased key.
+fn row_of(key: Vec<u8>, head: Head) -> Option<BaseRow> {
+    (head.state != State::Erased).then(|| BaseRow {
+        key,
+        hash: head.hash,
+        present: head.state == State::Present,
+    })
 }
 
 /// The cursor from `from` on with the smallest head (on a tie the later), if any has one.
