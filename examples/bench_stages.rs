@@ -23,14 +23,16 @@
 //!
 //! Output: one JSON object of medians in milliseconds, and the row count.
 
-use batchsync::config::{Initial, LateEvents, OnChange, Reentry, Settings};
-use batchsync::core::diff::{merge, Policy};
+use batchsync::config::Settings;
 use batchsync::core::encode::RowHash;
-use batchsync::core::mapping::{Event, EventRules, LatePolicy, Reject};
+use batchsync::core::mapping::{Event, Reject};
 use batchsync::core::pack::RowRef;
-use batchsync::pipeline::delta::{Apply, Counts, Sink};
+use batchsync::core::run::Counts;
+use batchsync::pipeline::{self, delta::Apply, diff::LocalDiff};
+use batchsync::ship::StopFlag;
 use batchsync::snapshot::{Snapshot, DEFAULT_BUDGET};
-use batchsync::store::{RunRecord, Store};
+use batchsync::state::{Sink, StateStore};
+use batchsync::store::Store;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -190,66 +192,26 @@ fn baseline(s: &Settings) -> Res<Timed> {
     })
 }
 
-fn apply(s: &Settings) -> Apply<'_> {
-    Apply {
-        plan: &s.plan,
-        policy: Policy {
-            record_only: false,
-            event_on_change: s.sync.on_change == OnChange::Event,
-            event_on_reentry: s.sync.reentry == Reentry::Event,
-        },
-        rules: EventRules {
-            late: match s.sync.late_events {
-                LateEvents::Reject => LatePolicy::Reject,
-                LateEvents::SendWithoutTime => LatePolicy::SendWithoutTime,
-                LateEvents::Send => LatePolicy::Send,
-            },
-            window_micros: s.sync.event_window.as_micros() as i64,
-            now_micros: chrono::Utc::now().timestamp_micros(),
-            event_id: s.sync.event_id,
-        },
-        defer_removals: false,
-    }
-}
-
 /// Counts what it is given and writes nothing: the `diff` stage.
 struct Nothing;
 
 impl Sink for Nothing {
-    type Error = Box<dyn std::error::Error>;
-    fn put(&mut self, _: &[u8], _: RowHash) -> Res<()> {
+    type Error = std::convert::Infallible;
+    fn put(&mut self, _: &[u8], _: RowHash) -> Result<(), Self::Error> {
         Ok(())
     }
-    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Res<()> {
+    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<(), Self::Error> {
         Ok(())
     }
-    fn event(&mut self, e: &Event, _: RowRef) -> Res<()> {
+    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn event(&mut self, e: &Event, _: RowRef) -> Result<(), Self::Error> {
         std::hint::black_box(e);
         Ok(())
     }
-    fn reject(&mut self, _: Option<&str>, _: Option<u64>, _: &Reject) -> Res<()> {
+    fn reject(&mut self, _: Option<&str>, _: Option<u64>, _: &Reject) -> Result<(), Self::Error> {
         Ok(())
-    }
-}
-
-/// Writes into the run's transaction, as `pipeline`'s own sink does.
-struct Writes<'a, 'b>(&'a mut batchsync::store::commit::RunWriter<'b>);
-
-impl Sink for Writes<'_, '_> {
-    type Error = Box<dyn std::error::Error>;
-    fn put(&mut self, key: &[u8], hash: RowHash) -> Res<()> {
-        Ok(self.0.put(key, hash)?)
-    }
-    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Res<()> {
-        Ok(self.0.tombstone(key, hash)?)
-    }
-    fn event(&mut self, e: &Event, row: RowRef) -> Res<()> {
-        Ok(self.0.event(&e.custom_id, &e.body.to_string(), &row)?)
-    }
-    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Res<()> {
-        Ok(self
-            .0
-            .reject(key, line, r.column.as_deref(), r.rule, &r.reason)?)
     }
 }
 
@@ -259,13 +221,9 @@ fn diff(s: &Settings) -> Res<Timed> {
     let t = Instant::now();
     let snap = take(s, dir.path())?;
     let rows = snap.rows;
-    let a = apply(s);
-    let mut counts = Counts::default();
-    let sorted = snap.into_sorted().map(|r| r.map_err(Into::into));
-    let base = store.baseline_iter().map(|r| r.map_err(Into::into));
-    for d in merge::<_, _, Box<dyn std::error::Error>>(sorted, base) {
-        a.delta(d?, &mut Nothing, &mut counts)?;
-    }
+    let a = Apply::for_run(s, false, s.sync.initial, !snap.loose.is_empty());
+    let mut engine = LocalDiff::new(snap, store.baseline_iter());
+    pipeline::diff::apply(&mut engine, &a, &mut Nothing, &StopFlag::default())?;
     Ok(Timed {
         ms: since(t),
         extra_ms: 0.0,
@@ -292,42 +250,19 @@ fn write(s: &Settings) -> Res<Timed> {
     let t = Instant::now();
     let snap = take(s, dir.path())?;
     let rows = snap.rows;
-    let a = Apply {
-        policy: Policy {
-            record_only: !store.has_baseline()? && s.sync.initial == Initial::Baseline,
-            ..apply(s).policy
-        },
-        ..apply(s)
-    };
+    let first_run = !store.has_baseline()?;
+    let a = Apply::for_run(s, first_run, s.sync.initial, !snap.loose.is_empty());
     let reader = store.reader()?;
     let mut writer = store.begin_run(&batchsync::store::now_rfc3339(), None)?;
-    if writer.compacting() {
-        // The stage writes a run's delta; a compacting commit also rewrites the kept entries,
-        // which only the pipeline does.
-        return Err("the store's baseline layers are due for compaction: time the stages on a store after one first run".into());
-    }
-    let mut counts = Counts::default();
-    {
-        let mut sink = Writes(&mut writer);
-        let sorted = snap.into_sorted().map(|r| r.map_err(Into::into));
-        let base = reader.baseline_iter().map(|r| r.map_err(Into::into));
-        for d in merge::<_, _, Box<dyn std::error::Error>>(sorted, base) {
-            a.delta(d?, &mut sink, &mut counts)?;
-        }
-    }
+    let mut engine = LocalDiff::new(snap, reader.baseline_iter());
+    let diffed = pipeline::diff::apply(&mut engine, &a, &mut writer, &StopFlag::default())?;
     let ms = since(t);
     let t = Instant::now();
-    writer.commit(
-        &RunRecord {
-            rows,
-            added: counts.added,
-            changed: counts.changed,
-            removed: counts.removed,
-            ..RunRecord::default()
-        },
-        s.destination.mass_update_from,
-        &s.plan.identity(),
-    )?;
+    let counts = Counts {
+        rows,
+        ..diffed.counts
+    };
+    writer.commit(&counts, s.destination.mass_update_from, &s.plan.identity())?;
     Ok(Timed {
         ms,
         extra_ms: since(t),

@@ -1,23 +1,24 @@
 //! The commands: each turns settings into a call, prints the result (human text, or one JSON
 //! value on stdout with `--json`), and returns its exit code.
 //!
-//! Exit codes (DESIGN.md): 0 completed, nothing pending or rejected; 1 failed (pending kept);
-//! 2 usage or config error (nothing sent); 3 completed but this run rejected rows; 75 another
-//! run holds the lock.
+//! Exit codes (DESIGN.md, `core::run::ExitCode`): 0 completed, nothing pending or rejected;
+//! 1 failed (pending kept); 2 usage or config error (nothing sent); 3 completed but this run
+//! rejected rows; 75 another run holds the lock.
 
 use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, StatusArgs};
 use crate::config::Settings;
-use crate::pipeline::{self, RunError, RunOptions, RunSummary};
+use crate::core::run::{ExitCode, RunSummary};
+use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
+use crate::state::Outbox;
 use crate::store::Store;
 use crate::ui::Ui;
 
-pub const EXIT_OK: i32 = 0;
-pub const EXIT_FAILED: i32 = 1;
-pub const EXIT_CONFIG: i32 = 2;
-pub const EXIT_REJECTED: i32 = 3;
-pub const EXIT_LOCKED: i32 = 75;
+const EXIT_OK: i32 = ExitCode::Ok as i32;
+const EXIT_FAILED: i32 = ExitCode::Failed as i32;
+const EXIT_CONFIG: i32 = ExitCode::Config as i32;
+const EXIT_REJECTED: i32 = ExitCode::Rejected as i32;
 
 fn error(e: impl std::fmt::Display) {
     eprintln!("batchsync: error: {e}");
@@ -99,14 +100,6 @@ fn init(cli: &Cli, force: bool) -> i32 {
     }
 }
 
-fn run_error_code(e: &RunError) -> i32 {
-    match e {
-        RunError::Locked(crate::lock::LockError::Held { .. }) => EXIT_LOCKED,
-        e if e.is_config() => EXIT_CONFIG,
-        _ => EXIT_FAILED,
-    }
-}
-
 fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
     let keys_present = Credentials::from_env(&settings.destination).map_err(|e| e.to_string());
     match pipeline::check(settings, ui) {
@@ -138,7 +131,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
         }
         Err(e) => {
             error(&e);
-            run_error_code(&e)
+            e.exit_code().code()
         }
     }
 }
@@ -173,7 +166,7 @@ fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
         }
         Err(e) => {
             error(&e);
-            run_error_code(&e)
+            e.exit_code().code()
         }
     }
 }
@@ -183,21 +176,21 @@ fn human_summary(s: &RunSummary) {
         "run {}: {} — {} rows; {} added, {} changed, {} removed, {} rejected; {} events sent in {} requests ({} retries), {} pending; {} ms",
         s.run_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         s.status,
-        s.rows,
-        s.added,
-        s.changed,
-        s.removed,
-        s.rejected,
-        s.events_sent,
-        s.requests,
-        s.retries,
-        s.events_pending,
+        s.counts.rows,
+        s.counts.added,
+        s.counts.changed,
+        s.counts.removed,
+        s.counts.rejected,
+        s.counts.events_sent,
+        s.counts.requests,
+        s.counts.retries,
+        s.counts.events_pending,
         s.duration_ms
     );
     if let Some(r) = &s.sent_nothing_reason {
         eprintln!("nothing sent: {r}");
     }
-    if s.rejected > 0 {
+    if s.counts.rejected > 0 {
         eprintln!("see the rejected rows with `batchsync rejects`");
     }
 }
@@ -239,11 +232,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     let failed = |msg: String, code: i32| {
         error(&msg);
         if a.json {
-            print_json(&RunSummary {
-                status: "failed".into(),
-                error: Some(msg),
-                ..RunSummary::default()
-            });
+            print_json(&RunSummary::failed(msg));
         }
         code
     };
@@ -269,16 +258,16 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
             } else {
                 human_summary(&summary);
             }
-            summary.exit_code()
+            summary.status.exit_code().code()
         }
         Err(f) => {
             error(&f.error);
             if a.json {
                 print_json(&f.summary);
-            } else if f.summary.requests > 0 {
+            } else if f.summary.counts.requests > 0 {
                 human_summary(&f.summary);
             }
-            run_error_code(&f.error)
+            f.error.exit_code().code()
         }
     }
 }
@@ -343,16 +332,16 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
                 for r in &runs {
                     println!(
                         "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
-                        r.run_id,
+                        r.run_id.unwrap_or_default(),
                         r.started_at,
                         r.status,
-                        r.rows,
-                        r.added,
-                        r.changed,
-                        r.removed,
-                        r.rejected,
-                        r.events_sent,
-                        r.events_pending
+                        r.counts.rows,
+                        r.counts.added,
+                        r.counts.changed,
+                        r.counts.removed,
+                        r.counts.rejected,
+                        r.counts.events_sent,
+                        r.counts.events_pending
                     );
                     if let Some(e) = &r.error {
                         println!("       {e}");

@@ -174,32 +174,7 @@ pub enum LateEvents {
     Send,
 }
 
-/// A guard on the size of a delta, relative to the baseline.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Guard {
-    Off,
-    Percent(f64),
-    Count(u64),
-}
-
-impl Guard {
-    /// Whether `n` changes against a baseline of `baseline` rows exceed the guard.
-    pub fn exceeded(self, n: u64, baseline: u64) -> bool {
-        match self {
-            Guard::Off => false,
-            Guard::Count(max) => n > max,
-            Guard::Percent(p) => (n as f64) > (baseline as f64) * p / 100.0,
-        }
-    }
-
-    pub fn describe(self) -> String {
-        match self {
-            Guard::Off => "off".into(),
-            Guard::Count(n) => n.to_string(),
-            Guard::Percent(p) => format!("{p}%"),
-        }
-    }
-}
+pub use crate::core::run::Guard;
 
 #[derive(Debug, Clone)]
 pub struct SourceSettings {

@@ -5,7 +5,8 @@
 
 use crate::config::Settings;
 use crate::emulate::{EmulatorConfig, EmulatorThread, Faults};
-use crate::pipeline::{self, RunOptions, RunSummary};
+use crate::core::run::{RunStatus, RunSummary};
+use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
 use anyhow::Context;
@@ -26,14 +27,14 @@ fn say(summary: &RunSummary, label: &str) {
         "{label}: run {} {} — {} rows: {} added, {} changed, {} removed, {} rejected → {} events sent in {} requests, {} pending ({} ms)",
         summary.run_id.unwrap_or_default(),
         summary.status,
-        summary.rows,
-        summary.added,
-        summary.changed,
-        summary.removed,
-        summary.rejected,
-        summary.events_sent,
-        summary.requests,
-        summary.events_pending,
+        summary.counts.rows,
+        summary.counts.added,
+        summary.counts.changed,
+        summary.counts.removed,
+        summary.counts.rejected,
+        summary.counts.events_sent,
+        summary.counts.requests,
+        summary.counts.events_pending,
         summary.duration_ms
     );
 }
@@ -105,7 +106,7 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("files: {}", dir.display());
     println!("  try: batchsync status --config {}", config_path.display());
     println!("       batchsync plan --config {}", config_path.display());
-    let bad = [&s1, &s2, &s3].iter().any(|s| s.status != "completed");
+    let bad = [&s1, &s2, &s3].iter().any(|s| s.status != RunStatus::Completed);
     anyhow::ensure!(!bad, "a demo run did not complete");
     Ok(())
 }

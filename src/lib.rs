@@ -13,11 +13,13 @@
 //!    run record in one transaction (`store::commit`);
 //! 7. send the requests in order, paced and retried (`ship`, `core::retry`), recording each
 //!    answer in its own transaction;
-//! 8. close the run record and print the summary (`pipeline`).
+//! 8. close the run record and print the summary (`pipeline`, `core::run`).
 //!
 //! Modules: `core` is pure (no I/O); `config` and `cli` turn the file and the arguments into
-//! settings; `source`, `snapshot`, `store`, `ship`, `lock` and `ui` are the edges; `pipeline`
-//! drives a run; `emulate` is the local Batch-compatible server; `demo` wires them together.
+//! settings; `source`, `snapshot`, `store`, `ship`, `lock` and `ui` are the edges; `state` is the
+//! seam between the pipeline and where a sync's state is kept (the SQLite `store` today);
+//! `pipeline` drives a run, with `pipeline::diff` the seam where the diff happens; `emulate` is
+//! the local Batch-compatible server; `demo` wires them together.
 
 pub mod cli;
 pub mod commands;
@@ -31,5 +33,6 @@ pub mod pipeline;
 pub mod ship;
 pub mod snapshot;
 pub mod source;
+pub mod state;
 pub mod store;
 pub mod ui;

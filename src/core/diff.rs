@@ -98,14 +98,14 @@ where
     }
 }
 
-impl<S, B, E> Iterator for Merge<S, B>
+impl<S, B, E> Merge<S, B>
 where
     S: Iterator<Item = Result<SnapRow, E>>,
     B: Iterator<Item = Result<BaseRow, E>>,
 {
-    type Item = Result<Delta, E>;
-
-    fn next(&mut self) -> Option<Self::Item> {
+    /// The next delta with the baseline entry it met, if any. A run that writes a new base
+    /// (a compaction) needs that entry to keep it when the delta leaves it as it was.
+    pub fn next_with_base(&mut self) -> Option<Result<(Delta, Option<BaseRow>), E>> {
         // Surface errors from either side first.
         if matches!(self.snap.peek(), Some(Err(_))) {
             return self.snap.next().map(|r| r.map(|_| unreachable!()));
@@ -129,14 +129,15 @@ where
         };
         if order == Ordering::Greater {
             let b = base.expect("taken");
-            return Some(Ok(if b.present {
+            let delta = if b.present {
                 Delta::Removed {
-                    key: b.key,
+                    key: b.key.clone(),
                     hash: b.hash,
                 }
             } else {
-                Delta::Absent { key: b.key }
-            }));
+                Delta::Absent { key: b.key.clone() }
+            };
+            return Some(Ok((delta, Some(b))));
         }
         // Take every snapshot row that shares this key.
         let first = match self.snap.next() {
@@ -154,14 +155,14 @@ where
             }
         }
         let present = base.as_ref().is_some_and(|b| b.present);
-        Some(Ok(if group.len() > 1 {
+        let delta = if group.len() > 1 {
             Delta::Duplicate {
                 rows: group,
                 in_baseline: present,
             }
         } else {
             let row = group.pop().expect("one row");
-            match base {
+            match &base {
                 _ if row.bad.is_some() => Delta::Bad {
                     row,
                     in_baseline: present,
@@ -174,7 +175,20 @@ where
                 Some(b) if b.hash == row.hash => Delta::Unchanged { key: row.key },
                 Some(b) => Delta::Changed { row, old: b.hash },
             }
-        }))
+        };
+        Some(Ok((delta, base)))
+    }
+}
+
+impl<S, B, E> Iterator for Merge<S, B>
+where
+    S: Iterator<Item = Result<SnapRow, E>>,
+    B: Iterator<Item = Result<BaseRow, E>>,
+{
+    type Item = Result<Delta, E>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_with_base().map(|r| r.map(|(d, _)| d))
     }
 }
 

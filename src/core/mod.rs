@@ -7,10 +7,12 @@
 //! - [`diff`]: the sorted merge of snapshot and baseline, and what each delta does.
 //! - [`pack`]: events → operations → requests, with the manifest that maps them back to rows.
 //! - [`retry`]: answer classification, backoff with full jitter, `Retry-After`.
+//! - [`run`]: a run's counts, status, summary and exit code, the guards, modelled once.
 
 pub mod diff;
 pub mod encode;
 pub mod mapping;
 pub mod pack;
 pub mod retry;
+pub mod run;
 pub mod value;

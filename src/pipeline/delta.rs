@@ -1,41 +1,20 @@
-//! Applies the merge's deltas: the decision of `core::diff`, the event of `core::mapping`, and
+//! Applies the diff's deltas: the decision of `core::diff`, the event of `core::mapping`, and
 //! what that means for the baseline, through a [`Sink`] (the run's commit, or `plan`'s counter).
 //!
-//! Invariant: the same code decides for `plan` and for `run`, so a plan is what the run does.
+//! Invariants:
+//! - The same code decides for `plan`, `check` and `run`, so a plan is what the run does.
+//! - Every key the baseline held gets exactly one of `put`, `tombstone` or `keep`, in key
+//!   order: a commit that writes a new base (a compaction) loses no entry.
 
-use crate::core::diff::{decide, BaselineWrite, Delta, Policy, SnapRow};
+use crate::config::{Initial, Settings};
+use crate::core::diff::{decide, BaseRow, BaselineWrite, Delta, Policy, SnapRow};
 use crate::core::encode::{display_key, hex, Decoder, RowHash};
-use crate::core::mapping::{build_event, ColumnPlan, Event, EventRules, Reject};
+use crate::core::mapping::{build_event, ColumnPlan, EventRules, LatePolicy, Reject};
 use crate::core::pack::RowRef;
+use crate::core::run::Counts;
 use crate::core::value::Value;
 use crate::snapshot::LooseReject;
-
-pub trait Sink {
-    type Error;
-    fn put(&mut self, key: &[u8], hash: RowHash) -> Result<(), Self::Error>;
-    /// The key left the segment; `hash` is the one the baseline held.
-    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<(), Self::Error>;
-    fn event(&mut self, event: &Event, row: RowRef) -> Result<(), Self::Error>;
-    fn reject(
-        &mut self,
-        key: Option<&str>,
-        line: Option<u64>,
-        reject: &Reject,
-    ) -> Result<(), Self::Error>;
-}
-
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Counts {
-    pub added: u64,
-    pub reentered: u64,
-    pub changed: u64,
-    pub removed: u64,
-    pub unchanged: u64,
-    pub rejected: u64,
-    pub events: u64,
-    /// The first run under `initial = "baseline"`.
-    pub record_only: bool,
-}
+use crate::state::Sink;
 
 pub struct Apply<'a> {
     pub plan: &'a ColumnPlan,
@@ -44,6 +23,58 @@ pub struct Apply<'a> {
     /// Rows whose key could not be read were rejected: a key missing from the snapshot may be
     /// one of them, so removals are not recorded this run (they would re-fire on the next).
     pub defer_removals: bool,
+}
+
+impl<'a> Apply<'a> {
+    /// What a run (or its plan) does with its deltas. `loose`: some rows were rejected before
+    /// their key could be read.
+    pub fn for_run(settings: &'a Settings, first_run: bool, initial: Initial, loose: bool) -> Apply<'a> {
+        Apply {
+            plan: &settings.plan,
+            policy: Policy {
+                record_only: first_run && initial == Initial::Baseline,
+                event_on_change: settings.sync.on_change == crate::config::OnChange::Event,
+                event_on_reentry: settings.sync.reentry == crate::config::Reentry::Event,
+            },
+            rules: rules(settings),
+            defer_removals: loose && settings.plan.has_key(),
+        }
+    }
+
+    /// `check`: every row as if it were new, so every row is mapped and checked.
+    pub fn for_check(settings: &'a Settings) -> Apply<'a> {
+        Apply {
+            plan: &settings.plan,
+            policy: Policy {
+                record_only: false,
+                event_on_change: true,
+                event_on_reentry: true,
+            },
+            rules: rules(settings),
+            defer_removals: true,
+        }
+    }
+}
+
+fn rules(settings: &Settings) -> EventRules {
+    EventRules {
+        late: match settings.sync.late_events {
+            crate::config::LateEvents::Reject => LatePolicy::Reject,
+            crate::config::LateEvents::SendWithoutTime => LatePolicy::SendWithoutTime,
+            crate::config::LateEvents::Send => LatePolicy::Send,
+        },
+        window_micros: settings.sync.event_window.as_micros() as i64,
+        now_micros: chrono::Utc::now().timestamp_micros(),
+        event_id: settings.sync.event_id,
+    }
+}
+
+/// The baseline's entry stays as it was (if there was one).
+fn keep<S: Sink>(sink: &mut S, base: Option<BaseRow>) -> Result<(), S::Error> {
+    match base {
+        Some(b) => sink.keep(&b.key, b.hash, b.present),
+        None => Ok(()),
+    }
 }
 
 /// The deterministic `event_id`: BLAKE3 of the row key and row hash, 128 bits in hex.
@@ -85,6 +116,7 @@ impl Apply<'_> {
         &self,
         row: &SnapRow,
         prev: Option<(RowHash, bool)>,
+        base: Option<BaseRow>,
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
@@ -106,14 +138,17 @@ impl Apply<'_> {
             Err(rej) => {
                 sink.reject(Some(&self.key_of(&row.key)), Some(row.line), &rej)?;
                 counts.rejected += 1;
+                keep(sink, base)?;
             }
         }
         Ok(())
     }
 
+    /// Applies one delta; `base` is the baseline entry it met, kept when the delta leaves it.
     pub fn delta<S: Sink>(
         &self,
         delta: Delta,
+        base: Option<BaseRow>,
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
@@ -126,7 +161,7 @@ impl Apply<'_> {
                 if wants {
                     // A re-entering key's tombstone keeps its old hash; the manifest restores the
                     // tombstone, whatever hash it held, if Batch drops the event.
-                    self.wanted(&row, prev, sink, counts)?;
+                    self.wanted(&row, prev, base, sink, counts)?;
                 } else {
                     sink.put(&row.key, row.hash)?;
                 }
@@ -134,7 +169,7 @@ impl Apply<'_> {
             Delta::Changed { row, old } => {
                 counts.changed += 1;
                 if wants {
-                    self.wanted(&row, Some((old, true)), sink, counts)?;
+                    self.wanted(&row, Some((old, true)), base, sink, counts)?;
                 } else {
                     sink.put(&row.key, row.hash)?;
                 }
@@ -143,10 +178,15 @@ impl Apply<'_> {
                 counts.removed += 1;
                 if write == BaselineWrite::Tombstone && !self.defer_removals {
                     sink.tombstone(&key, hash)?;
+                } else {
+                    keep(sink, base)?;
                 }
             }
-            Delta::Unchanged { .. } => counts.unchanged += 1,
-            Delta::Absent { .. } => {}
+            Delta::Unchanged { .. } => {
+                counts.unchanged += 1;
+                keep(sink, base)?;
+            }
+            Delta::Absent { .. } => keep(sink, base)?,
             Delta::Duplicate { rows, .. } => {
                 let lines: Vec<String> = rows.iter().map(|r| r.line.to_string()).collect();
                 let reason = format!("{} rows share this primary key (lines {}); all are rejected until it is unique", rows.len(), lines.join(", "));
@@ -156,11 +196,13 @@ impl Apply<'_> {
                     sink.reject(Some(&key), Some(r.line), &rej)?;
                     counts.rejected += 1;
                 }
+                keep(sink, base)?;
             }
             Delta::Bad { row, .. } => {
                 let rej = row.bad.clone().expect("a bad row carries its reject");
                 sink.reject(Some(&self.key_of(&row.key)), Some(row.line), &rej)?;
                 counts.rejected += 1;
+                keep(sink, base)?;
             }
         }
         Ok(())

@@ -14,7 +14,8 @@ pub mod client;
 
 use crate::core::pack::split_request;
 use crate::core::retry::{backoff, classify, RetryAction, Stop};
-use crate::store::Store;
+use crate::core::run::{Counts, ShipEnd};
+use crate::state::Outbox;
 use client::Client;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,13 +60,28 @@ pub enum Halt {
     Limit,
 }
 
+impl Halt {
+    /// What this halt means for the run's status.
+    pub fn end(&self) -> ShipEnd {
+        match self {
+            Halt::Limit => ShipEnd::Limit,
+            _ => ShipEnd::Halted,
+        }
+    }
+}
+
+/// What one shipping pass did: its counts (`requests`, `retries`, `events_sent`, and the rows
+/// Batch dropped in `rejected`), added into the run's, and why it stopped early, if it did.
 #[derive(Debug, Clone, Default)]
 pub struct ShipReport {
-    pub requests: u64,
-    pub retries: u64,
-    pub events_sent: u64,
-    pub rejected: u64,
+    pub counts: Counts,
     pub halt: Option<Halt>,
+}
+
+impl ShipReport {
+    pub fn end(&self) -> ShipEnd {
+        self.halt.as_ref().map_or(ShipEnd::Drained, Halt::end)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,8 +168,8 @@ impl Progress for () {
 }
 
 /// Sends every pending request in order until the outbox is empty or a halt.
-pub async fn ship(
-    store: &Store,
+pub async fn ship<O: Outbox + ?Sized>(
+    store: &O,
     client: &Client,
     opts: &ShipOptions,
     run_id: i64,
@@ -161,6 +177,7 @@ pub async fn ship(
     progress: &mut dyn Progress,
 ) -> Result<ShipReport, ShipError> {
     let mut report = ShipReport::default();
+    let counts = &mut report.counts;
     let mut update_pacer = Pacer::new(opts.rate);
     let mut mass_pacer = Pacer::new(opts.mass_rate);
     let mut last_progress = Instant::now();
@@ -191,10 +208,10 @@ pub async fn ship(
                 _ = stop.raised() => { report.halt = Some(Halt::Interrupted); break 'requests; }
             }
             crate::crash::point("before_send");
-            report.requests += 1;
+            counts.requests += 1;
             sent_requests += 1;
             if attempt > 0 {
-                report.retries += 1;
+                counts.retries += 1;
             }
             attempt += 1;
             let send = client.send(req.endpoint, req.body.clone());
@@ -215,17 +232,17 @@ pub async fn ship(
                 RetryAction::Delivered { dropped } => {
                     let (delivered, rejected) = store.record_delivered(&req, &dropped, run_id)?;
                     crate::crash::point("after_record");
-                    report.events_sent += delivered;
-                    report.rejected += rejected;
+                    counts.events_sent += delivered;
+                    counts.rejected += rejected;
                     last_progress = Instant::now();
                     throttles = 0;
-                    progress.shipped(report.events_sent, report.requests);
+                    progress.shipped(counts.events_sent, counts.requests);
                     after = Some(req.id.clone());
                     continue 'requests;
                 }
                 RetryAction::Refused { message } => {
                     tracing::warn!(request = %req.id, %message, "Batch refused a one-operation request: its rows are rejected");
-                    report.rejected += store.record_refused(&req, &message, run_id)?;
+                    counts.rejected += store.record_refused(&req, &message, run_id)?;
                     after = Some(req.id.clone());
                     continue 'requests;
                 }
@@ -239,7 +256,7 @@ pub async fn ship(
                             continue 'requests;
                         }
                         None => {
-                            report.rejected += store.record_refused(&req, &message, run_id)?;
+                            counts.rejected += store.record_refused(&req, &message, run_id)?;
                             after = Some(req.id.clone());
                             continue 'requests;
                         }

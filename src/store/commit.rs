@@ -2,7 +2,8 @@
 //! one IMMEDIATE transaction.
 //!
 //! Invariants:
-//! - Nothing of a run is visible before `commit` returns; dropping a [`RunWriter`] rolls back.
+//! - Nothing of a run is visible before `commit` returns; dropping a [`RunWriter`] rolls back,
+//!   and so does a COMMIT that fails (the transaction is rusqlite's `Transaction`).
 //! - The baseline's changes arrive in key order (the merge's order) and go straight into one
 //!   layer (`baseline`): a delta layer of the puts and tombstones, or, when the layers are due
 //!   for compaction, a new base that also takes every entry the run keeps as it was
@@ -13,24 +14,22 @@
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
 
 use super::baseline::{self, LayerWriter, State};
-use super::{now_rfc3339, Ctx, Result, Store};
+use super::{now_rfc3339, Ctx, Result, Store, StoreError};
 use crate::core::encode::RowHash;
+use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
-use rusqlite::params;
+use crate::core::run::{Counts, RunStatus};
+use crate::state::{Commit, Sink};
+use rusqlite::{params, Transaction, TransactionBehavior};
+
+pub use crate::state::Committed;
 
 pub struct RunWriter<'a> {
     store: &'a Store,
+    tx: Transaction<'a>,
     run_id: i64,
     events: u64,
     layer: Option<LayerWriter>,
-    committed: bool,
-}
-
-/// What a commit wrote to the outbox.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Committed {
-    pub requests: u64,
-    pub events: u64,
 }
 
 pub fn request_id(run_id: i64, seq: u64) -> String {
@@ -42,13 +41,13 @@ impl Store {
     /// `existing` is the record a resuming run already wrote before shipping earlier requests.
     pub fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<RunWriter<'_>> {
         let p = &self.path;
-        self.conn.execute_batch("BEGIN IMMEDIATE").ctx(p)?;
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
         let mut w = RunWriter {
             store: self,
+            tx,
             run_id: 0,
             events: 0,
             layer: None,
-            committed: false,
         };
         self.conn
             .execute_batch(
@@ -60,15 +59,18 @@ impl Store {
             Some(id) => {
                 self.conn
                     .execute(
-                        "UPDATE run SET status = 'committing', committed = 1 WHERE id = ?1",
-                        [id],
+                        "UPDATE run SET status = ?2, committed = 1 WHERE id = ?1",
+                        params![id, RunStatus::Committing],
                     )
                     .ctx(p)?;
                 w.run_id = id;
             }
             None => {
                 self.conn
-                    .execute("INSERT INTO run (started_at, status, committed) VALUES (?1, 'committing', 1)", [started_at])
+                    .execute(
+                        "INSERT INTO run (started_at, status, committed) VALUES (?1, ?2, 1)",
+                        params![started_at, RunStatus::Committing],
+                    )
                     .ctx(p)?;
                 w.run_id = self.conn.last_insert_rowid();
             }
@@ -156,12 +158,12 @@ impl RunWriter<'_> {
     /// Packs the events into requests, writes the run record, and commits.
     pub fn commit(
         mut self,
-        counts: &super::RunRecord,
+        counts: &Counts,
         mass_update_from: u64,
         identity: &str,
     ) -> Result<Committed> {
         let p = self.store.path.clone();
-        let conn = &self.store.conn;
+        let conn: &rusqlite::Connection = &self.tx;
         if let Some(layer) = self.layer.take() {
             layer.finish(self.store)?;
         }
@@ -221,13 +223,13 @@ impl RunWriter<'_> {
         }
         conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
         let status = if written.requests > 0 {
-            "shipping"
+            RunStatus::Shipping
         } else {
-            "committed"
+            RunStatus::Committed
         };
         conn.execute(
             "UPDATE run SET status = ?2, rows = ?3, added = ?4, changed = ?5, removed = ?6, rejected = ?7, events = ?8,
-                    events_pending = ?8
+                    events_pending = ?8, unchanged = ?9, reentered = ?10
              WHERE id = ?1",
             params![
                 self.run_id,
@@ -237,7 +239,9 @@ impl RunWriter<'_> {
                 counts.changed as i64,
                 counts.removed as i64,
                 counts.rejected as i64,
-                written.events as i64
+                written.events as i64,
+                counts.unchanged as i64,
+                counts.reentered as i64
             ],
         )
         .ctx(&p)?;
@@ -252,17 +256,36 @@ impl RunWriter<'_> {
         )
         .ctx(&p)?;
         crate::crash::point("before_commit");
-        conn.execute_batch("COMMIT").ctx(&p)?;
-        self.committed = true;
+        self.tx.commit().ctx(&p)?;
         crate::crash::point("after_commit");
         Ok(written)
     }
 }
 
-impl Drop for RunWriter<'_> {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = self.store.conn.execute_batch("ROLLBACK");
-        }
+impl Sink for RunWriter<'_> {
+    type Error = StoreError;
+    fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+        RunWriter::put(self, key, hash)
+    }
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+        RunWriter::tombstone(self, key, hash)
+    }
+    fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
+        RunWriter::keep(self, key, hash, present)
+    }
+    fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
+        RunWriter::event(self, &event.custom_id, &event.body.to_string(), &row)
+    }
+    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<()> {
+        RunWriter::reject(self, key, line, r.column.as_deref(), r.rule, &r.reason)
+    }
+}
+
+impl Commit for RunWriter<'_> {
+    fn run_id(&self) -> i64 {
+        self.run_id
+    }
+    fn commit(self, counts: &Counts, mass_update_from: u64, identity: &str) -> Result<Committed> {
+        RunWriter::commit(self, counts, mass_update_from, identity)
     }
 }

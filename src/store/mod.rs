@@ -17,7 +17,10 @@ mod schema;
 pub use baseline::BaselineIter;
 
 use crate::core::encode::RowHash;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use crate::core::run::{Counts, RunStatus, RunSummary};
+use crate::state::{RunLog, StateStore};
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -60,26 +63,6 @@ impl<T> Ctx<T> for std::result::Result<T, rusqlite::Error> {
             source,
         })
     }
-}
-
-/// A run as `status` shows it.
-#[derive(Debug, Clone, Default, serde::Serialize)]
-pub struct RunRecord {
-    pub run_id: i64,
-    pub started_at: String,
-    pub finished_at: Option<String>,
-    pub status: String,
-    pub rows: u64,
-    pub added: u64,
-    pub changed: u64,
-    pub removed: u64,
-    pub rejected: u64,
-    pub events: u64,
-    pub events_sent: u64,
-    pub events_pending: u64,
-    pub requests: u64,
-    pub retries: u64,
-    pub error: Option<String>,
 }
 
 /// A reject as `rejects` shows it.
@@ -205,22 +188,16 @@ impl Store {
         }
         for (i, sql) in schema::MIGRATIONS.iter().enumerate().skip(version) {
             let number = i + 1;
-            self.conn.execute_batch("BEGIN IMMEDIATE").ctx(p)?;
-            let applied = self.conn.execute_batch(sql).ctx(p).and_then(|_| {
-                for (_, step) in schema::DATA_STEPS.iter().filter(|(n, _)| *n == number) {
-                    step(self)?;
-                }
-                self.conn
-                    .execute_batch(&format!("PRAGMA user_version = {number}"))
-                    .ctx(p)
-            });
-            match applied {
-                Ok(()) => self.conn.execute_batch("COMMIT").ctx(p)?,
-                Err(e) => {
-                    let _ = self.conn.execute_batch("ROLLBACK");
-                    return Err(e);
-                }
+            // Each migration whole or not at all: the transaction rolls back on drop, also
+            // when the COMMIT itself fails.
+            let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
+            tx.execute_batch(sql).ctx(p)?;
+            for (_, step) in schema::DATA_STEPS.iter().filter(|(n, _)| *n == number) {
+                step(self)?;
             }
+            tx.execute_batch(&format!("PRAGMA user_version = {number}"))
+                .ctx(p)?;
+            tx.commit().ctx(p)?;
         }
         Ok(())
     }
@@ -247,31 +224,6 @@ impl Store {
             .ctx(&self.path)
     }
 
-    /// Refuses a store whose baseline was computed under another key or column set.
-    pub fn check_identity(&self, identity: &str) -> Result<()> {
-        match self.meta("identity")? {
-            Some(stored) if stored != identity && self.has_baseline()? => {
-                Err(StoreError::Identity {
-                    path: self.path.clone(),
-                    stored,
-                    current: identity.to_string(),
-                })
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// Whether a run has committed a baseline (the first run's `initial` policy no longer applies).
-    pub fn has_baseline(&self) -> Result<bool> {
-        self.conn
-            .query_row(
-                "SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)",
-                [],
-                |r| r.get(0),
-            )
-            .ctx(&self.path)
-    }
-
     /// Present entries of the baseline (tombstones not counted): a full read, for `status`.
     /// A run counts them as its merge reads the baseline.
     pub fn baseline_present(&self) -> Result<u64> {
@@ -292,32 +244,43 @@ impl Store {
         baseline::lookup(self, key)
     }
 
-    pub fn runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+    /// The last runs, newest first, as their summaries were kept.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunSummary>> {
         let mut st = self
             .conn
             .prepare(
                 "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
-                        events_pending, requests, retries, error FROM run ORDER BY id DESC LIMIT ?1",
+                        events_pending, requests, retries, error, unchanged, reentered, resumed_requests, duration_ms,
+                        sent_nothing_reason
+                 FROM run ORDER BY id DESC LIMIT ?1",
             )
             .ctx(&self.path)?;
         let rows = st
             .query_map([limit as i64], |r| {
-                Ok(RunRecord {
-                    run_id: r.get(0)?,
+                let n = |i: usize| r.get::<_, i64>(i).map(|v| v as u64);
+                Ok(RunSummary {
+                    run_id: Some(r.get(0)?),
                     started_at: r.get(1)?,
                     finished_at: r.get(2)?,
                     status: r.get(3)?,
-                    rows: r.get::<_, i64>(4)? as u64,
-                    added: r.get::<_, i64>(5)? as u64,
-                    changed: r.get::<_, i64>(6)? as u64,
-                    removed: r.get::<_, i64>(7)? as u64,
-                    rejected: r.get::<_, i64>(8)? as u64,
-                    events: r.get::<_, i64>(9)? as u64,
-                    events_sent: r.get::<_, i64>(10)? as u64,
-                    events_pending: r.get::<_, i64>(11)? as u64,
-                    requests: r.get::<_, i64>(12)? as u64,
-                    retries: r.get::<_, i64>(13)? as u64,
+                    counts: Counts {
+                        rows: n(4)?,
+                        added: n(5)?,
+                        changed: n(6)?,
+                        removed: n(7)?,
+                        rejected: n(8)?,
+                        events: n(9)?,
+                        events_sent: n(10)?,
+                        events_pending: n(11)?,
+                        requests: n(12)?,
+                        retries: n(13)?,
+                        unchanged: n(15)?,
+                        reentered: n(16)?,
+                        resumed_requests: n(17)?,
+                    },
                     error: r.get(14)?,
+                    duration_ms: n(18)?,
+                    sent_nothing_reason: r.get(19)?,
                 })
             })
             .ctx(&self.path)?
@@ -372,73 +335,132 @@ impl Store {
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .ctx(&self.path)
     }
+}
 
-    /// Records a run that stopped before its commit (a source error, a guard): the baseline and
-    /// outbox are untouched; only this record is written, so `status` can show it.
-    pub fn record_failed_run(
-        &self,
-        started_at: &str,
-        rows: u64,
-        counts: [u64; 4],
-        error: &str,
-    ) -> Result<i64> {
+impl ToSql for RunStatus {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
+}
+
+impl FromSql for RunStatus {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = value.as_str()?;
+        RunStatus::parse(s).ok_or_else(|| FromSqlError::Other(format!("unknown run status {s:?}").into()))
+    }
+}
+
+/// The columns of a run record that its summary sets, in the order of [`summary_params`].
+const SUMMARY_COLUMNS: &str = "finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
+    rejected = ?8, events = ?9, events_sent = ?10, events_pending = ?11, requests = ?12, retries = ?13, error = ?14,
+    unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19";
+
+fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 19] {
+    use rusqlite::types::Value as V;
+    let n = |v: u64| V::Integer(v as i64);
+    let t = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
+    let c = &s.counts;
+    [
+        V::Integer(run_id),
+        V::Text(s.finished_at.clone().unwrap_or_else(now_rfc3339)),
+        V::Text(s.status.as_str().into()),
+        n(c.rows),
+        n(c.added),
+        n(c.changed),
+        n(c.removed),
+        n(c.rejected),
+        n(c.events),
+        n(c.events_sent),
+        n(c.events_pending),
+        n(c.requests),
+        n(c.retries),
+        t(&s.error),
+        n(c.unchanged),
+        n(c.reentered),
+        n(c.resumed_requests),
+        n(s.duration_ms),
+        t(&s.sent_nothing_reason),
+    ]
+}
+
+impl RunLog for Store {
+    fn record_failed_run(&self, summary: &RunSummary) -> Result<i64> {
         self.conn
             .execute(
-                "INSERT INTO run (started_at, finished_at, status, committed, rows, added, changed, removed, rejected, error)
-                 VALUES (?1, ?2, 'failed', 0, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![started_at, now_rfc3339(), rows as i64, counts[0] as i64, counts[1] as i64, counts[2] as i64, counts[3] as i64, error],
+                "INSERT INTO run (started_at, status, committed) VALUES (?1, ?2, 0)",
+                params![summary.started_at, RunStatus::Failed],
+            )
+            .ctx(&self.path)?;
+        let id = self.conn.last_insert_rowid();
+        self.finish_run(id, summary)?;
+        Ok(id)
+    }
+
+    fn record_resume_run(&self, started_at: &str) -> Result<i64> {
+        self.conn
+            .execute(
+                "INSERT INTO run (started_at, status, committed) VALUES (?1, ?2, 0)",
+                params![started_at, RunStatus::Shipping],
             )
             .ctx(&self.path)?;
         Ok(self.conn.last_insert_rowid())
     }
 
-    /// A run with nothing to commit but pending requests to ship: a record to hang its counts on.
-    pub fn record_resume_run(&self, started_at: &str) -> Result<i64> {
+    fn finish_run(&self, run_id: i64, summary: &RunSummary) -> Result<()> {
         self.conn
             .execute(
-                "INSERT INTO run (started_at, status, committed) VALUES (?1, 'shipping', 0)",
-                params![started_at],
-            )
-            .ctx(&self.path)?;
-        Ok(self.conn.last_insert_rowid())
-    }
-
-    /// Closes a run record with its final counts.
-    pub fn finish_run(&self, run_id: i64, r: &RunRecord) -> Result<()> {
-        self.conn
-            .execute(
-                "UPDATE run SET finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
-                   rejected = ?8, events_sent = ?9, events_pending = ?10, requests = ?11, retries = ?12, error = ?13
-                 WHERE id = ?1",
-                params![
-                    run_id,
-                    now_rfc3339(),
-                    r.status,
-                    r.rows as i64,
-                    r.added as i64,
-                    r.changed as i64,
-                    r.removed as i64,
-                    r.rejected as i64,
-                    r.events_sent as i64,
-                    r.events_pending as i64,
-                    r.requests as i64,
-                    r.retries as i64,
-                    r.error
-                ],
+                &format!("UPDATE run SET {SUMMARY_COLUMNS} WHERE id = ?1"),
+                rusqlite::params_from_iter(summary_params(run_id, summary)),
             )
             .ctx(&self.path)?;
         Ok(())
     }
 
-    /// Runs left in `shipping` by a process that died: marked interrupted (their requests stay
-    /// pending and are shipped by the next run).
-    pub fn close_interrupted_runs(&self) -> Result<usize> {
+    fn close_interrupted_runs(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE run SET status = 'interrupted', finished_at = COALESCE(finished_at, ?1) WHERE status IN ('shipping', 'committed')",
-                [now_rfc3339()],
+                "UPDATE run SET status = ?1, finished_at = COALESCE(finished_at, ?2) WHERE status IN (?3, ?4)",
+                params![
+                    RunStatus::Interrupted,
+                    now_rfc3339(),
+                    RunStatus::Shipping,
+                    RunStatus::Committed
+                ],
             )
             .ctx(&self.path)
+    }
+}
+
+impl StateStore for Store {
+    type Commit<'a> = commit::RunWriter<'a>;
+
+    /// Refuses a store whose baseline was computed under another key or column set.
+    fn check_identity(&self, identity: &str) -> Result<()> {
+        match self.meta("identity")? {
+            Some(stored) if stored != identity && self.has_baseline()? => {
+                Err(StoreError::Identity {
+                    path: self.path.clone(),
+                    stored,
+                    current: identity.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether a run has committed a baseline (the first run's `initial` policy no longer applies).
+    fn has_baseline(&self) -> Result<bool> {
+        self.conn
+            .query_row(
+                "SELECT EXISTS(SELECT 1 FROM run WHERE committed = 1)",
+                [],
+                |r| r.get(0),
+            )
+            .ctx(&self.path)
+    }
+
+    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<commit::RunWriter<'_>> {
+        Store::begin_run(self, started_at, existing)
     }
 }
 
@@ -507,7 +529,10 @@ mod tests {
             c.execute_batch("COMMIT").unwrap();
         }
         let s = Store::open(&p).unwrap();
-        assert_eq!(s.pragma("user_version").unwrap(), "2");
+        assert_eq!(
+            s.pragma("user_version").unwrap(),
+            schema::MIGRATIONS.len().to_string()
+        );
         let rows: Vec<BaseRow> = s.baseline_iter().map(|r| r.unwrap()).collect();
         assert_eq!(rows.len(), 40_000);
         assert!(rows.windows(2).all(|w| w[0].key < w[1].key));
@@ -526,5 +551,83 @@ mod tests {
             .unwrap();
         assert_eq!(legacy, 0, "the old table is gone");
         assert_eq!(s.integrity_check().unwrap(), "ok");
+    }
+
+    #[test]
+    fn a_run_record_keeps_the_summary_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let id = s.record_resume_run("2026-01-01T00:00:00.000Z").unwrap();
+        let mut summary = RunSummary::new("2026-01-01T00:00:00.000Z");
+        summary.run_id = Some(id);
+        summary.status = RunStatus::Partial;
+        summary.finished_at = Some("2026-01-01T00:00:01.000Z".into());
+        summary.duration_ms = 1234;
+        summary.sent_nothing_reason = Some("why".into());
+        summary.error = Some("what".into());
+        summary.counts = Counts {
+            rows: 1,
+            added: 2,
+            reentered: 3,
+            changed: 4,
+            removed: 5,
+            unchanged: 6,
+            rejected: 7,
+            events: 8,
+            events_sent: 9,
+            events_pending: 10,
+            requests: 11,
+            retries: 12,
+            resumed_requests: 13,
+        };
+        s.finish_run(id, &summary).unwrap();
+        assert_eq!(s.runs(1).unwrap(), vec![summary]);
+    }
+
+    #[test]
+    fn a_run_status_outside_the_enum_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        let id = s.record_resume_run("x").unwrap();
+        let bad = s
+            .conn
+            .execute("UPDATE run SET status = 'shiping' WHERE id = ?1", [id]);
+        assert!(bad.unwrap_err().to_string().contains("RunStatus"));
+        let bad = s.conn.execute(
+            "INSERT INTO run (started_at, status, committed) VALUES ('x', 'done', 0)",
+            [],
+        );
+        assert!(bad.is_err());
+        s.close_interrupted_runs().unwrap();
+        assert_eq!(s.runs(1).unwrap()[0].status, RunStatus::Interrupted);
+    }
+
+    #[test]
+    fn a_failed_commit_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("state.db")).unwrap();
+        {
+            let mut w = s.begin_run("x", None).unwrap();
+            w.put(b"k", RowHash([1; 16])).unwrap();
+            // Dropped without a commit: rolled back.
+        }
+        assert!(s.conn.is_autocommit(), "the dropped run's transaction is closed");
+        assert!(!s.has_baseline().unwrap());
+        assert!(s.runs(10).unwrap().is_empty());
+
+        // A COMMIT that fails (here a deferred foreign key) rolls back too.
+        let mut w = s.begin_run("x", None).unwrap();
+        w.put(b"k", RowHash([1; 16])).unwrap();
+        s.conn
+            .execute_batch(
+                "PRAGMA defer_foreign_keys = ON;
+                 INSERT INTO reject (run_id, rule, reason, source) VALUES (999, 'r', 'x', 'local');",
+            )
+            .unwrap();
+        let err = w.commit(&Counts::default(), 10_000, "id").unwrap_err();
+        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        assert!(s.conn.is_autocommit(), "the failed commit's transaction is closed");
+        assert!(!s.has_baseline().unwrap());
+        s.begin_run("y", None).unwrap();
     }
 }

@@ -15,97 +15,20 @@ use super::{now_rfc3339, Ctx, Result, Store};
 use crate::core::encode::{unhex, RowHash};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
-use rusqlite::{params, OptionalExtension};
+use crate::state::Outbox;
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
-#[derive(Debug, Clone)]
-pub struct PendingRequest {
-    pub id: String,
-    pub run_id: i64,
-    pub endpoint: Endpoint,
-    pub operations: usize,
-    pub events: u64,
-    pub body: Vec<u8>,
-    pub manifest: Vec<Vec<RowRef>>,
-    pub attempts: u32,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Pending {
-    pub requests: u64,
-    pub events: u64,
-}
+pub use crate::state::{Pending, PendingRequest};
 
 impl Store {
-    pub fn pending(&self) -> Result<Pending> {
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(events), 0) FROM request WHERE state = 'pending'",
-                [],
-                |r| {
-                    Ok(Pending {
-                        requests: r.get::<_, i64>(0)? as u64,
-                        events: r.get::<_, i64>(1)? as u64,
-                    })
-                },
-            )
-            .ctx(&self.path)
-    }
-
-    /// The first pending request after `after` in send order.
-    pub fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>> {
-        let p = &self.path;
-        let row = self
-            .conn
-            .query_row(
-                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM request
-                 WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT 1",
-                [after.unwrap_or("")],
-                |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, String>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, i64>(4)?,
-                        r.get::<_, Vec<u8>>(5)?,
-                        r.get::<_, Vec<u8>>(6)?,
-                        r.get::<_, i64>(7)?,
-                    ))
-                },
-            )
-            .optional()
-            .ctx(p)?;
-        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts)) = row else {
-            return Ok(None);
-        };
-        let endpoint = Endpoint::parse(&endpoint)
-            .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
-        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(&manifest)
-            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
-        Ok(Some(PendingRequest {
-            id,
-            run_id,
-            endpoint,
-            operations: operations as usize,
-            events: events as u64,
-            body,
-            manifest,
-            attempts: attempts as u32,
-        }))
-    }
-
+    /// One answer, one IMMEDIATE transaction: committed whole, or rolled back when `f` or
+    /// the COMMIT itself fails (rusqlite's `Transaction` rolls back on drop).
     fn tx<T>(&self, f: impl FnOnce(&Store) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("BEGIN IMMEDIATE").ctx(&self.path)?;
-        match f(self) {
-            Ok(v) => {
-                self.conn.execute_batch("COMMIT").ctx(&self.path)?;
-                Ok(v)
-            }
-            Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK");
-                Err(e)
-            }
-        }
+        let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate)
+            .ctx(&self.path)?;
+        let v = f(self)?;
+        tx.commit().ctx(&self.path)?;
+        Ok(v)
     }
 
     /// Rejects every row of one operation with Batch's reason, and adds to `restore` the
@@ -156,9 +79,70 @@ impl Store {
         Ok(())
     }
 
+}
+
+impl Outbox for Store {
+    fn pending(&self) -> Result<Pending> {
+        self.conn
+            .query_row(
+                "SELECT COUNT(*), COALESCE(SUM(events), 0) FROM request WHERE state = 'pending'",
+                [],
+                |r| {
+                    Ok(Pending {
+                        requests: r.get::<_, i64>(0)? as u64,
+                        events: r.get::<_, i64>(1)? as u64,
+                    })
+                },
+            )
+            .ctx(&self.path)
+    }
+
+    /// The first pending request after `after` in send order.
+    fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>> {
+        let p = &self.path;
+        let row = self
+            .conn
+            .query_row(
+                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM request
+                 WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT 1",
+                [after.unwrap_or("")],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?,
+                        r.get::<_, Vec<u8>>(5)?,
+                        r.get::<_, Vec<u8>>(6)?,
+                        r.get::<_, i64>(7)?,
+                    ))
+                },
+            )
+            .optional()
+            .ctx(p)?;
+        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts)) = row else {
+            return Ok(None);
+        };
+        let endpoint = Endpoint::parse(&endpoint)
+            .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
+        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(&manifest)
+            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
+        Ok(Some(PendingRequest {
+            id,
+            run_id,
+            endpoint,
+            operations: operations as usize,
+            events: events as u64,
+            body,
+            manifest,
+            attempts: attempts as u32,
+        }))
+    }
+
     /// Batch accepted the request, but for the dropped operations. Returns the events delivered
     /// and the rows rejected.
-    pub fn record_delivered(
+    fn record_delivered(
         &self,
         req: &PendingRequest,
         dropped: &[PartialError],
@@ -195,7 +179,7 @@ impl Store {
     }
 
     /// A 400 on a single operation: Batch will never take it; its rows become rejects.
-    pub fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
+    fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
         self.tx(|s| {
             let mut rejected = 0;
             let mut restore = Vec::new();
@@ -217,7 +201,7 @@ impl Store {
 
     /// A 400 on several operations: the request is replaced by its two halves, in place in the
     /// send order (ids `<id>.0` and `<id>.1` sort right after `<id>`).
-    pub fn record_split(
+    fn record_split(
         &self,
         req: &PendingRequest,
         halves: [(String, Vec<Vec<RowRef>>); 2],
@@ -255,7 +239,7 @@ impl Store {
     }
 
     /// A transient failure (5xx, timeout, reset): counts against the request's retry budget.
-    pub fn record_attempt(&self, id: &str, error: &str) -> Result<()> {
+    fn record_attempt(&self, id: &str, error: &str) -> Result<()> {
         self.conn
             .execute(
                 "UPDATE request SET attempts = attempts + 1, last_error = ?2 WHERE id = ?1",

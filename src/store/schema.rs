@@ -90,6 +90,24 @@ pub const MIGRATIONS: &[&str] = &[
 
     ALTER TABLE baseline RENAME TO baseline_v1;
     "#,
+    // 3: a run record keeps the whole run summary (core::run::RunSummary), and its status is
+    // one of core::run::RunStatus (SQLite cannot add a CHECK to a column in place: triggers).
+    // Runs of older versions left 'committing' only inside their own transaction.
+    r#"
+    ALTER TABLE run ADD COLUMN unchanged INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run ADD COLUMN reentered INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run ADD COLUMN resumed_requests INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run ADD COLUMN duration_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run ADD COLUMN sent_nothing_reason TEXT;
+
+    CREATE TRIGGER run_status_insert BEFORE INSERT ON run
+    WHEN NEW.status NOT IN ('committing', 'shipping', 'committed', 'completed', 'partial', 'failed', 'interrupted')
+    BEGIN SELECT RAISE(ABORT, 'run.status must be a RunStatus'); END;
+
+    CREATE TRIGGER run_status_update BEFORE UPDATE OF status ON run
+    WHEN NEW.status NOT IN ('committing', 'shipping', 'committed', 'completed', 'partial', 'failed', 'interrupted')
+    BEGIN SELECT RAISE(ABORT, 'run.status must be a RunStatus'); END;
+    "#,
 ];
 
 /// A migration's data step, run after its SQL in the same transaction.

@@ -1,0 +1,180 @@
+//! Where the diff happens, and the one loop that applies it.
+//!
+//! A [`DiffEngine`] yields a run's deltas in key order, each with the baseline entry it met.
+//! The local engine ([`LocalDiff`]) reads the source into a sorted snapshot (`snapshot`) and
+//! merges it with the SQLite store's baseline (`core::diff::merge`). The database mode of
+//! WAREHOUSE.md computes the same deltas as SQL inside PostgreSQL and yields them through the
+//! same trait, so mapping, the guards, the commit and shipping are shared.
+//!
+//! [`apply`] is the only loop over deltas: `run` feeds it the run's commit, `plan` and `check`
+//! a counter of samples.
+//!
+//! Invariants:
+//! - Deltas arrive in key order, one per key; the loop stops at the first error and at a raised
+//!   stop flag, before anything is committed.
+//! - The guards' denominator (the baseline's present rows) is counted as the entries go by: no
+//!   second read of the baseline.
+
+use super::delta::Apply;
+use super::RunError;
+use crate::config::Settings;
+use crate::core::diff::{merge, BaseRow, Delta, Merge, SnapRow};
+use crate::core::run::Counts;
+use crate::ship::StopFlag;
+use crate::snapshot::{LooseReject, Payloads, Snapshot, SnapshotError};
+use crate::state::Sink;
+use crate::ui::Ui;
+
+/// One delta and the baseline entry it met.
+pub type Step = (Delta, Option<BaseRow>);
+
+/// How a run's deltas are computed.
+pub trait DiffEngine {
+    /// Rows the source yielded.
+    fn rows(&self) -> u64;
+    /// Rows rejected before their key could be read: they never meet the baseline.
+    fn loose(&self) -> &[LooseReject];
+    /// The next delta in key order.
+    fn next_step(&mut self) -> Option<Result<Step, RunError>>;
+}
+
+/// What the loop found: the delta's counts and the baseline's size for the guards.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Diffed {
+    pub counts: Counts,
+    /// Present entries of the baseline (tombstones not counted).
+    pub baseline_rows: u64,
+}
+
+/// The one diff loop: every delta of `engine`, decided by `apply`, into `sink`.
+pub fn apply<S: Sink>(
+    engine: &mut dyn DiffEngine,
+    apply: &Apply,
+    sink: &mut S,
+    stop: &StopFlag,
+) -> Result<Diffed, RunError>
+where
+    RunError: From<S::Error>,
+{
+    let mut out = Diffed::default();
+    apply.loose(engine.loose(), sink, &mut out.counts)?;
+    let mut seen = 0u64;
+    while let Some(step) = engine.next_step() {
+        if seen % 65_536 == 0 && stop.is_raised() {
+            return Err(RunError::Interrupted);
+        }
+        seen += 1;
+        let (delta, base) = step?;
+        out.baseline_rows += base.as_ref().is_some_and(|b| b.present) as u64;
+        apply.delta(delta, base, sink, &mut out.counts)?;
+    }
+    Ok(out)
+}
+
+type Sorted = Box<dyn Iterator<Item = Result<SnapRow, RunError>>>;
+type Baseline<'a> = Box<dyn Iterator<Item = Result<BaseRow, RunError>> + 'a>;
+
+/// The local engine: the snapshot, sorted by key (spilled past its budget), merged with a
+/// baseline read in key order.
+pub struct LocalDiff<'a> {
+    rows: u64,
+    loose: Vec<LooseReject>,
+    merge: Merge<Sorted, Baseline<'a>>,
+}
+
+impl<'a> LocalDiff<'a> {
+    /// `baseline`: the committed baseline in key order, or nothing on a first run.
+    pub fn new<E>(snap: Snapshot, baseline: impl Iterator<Item = Result<BaseRow, E>> + 'a) -> Self
+    where
+        RunError: From<E>,
+    {
+        let rows = snap.rows;
+        let loose = snap.loose.clone();
+        let sorted: Sorted = Box::new(
+            snap.into_sorted()
+                .map(|r| r.map_err(|e| RunError::Snapshot(SnapshotError::Spill(e)))),
+        );
+        let baseline: Baseline<'a> = Box::new(baseline.map(|r| r.map_err(RunError::from)));
+        LocalDiff {
+            rows,
+            loose,
+            merge: merge(sorted, baseline),
+        }
+    }
+}
+
+impl DiffEngine for LocalDiff<'_> {
+    fn rows(&self) -> u64 {
+        self.rows
+    }
+    fn loose(&self) -> &[LooseReject] {
+        &self.loose
+    }
+    fn next_step(&mut self) -> Option<Result<Step, RunError>> {
+        self.merge.next_with_base()
+    }
+}
+
+/// Where spilled sort runs go: beside the state store.
+fn spill_dir(settings: &Settings) -> std::path::PathBuf {
+    settings
+        .state_path
+        .parent()
+        .map(|p| p.to_path_buf())
+        .unwrap_or_else(|| ".".into())
+}
+
+/// Reads the source into a sorted snapshot, with progress on stderr; a raised stop flag ends
+/// the read with [`RunError::Interrupted`].
+pub fn read_snapshot(
+    settings: &Settings,
+    stop: &StopFlag,
+    ui: &Ui,
+    payloads: Payloads,
+) -> Result<Snapshot, RunError> {
+    let mut source = crate::source::open(settings).map_err(SnapshotError::from)?;
+    let dir = spill_dir(settings);
+    std::fs::create_dir_all(&dir).map_err(SnapshotError::Spill)?;
+    let mut reading = ui.reading(&source.describe());
+    let opts = crate::snapshot::Options {
+        on_bad_row: settings.sync.on_bad_row,
+        spill_dir: &dir,
+        budget: crate::snapshot::DEFAULT_BUDGET,
+        payloads,
+    };
+    let snap = Snapshot::take_with(
+        source.as_mut(),
+        &settings.plan,
+        settings.timezone,
+        opts,
+        |rows| {
+            reading.rows(rows);
+            if stop.is_raised() {
+                std::ops::ControlFlow::Break(())
+            } else {
+                std::ops::ControlFlow::Continue(())
+            }
+        },
+    );
+    reading.done();
+    let snap = match snap {
+        Err(SnapshotError::Interrupted { .. }) => return Err(RunError::Interrupted),
+        other => other?,
+    };
+    if stop.is_raised() {
+        return Err(RunError::Interrupted);
+    }
+    Ok(snap)
+}
+
+/// Whether the rows' payloads will be needed: not on a run that only records the segment (the
+/// first under `initial = "baseline"`, as [`Apply::for_run`] decides it), which never builds an
+/// event. Should the two ever disagree, an event would find an empty payload and reject its row
+/// (`corrupt_row`), never send a wrong one.
+pub fn payloads(first_run: bool, initial: crate::config::Initial) -> Payloads {
+    if first_run && initial == crate::config::Initial::Baseline {
+        Payloads::Skip
+    } else {
+        Payloads::Keep
+    }
+}

@@ -1,0 +1,162 @@
+//! `plan` and `check`: the run's own diff loop with a sink that only counts and samples.
+//!
+//! Invariant: neither writes anywhere; `plan` is the run minus its writes, never a second
+//! implementation (the same [`Apply`] decides, through the same loop).
+
+use super::delta::Apply;
+use super::diff::{self, DiffEngine, LocalDiff};
+use super::{RunError, RunOptions};
+use crate::config::Settings;
+use crate::core::diff::BaseRow;
+use crate::core::encode::RowHash;
+use crate::core::mapping::{Event, Reject};
+use crate::core::pack::{Endpoint, RowRef};
+use crate::core::run::{check_guards, Guards};
+use crate::ship::StopFlag;
+use crate::snapshot::Payloads;
+use crate::state::{Outbox, Pending, Sink, StateStore};
+use crate::store::Store;
+use crate::ui::Ui;
+use std::convert::Infallible;
+
+/// What `plan --json` prints.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct PlanSummary {
+    pub rows: u64,
+    pub added: u64,
+    pub changed: u64,
+    pub removed: u64,
+    pub unchanged: u64,
+    pub rejected: u64,
+    /// Events a run would send now: the new ones and those pending from earlier runs.
+    pub events: u64,
+    pub new_events: u64,
+    pub pending_events: u64,
+    pub endpoint: &'static str,
+    pub sample: Vec<serde_json::Value>,
+    pub rejects_sample: Vec<serde_json::Value>,
+    pub guard: Option<String>,
+    pub first_run: bool,
+}
+
+/// What `check --json` prints.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct CheckSummary {
+    pub config: String,
+    pub source: String,
+    pub rows: u64,
+    /// Rows that would be rejected if every row were new.
+    pub rejected: u64,
+    pub rejects_sample: Vec<serde_json::Value>,
+    pub sample: Vec<serde_json::Value>,
+    pub credentials: String,
+}
+
+const SAMPLE: usize = 5;
+
+/// Keeps the first few events and rejects; writes nothing.
+#[derive(Default)]
+struct Samples {
+    events: Vec<serde_json::Value>,
+    rejects: Vec<serde_json::Value>,
+}
+
+impl Sink for Samples {
+    type Error = Infallible;
+    fn put(&mut self, _: &[u8], _: RowHash) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<(), Infallible> {
+        Ok(())
+    }
+    fn event(&mut self, event: &Event, _: RowRef) -> Result<(), Infallible> {
+        if self.events.len() < SAMPLE {
+            self.events.push(serde_json::json!({ "identifiers": { "custom_id": event.custom_id }, "events": [event.body] }));
+        }
+        Ok(())
+    }
+    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<(), Infallible> {
+        if self.rejects.len() < SAMPLE {
+            self.rejects.push(serde_json::json!({ "key": key, "line": line, "column": r.column, "rule": r.rule, "reason": r.reason }));
+        }
+        Ok(())
+    }
+}
+
+/// Computes the delta and the events a run would send; changes nothing anywhere.
+pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSummary, RunError> {
+    let store = Store::open_read(&settings.state_path)?;
+    if let Some(s) = &store {
+        s.check_identity(&settings.plan.identity())?;
+    }
+    let first_run = match &store {
+        Some(s) => !s.has_baseline()?,
+        None => true,
+    };
+    let pending = match &store {
+        Some(s) => s.pending()?,
+        None => Pending::default(),
+    };
+    let initial = opts.initial.unwrap_or(settings.sync.initial);
+    let stop = StopFlag::default();
+    let snap = diff::read_snapshot(settings, &stop, ui, diff::payloads(first_run, initial))?;
+    let apply = Apply::for_run(settings, first_run, initial, !snap.loose.is_empty());
+    let mut engine = match &store {
+        Some(s) => LocalDiff::new(snap, s.baseline_iter()),
+        None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
+    };
+    let mut samples = Samples::default();
+    let diffed = diff::apply(&mut engine, &apply, &mut samples, &stop)?;
+    let counts = diffed.counts;
+    let guards = Guards {
+        max_added: settings.sync.max_added,
+        max_removed: settings.sync.max_removed,
+    };
+    let guard = check_guards(guards, &counts, diffed.baseline_rows, first_run, opts.force)
+        .err()
+        .map(|g| g.to_string());
+    Ok(PlanSummary {
+        rows: engine.rows(),
+        added: counts.added,
+        changed: counts.changed,
+        removed: counts.removed,
+        unchanged: counts.unchanged,
+        rejected: counts.rejected,
+        events: if guard.is_some() {
+            pending.events
+        } else {
+            counts.events + pending.events
+        },
+        new_events: counts.events,
+        pending_events: pending.events,
+        endpoint: Endpoint::for_delta(counts.events, settings.destination.mass_update_from)
+            .as_str(),
+        sample: samples.events,
+        rejects_sample: samples.rejects,
+        guard,
+        first_run,
+    })
+}
+
+/// Reads the whole source and maps every row as if it were new: config, source and mapping
+/// problems surface without touching the store or the network.
+pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
+    let stop = StopFlag::default();
+    let snap = diff::read_snapshot(settings, &stop, ui, Payloads::Keep)?;
+    let source = snap.what.clone();
+    let mut engine = LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>());
+    let mut samples = Samples::default();
+    let diffed = diff::apply(&mut engine, &Apply::for_check(settings), &mut samples, &stop)?;
+    Ok(CheckSummary {
+        config: settings.file.display().to_string(),
+        source,
+        rows: engine.rows(),
+        rejected: diffed.counts.rejected,
+        rejects_sample: samples.rejects,
+        sample: samples.events,
+        credentials: String::new(),
+    })
+}

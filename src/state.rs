@@ -1,0 +1,133 @@
+//! Where a sync's state is kept: the seam between the pipeline (and shipping) and a store.
+//!
+//! The pipeline and the send loop speak only these traits. The local SQLite store (`store`)
+//! implements them today; the database mode of WAREHOUSE.md, which keeps the baseline, the
+//! outbox, the rejects and the run records inside PostgreSQL, implements the same traits, so
+//! shipping, packing, mapping and the run's bookkeeping are not written twice.
+//!
+//! Contract for an implementation (each is a guarantee of DESIGN.md):
+//! - [`StateStore::begin_run`] opens the run's one commit: nothing written through the
+//!   [`Commit`] is visible before [`Commit::commit`] returns, and dropping it undoes it all.
+//! - [`Outbox`]: requests come back in send order; each answer is recorded in its own small
+//!   transaction, whole or not at all; no transaction is held across a network call.
+//! - [`RunLog`]: run records are written outside the commit too (a run that fails before its
+//!   commit still leaves a record).
+
+use crate::core::encode::RowHash;
+use crate::core::mapping::{Event, Reject};
+use crate::core::pack::{Endpoint, RowRef};
+use crate::core::retry::PartialError;
+use crate::core::run::{Counts, RunSummary};
+use crate::store::StoreError;
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// What the outbox holds that no answer has settled yet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Pending {
+    pub requests: u64,
+    pub events: u64,
+}
+
+/// One request waiting for an answer, as the send loop needs it.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    pub id: String,
+    pub run_id: i64,
+    pub endpoint: Endpoint,
+    pub operations: usize,
+    pub events: u64,
+    pub body: Vec<u8>,
+    pub manifest: Vec<Vec<RowRef>>,
+    pub attempts: u32,
+}
+
+/// The outbox of committed requests, as the send loop drives it.
+pub trait Outbox {
+    fn pending(&self) -> Result<Pending>;
+    /// The first pending request after `after` in send order.
+    fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>>;
+    /// Batch took the request, but for the `dropped` operations, whose rows become rejects
+    /// (their baseline entries put back). Returns (events delivered, rows rejected).
+    fn record_delivered(
+        &self,
+        req: &PendingRequest,
+        dropped: &[PartialError],
+        run_id: i64,
+    ) -> Result<(u64, u64)>;
+    /// Batch will never take this one-operation request: its rows become rejects.
+    fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64>;
+    /// The request is replaced by its two halves, in place in the send order.
+    fn record_split(
+        &self,
+        req: &PendingRequest,
+        halves: [(String, Vec<Vec<RowRef>>); 2],
+        message: &str,
+    ) -> Result<[String; 2]>;
+    /// A transient failure, counted against the request's retry budget.
+    fn record_attempt(&self, id: &str, error: &str) -> Result<()>;
+}
+
+/// The run records.
+pub trait RunLog {
+    /// Runs a process that died left open: marked interrupted (their requests stay pending).
+    fn close_interrupted_runs(&self) -> Result<usize>;
+    /// A run with pending requests of earlier runs to ship before it reads anything.
+    fn record_resume_run(&self, started_at: &str) -> Result<i64>;
+    /// A run that stopped before it had a record of its own: only this record is written.
+    fn record_failed_run(&self, summary: &RunSummary) -> Result<i64>;
+    /// Closes a run record with its summary, kept as it is.
+    fn finish_run(&self, run_id: i64, summary: &RunSummary) -> Result<()>;
+}
+
+/// Where the effects of one run's deltas go: the run's commit, or a dry run's counter.
+/// Baseline writes arrive in key order; every key the baseline held gets exactly one of
+/// `put`, `tombstone` or `keep`.
+pub trait Sink {
+    type Error;
+    /// The key is in the segment with this hash.
+    fn put(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
+    /// The key left the segment; `hash` is the one the baseline held.
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
+    /// The baseline's entry for this key stays as it was.
+    fn keep(
+        &mut self,
+        key: &[u8],
+        hash: RowHash,
+        present: bool,
+    ) -> std::result::Result<(), Self::Error>;
+    fn event(&mut self, event: &Event, row: RowRef) -> std::result::Result<(), Self::Error>;
+    fn reject(
+        &mut self,
+        key: Option<&str>,
+        line: Option<u64>,
+        reject: &Reject,
+    ) -> std::result::Result<(), Self::Error>;
+}
+
+/// What a commit wrote to the outbox.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Committed {
+    pub requests: u64,
+    pub events: u64,
+}
+
+/// One run's commit, open until [`Commit::commit`]; dropped, it is undone.
+pub trait Commit: Sink<Error = StoreError> {
+    fn run_id(&self) -> i64;
+    /// Packs the events into requests, writes the run's counts and commits, all at once.
+    fn commit(self, counts: &Counts, mass_update_from: u64, identity: &str) -> Result<Committed>;
+}
+
+/// A sync's whole state: baseline, outbox, rejects and runs.
+pub trait StateStore: Outbox + RunLog {
+    type Commit<'a>: Commit
+    where
+        Self: 'a;
+    /// Refuses a state written for another key or column set.
+    fn check_identity(&self, identity: &str) -> Result<()>;
+    /// Whether a run has committed a baseline (the first run's `initial` no longer applies).
+    fn has_baseline(&self) -> Result<bool>;
+    /// Opens the run's one commit. `existing` is the record of a run that resumed first.
+    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<Self::Commit<'_>>;
+}
