@@ -20,8 +20,14 @@ const EXIT_FAILED: i32 = ExitCode::Failed as i32;
 const EXIT_CONFIG: i32 = ExitCode::Config as i32;
 const EXIT_REJECTED: i32 = ExitCode::Rejected as i32;
 
-fn error(e: impl std::fmt::Display) {
-    eprintln!("batchsync: error: {e}");
+/// Prints an error with its whole chain of causes.
+fn error(e: &(dyn std::error::Error + '_)) {
+    eprintln!("batchsync: error: {}", crate::ui::chain(e));
+}
+
+/// Prints a message of the command's own.
+fn say_error(msg: &str) {
+    eprintln!("batchsync: error: {msg}");
 }
 
 fn print_json(v: &impl serde::Serialize) {
@@ -32,7 +38,7 @@ fn load(cli: &Cli) -> Option<Settings> {
     match Settings::load(&cli.config) {
         Ok(s) => Some(s),
         Err(e) => {
-            error(e);
+            error(&e);
             None
         }
     }
@@ -68,7 +74,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             match rt.block_on(crate::emulate::run_cli(a.clone())) {
                 Ok(()) => EXIT_OK,
                 Err(e) => {
-                    error(format!("{e:#}"));
+                    say_error(&format!("{e:#}"));
                     EXIT_CONFIG
                 }
             }
@@ -79,7 +85,7 @@ pub fn dispatch(cli: Cli) -> i32 {
 
 fn init(cli: &Cli, force: bool) -> i32 {
     if cli.config.exists() && !force {
-        error(format!(
+        say_error(&format!(
             "{} exists; pass --force to overwrite it",
             cli.config.display()
         ));
@@ -94,7 +100,7 @@ fn init(cli: &Cli, force: bool) -> i32 {
             EXIT_OK
         }
         Err(e) => {
-            error(format!("cannot write {}: {e}", cli.config.display()));
+            say_error(&format!("cannot write {}: {e}", cli.config.display()));
             EXIT_CONFIG
         }
     }
@@ -230,7 +236,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
         return EXIT_CONFIG;
     };
     let failed = |msg: String, code: i32| {
-        error(&msg);
+        say_error(&msg);
         if a.json {
             print_json(&RunSummary::failed(msg));
         }
@@ -251,7 +257,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     match pipeline::run(&settings, creds, &opts, &stop, ui) {
         Ok(summary) => {
             if let Some(e) = &summary.error {
-                error(e);
+                say_error(e);
             }
             if a.json {
                 print_json(&summary);
@@ -276,7 +282,7 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
     let store = match Store::open_read(&settings.state_path) {
         Ok(s) => s,
         Err(e) => {
-            error(e);
+            error(&e);
             return EXIT_FAILED;
         }
     };
@@ -351,7 +357,7 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
             EXIT_OK
         }
         Err(e) => {
-            error(e);
+            error(&e);
             EXIT_FAILED
         }
     }
@@ -386,7 +392,7 @@ fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
             EXIT_OK
         }
         Err(e) => {
-            error(e);
+            error(&e);
             EXIT_FAILED
         }
     }
@@ -396,7 +402,7 @@ fn demo(a: &DemoArgs) -> i32 {
     match crate::demo::run(a.dir.clone()) {
         Ok(()) => EXIT_OK,
         Err(e) => {
-            error(format!("{e:#}"));
+            say_error(&format!("{e:#}"));
             EXIT_FAILED
         }
     }

@@ -44,13 +44,11 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
         std::env::temp_dir().join(format!("batchsync-demo-{}", std::process::id()))
     });
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let creds = Credentials {
-        api_key: random_key("demo-rest"),
-        project_key: random_key("demo-project"),
-    };
+    let (api_key, project_key) = (random_key("demo-rest"), random_key("demo-project"));
+    let creds = Credentials::new(api_key.clone(), project_key.clone());
     let emulator = EmulatorThread::start(EmulatorConfig {
-        api_key: creds.api_key.clone(),
-        project_key: creds.project_key.clone(),
+        api_key,
+        project_key,
         limits: true,
         faults: Faults::default(),
         record_path: Some(dir.join("received.ndjson")),

@@ -1,21 +1,20 @@
 //! The run lock: one writer per state store.
 //!
 //! Invariants:
-//! - An exclusive `flock` on `<state>.lock`, taken before anything else and held until the
-//!   process exits. The kernel drops it when the holder dies, however it dies, so a lock left
+//! - An exclusive lock on `<state>.lock` (std's `File::try_lock`, `flock` on Unix), taken
+//!   before anything else and held until the process exits. The kernel drops it when the holder dies, however it dies, so a lock left
 //!   by a killed run is taken over by the next one with no manual step.
 //! - The file says who holds it (pid and start time), for the message of the run that waits.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("another batchsync run holds the lock on {path} ({holder}); this run changed nothing. Wait for it to finish")]
     Held { path: PathBuf, holder: String },
-    #[error("cannot open the lock file {path}: {source}")]
+    #[error("cannot open the lock file {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
@@ -55,11 +54,9 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        // SAFETY: flock on a descriptor we own; no memory is shared with the kernel.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
                 let _ = file.read_to_string(&mut holder);
                 let holder = holder.trim();
@@ -72,7 +69,7 @@ impl RunLock {
                     },
                 });
             }
-            return Err(io(err));
+            Err(TryLockError::Error(e)) => return Err(io(e)),
         }
         file.set_len(0).map_err(io)?;
         file.seek(SeekFrom::Start(0)).map_err(io)?;

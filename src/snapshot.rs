@@ -56,7 +56,7 @@ pub enum SnapshotError {
         line: u64,
         reason: String,
     },
-    #[error("spill file: {0}")]
+    #[error("spill file")]
     Spill(#[from] std::io::Error),
     #[error("interrupted after reading {rows} rows; nothing was committed")]
     Interrupted { rows: u64 },

@@ -60,7 +60,7 @@ where
     apply.loose(engine.loose(), sink, &mut out.counts)?;
     let mut seen = 0u64;
     while let Some(step) = engine.next_step() {
-        if seen % 65_536 == 0 && stop.is_raised() {
+        if seen.is_multiple_of(65_536) && stop.is_raised() {
             return Err(RunError::Interrupted);
         }
         seen += 1;

@@ -8,20 +8,15 @@
 use crate::config::DestinationSettings;
 use crate::core::pack::Endpoint;
 use crate::core::retry::{parse_retry_after, Answer};
-use std::fmt;
+use secrecy::{ExposeSecret, SecretString};
 use std::time::SystemTime;
 
-/// The REST API key and the project key. `Debug` never shows them.
-#[derive(Clone)]
+/// The REST API key and the project key, as `secrecy` secrets: `Debug` shows neither, and
+/// they are zeroed when dropped; only [`Client::send`] exposes them, into two headers.
+#[derive(Clone, Debug)]
 pub struct Credentials {
-    pub api_key: String,
-    pub project_key: String,
-}
-
-impl fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Credentials { api_key: <redacted>, project_key: <redacted> }")
-    }
+    api_key: SecretString,
+    project_key: SecretString,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +30,13 @@ pub enum CredentialsError {
 }
 
 impl Credentials {
+    pub fn new(api_key: impl Into<String>, project_key: impl Into<String>) -> Credentials {
+        Credentials {
+            api_key: SecretString::from(api_key.into()),
+            project_key: SecretString::from(project_key.into()),
+        }
+    }
+
     /// Reads both keys from the environment variables the config names.
     pub fn from_env(d: &DestinationSettings) -> Result<Credentials, CredentialsError> {
         let get = |var: &str, what, setting| {
@@ -47,10 +49,10 @@ impl Credentials {
                     setting,
                 })
         };
-        Ok(Credentials {
-            api_key: get(&d.api_key_env, "REST API key", "api_key_env")?,
-            project_key: get(&d.project_key_env, "project key", "project_key_env")?,
-        })
+        Ok(Credentials::new(
+            get(&d.api_key_env, "REST API key", "api_key_env")?,
+            get(&d.project_key_env, "project key", "project_key_env")?,
+        ))
     }
 }
 
@@ -84,8 +86,8 @@ impl Client {
         let sent = self
             .http
             .post(self.url(endpoint))
-            .bearer_auth(&self.creds.api_key)
-            .header("X-Batch-Project", &self.creds.project_key)
+            .bearer_auth(self.creds.api_key.expose_secret())
+            .header("X-Batch-Project", self.creds.project_key.expose_secret())
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(body)
             .send()
@@ -105,23 +107,25 @@ impl Client {
                         retry_after,
                     },
                     Err(e) if e.is_timeout() => Answer::Timeout,
-                    Err(e) => Answer::Connection(describe(&e)),
+                    Err(e) => Answer::Connection(crate::ui::chain(&e)),
                 }
             }
             Err(e) if e.is_timeout() => Answer::Timeout,
-            Err(e) => Answer::Connection(describe(&e)),
+            Err(e) => Answer::Connection(crate::ui::chain(&e)),
         }
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    use std::error::Error;
-    let mut msg = e.to_string();
-    let mut src = e.source();
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_never_print_their_keys() {
+        let c = Credentials::new("rest-key-123456", "project-key-abcdef");
+        let shown = format!("{c:?} {:?}", c.clone());
+        assert!(!shown.contains("rest-key-123456"), "{shown}");
+        assert!(!shown.contains("project-key-abcdef"), "{shown}");
+        assert!(!shown.contains("123456") && !shown.contains("abcdef"), "{shown}");
     }
-    msg
 }

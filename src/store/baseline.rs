@@ -403,7 +403,7 @@ fn min_head(cursors: &[Cursor], from: usize) -> Option<usize> {
     let mut best: Option<usize> = None;
     for (i, c) in cursors.iter().enumerate().skip(from) {
         let Some(k) = c.key() else { continue };
-        if best.map_or(true, |b| k <= cursors[b].key().expect("a head")) {
+        if best.is_none_or(|b| k <= cursors[b].key().expect("a head")) {
             best = Some(i);
         }
     }

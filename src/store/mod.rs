@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("state store {path}: {source}")]
+    #[error("state store {path}")]
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,
@@ -38,7 +38,7 @@ pub enum StoreError {
         stored: String,
         current: String,
     },
-    #[error("cannot create {path}: {source}")]
+    #[error("cannot create {path}")]
     Dir {
         path: PathBuf,
         source: std::io::Error,
@@ -625,7 +625,8 @@ mod tests {
             )
             .unwrap();
         let err = w.commit(&Counts::default(), 10_000, "id").unwrap_err();
-        assert!(err.to_string().contains("FOREIGN KEY"), "{err}");
+        let err = crate::ui::chain(&err);
+        assert!(err.contains("FOREIGN KEY"), "{err}");
         assert!(s.conn.is_autocommit(), "the failed commit's transaction is closed");
         assert!(!s.has_baseline().unwrap());
         s.begin_run("y", None).unwrap();

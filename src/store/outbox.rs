@@ -57,7 +57,7 @@ impl Store {
                 continue;
             };
             let held = self.baseline_get(&key)?;
-            if held.map_or(true, |(h, _)| h.0[..] != hash[..]) {
+            if held.is_none_or(|(h, _)| h.0[..] != hash[..]) {
                 continue; // a later run changed the entry since: leave it
             }
             restore.push(match &row.prev {
