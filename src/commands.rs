@@ -22,7 +22,7 @@ const EXIT_REJECTED: i32 = ExitCode::Rejected as i32;
 
 /// Prints an error with its whole chain of causes.
 fn error(e: &(dyn std::error::Error + '_)) {
-    eprintln!("batchsync: error: {}", crate::ui::chain(e));
+    eprintln!("batchsync: error: {}", crate::errors::chain(e));
 }
 
 /// Prints a message of the command's own.

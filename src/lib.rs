@@ -28,6 +28,7 @@ pub mod core;
 pub mod crash;
 pub mod demo;
 pub mod emulate;
+pub mod errors;
 pub mod lock;
 pub mod pipeline;
 pub mod ship;

@@ -18,7 +18,32 @@ use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunSummary};
-use crate::store::StoreError;
+use std::path::PathBuf;
+
+/// What can go wrong where the state is kept. Every variant names the store; the database
+/// mode adds its own.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("state store {path}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("state store {path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("state store {path} was written for another mapping ({stored}); this config gives ({current}). Row keys or hashes would all differ. Use a new [state] path, or delete the store to start over")]
+    Identity {
+        path: PathBuf,
+        stored: String,
+        current: String,
+    },
+    #[error("cannot create {path}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 

@@ -5,24 +5,6 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-/// An error as the user reads it: its message, then each cause's, joined by ": " (the one
-/// place that flattens an error chain; errors keep their causes as `#[source]`).
-pub fn chain(e: &(dyn std::error::Error + '_)) -> String {
-    let mut msg = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        // A cause whose words the message already carries (some libraries repeat their
-        // inner error in their own message) is not said twice.
-        if !msg.ends_with(&next) {
-            msg.push_str(": ");
-            msg.push_str(&next);
-        }
-        cause = c.source();
-    }
-    msg
-}
-
 #[derive(Debug, Clone, Copy)]
 pub struct Ui {
     fancy: bool,

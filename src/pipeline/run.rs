@@ -59,7 +59,7 @@ impl std::error::Error for RunFailed {
 impl From<RunError> for Box<RunFailed> {
     /// A run that failed before it had a record: nothing of it is in the store.
     fn from(error: RunError) -> Box<RunFailed> {
-        let summary = RunSummary::failed(crate::ui::chain(&error));
+        let summary = RunSummary::failed(crate::errors::chain(&error));
         Box::new(RunFailed { error, summary })
     }
 }
@@ -282,7 +282,7 @@ impl<'a, S: StateStore> Run<'a, S> {
             Err(error) => {
                 s.counts.events_pending = pending.unwrap_or_default();
                 s.status = RunStatus::Failed;
-                s.error = Some(crate::ui::chain(&error));
+                s.error = Some(crate::errors::chain(&error));
                 let recorded = match s.run_id {
                     Some(id) => self.store.finish_run(id, s).map(|_| id),
                     None => self.store.record_failed_run(s),

@@ -107,11 +107,11 @@ impl Client {
                         retry_after,
                     },
                     Err(e) if e.is_timeout() => Answer::Timeout,
-                    Err(e) => Answer::Connection(crate::ui::chain(&e)),
+                    Err(e) => Answer::Connection(crate::errors::chain(&e)),
                 }
             }
             Err(e) if e.is_timeout() => Answer::Timeout,
-            Err(e) => Answer::Connection(crate::ui::chain(&e)),
+            Err(e) => Answer::Connection(crate::errors::chain(&e)),
         }
     }
 }

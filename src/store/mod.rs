@@ -23,27 +23,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
 use std::path::{Path, PathBuf};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("state store {path}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
-    #[error("state store {path}: {message}")]
-    Corrupt { path: PathBuf, message: String },
-    #[error("state store {path} was written for another mapping ({stored}); this config gives ({current}). Row keys or hashes would all differ. Use a new [state] path, or delete the store to start over")]
-    Identity {
-        path: PathBuf,
-        stored: String,
-        current: String,
-    },
-    #[error("cannot create {path}")]
-    Dir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-}
+pub use crate::state::StoreError;
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
@@ -625,7 +605,7 @@ mod tests {
             )
             .unwrap();
         let err = w.commit(&Counts::default(), 10_000, "id").unwrap_err();
-        let err = crate::ui::chain(&err);
+        let err = crate::errors::chain(&err);
         assert!(err.contains("FOREIGN KEY"), "{err}");
         assert!(s.conn.is_autocommit(), "the failed commit's transaction is closed");
         assert!(!s.has_baseline().unwrap());
