@@ -217,7 +217,7 @@ pub fn display_key(key: &[u8], pk: &[String]) -> String {
     for name in pk {
         match d.value() {
             Ok(v) => {
-                obj.insert(name.clone(), super::mapping::json_of(&v));
+                obj.insert(name.clone(), super::value::json_of(&v));
             }
             Err(_) => return hex(key),
         }

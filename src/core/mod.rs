@@ -7,6 +7,8 @@
 //! - [`diff`]: the sorted merge of snapshot and baseline, and what each delta does.
 //! - [`pack`]: events → operations → requests, with the manifest that maps them back to rows.
 //! - [`retry`]: answer classification, backoff with full jitter, `Retry-After`.
+//!
+//! Among the first three, `mapping` uses `encode`, which uses `value`, never the reverse.
 
 pub mod diff;
 pub mod encode;

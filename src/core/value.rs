@@ -225,6 +225,24 @@ pub fn render(v: &Value) -> String {
     }
 }
 
+/// The JSON form of a value, as an event carries it: times as RFC 3339 text and URLs as text
+/// (an event's attribute key says which they are: `date(…)`, `url(…)`).
+pub fn json_of(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::Text(s) | Value::Url(s) => J::String(s.clone()),
+        Value::Time(t) => J::String(format_time(*t)),
+        Value::StrArray(a) => J::Array(a.iter().cloned().map(J::String).collect()),
+        Value::Json(j) => j.clone(),
+    }
+}
+
 /// Types a JSON value by its JSON type (NDJSON).
 pub fn from_json(v: serde_json::Value) -> Result<Value, TypeError> {
     use serde_json::Value as J;
