@@ -25,6 +25,9 @@
 //!   is made of), a column's name header (`put_name`) and the hash's domain live in this file
 //!   only. The snapshot's fast path (`snapshot::cells`) writes straight from source text
 //!   through the same writers, so a new recipe is a change to this file.
+//! - The reference path, one [`Value`] at a time (`encode_row`, `row_key`), sits at the end
+//!   of this file, built for the tests only: the recipe's executable spec, which the
+//!   snapshot's tests check the fast path against byte for byte.
 //! - The snapshot cuts a row's key from its hash input (`put_key_part`), so whatever the
 //!   recipe, the key stays what the recipe's "Row key" bullet says.
 
@@ -171,12 +174,6 @@ fn put_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Appends one `name ‖ value` column entry.
-pub fn encode_column(name: &str, v: &Value, out: &mut Vec<u8>) {
-    put_name(name, out);
-    encode_value(v, out);
-}
-
 /// Appends a primary-key column's part of the row key, from its value as the hash input holds
 /// it (`buf[value]`, written by `encode_value` or the writers above); `false`, and nothing
 /// appended, when the value is null, which no key column may be. Under recipe v1 a value is
@@ -215,7 +212,8 @@ impl<'a> Decoder<'a> {
         Decoder { buf, pos: 0 }
     }
 
-    pub fn is_done(&self) -> bool {
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
@@ -243,12 +241,6 @@ impl<'a> Decoder<'a> {
         let at = self.pos;
         let b = self.take(n)?;
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError(at))
-    }
-
-    /// Reads a `name ‖ value` column entry.
-    pub fn column(&mut self) -> Result<(String, Value), DecodeError> {
-        let name = self.string()?;
-        Ok((name, self.value()?))
     }
 
     pub fn value(&mut self) -> Result<Value, DecodeError> {
@@ -298,6 +290,45 @@ pub fn display_key(key: &[u8], pk: &[String]) -> String {
     serde_json::Value::Object(obj).to_string()
 }
 
+/// The reference path: a typed row (values in the plan's column order, its names sorted) →
+/// (payload, hash). The hash input is each column's name header and value; the payload, the
+/// values back to back. The snapshot writes the same bytes from source text without a `Value`.
+#[cfg(test)]
+pub(crate) fn encode_row(
+    columns: &[String],
+    values: &[Value],
+    scratch: &mut Vec<u8>,
+) -> (Vec<u8>, RowHash) {
+    scratch.clear();
+    for (name, v) in columns.iter().zip(values) {
+        put_name(name, scratch);
+        encode_value(v, scratch);
+    }
+    let hash = hash_encoding(scratch);
+    let mut payload = Vec::with_capacity(scratch.len());
+    for v in values {
+        encode_value(v, &mut payload);
+    }
+    (payload, hash)
+}
+
+/// The reference path: the row key of a typed row, `key` being the primary-key columns'
+/// indices in configured order (none: the hash is the key), or the index of a null one.
+#[cfg(test)]
+pub(crate) fn row_key(key: &[usize], values: &[Value], hash: RowHash) -> Result<Vec<u8>, usize> {
+    if key.is_empty() {
+        return Ok(hash.0.to_vec());
+    }
+    let mut out = Vec::with_capacity(16);
+    for &i in key {
+        if matches!(values[i], Value::Null) {
+            return Err(i);
+        }
+        encode_value(&values[i], &mut out);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -305,11 +336,9 @@ mod tests {
     fn row_hash(cols: &[(&str, Value)]) -> RowHash {
         let mut sorted: Vec<_> = cols.to_vec();
         sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut buf = Vec::new();
-        for (n, v) in &sorted {
-            encode_column(n, v, &mut buf);
-        }
-        hash_encoding(&buf)
+        let (names, values): (Vec<String>, Vec<Value>) =
+            sorted.into_iter().map(|(n, v)| (n.to_string(), v)).unzip();
+        encode_row(&names, &values, &mut Vec::new()).1
     }
 
     #[test]

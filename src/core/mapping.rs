@@ -14,7 +14,6 @@ use std::collections::BTreeMap;
 pub const MAX_CUSTOM_ID: usize = 512;
 pub const MAX_LABEL: usize = 200;
 pub const MAX_STRING: usize = 300;
-pub const WARN_STRING: usize = 64;
 pub const MAX_URL: usize = 2048;
 pub const MAX_ARRAY: usize = 25;
 pub const MAX_ATTRIBUTES: usize = 20;

@@ -45,10 +45,6 @@ impl Value {
         }
     }
 
-    pub fn is_null(&self) -> bool {
-        matches!(self, Value::Null)
-    }
-
     /// The value as text for places that need a string (custom id, event name from a column).
     pub fn as_text(&self) -> Option<String> {
         match self {

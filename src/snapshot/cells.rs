@@ -3,14 +3,15 @@
 //! snapshot's hot loop, without a `Value` (and its `String`) per cell.
 //!
 //! Invariants:
-//! - Byte for byte what the reference path gives (`type_row`, then `encode_row` and `row_key`
-//!   in the parent module): text, and text declared integer, number, bool or date, take fast
-//!   paths that the tests check against it; every other cell takes the reference path itself.
+//! - Byte for byte what the reference path gives (`value::coerce` per cell, then
+//!   `encode::encode_row` and `encode::row_key`): text, and text declared integer, number, bool
+//!   or date, take fast paths that the tests check against it; every other cell takes the
+//!   reference path itself.
 //! - Not a byte of the recipe here: every byte is written by `core::encode`'s writers, so a new
 //!   recipe changes that file and not this one. What is decided here is only which value a
 //!   cell holds, and that a column is its name header then its value.
 //! - A cell that does not fit its type is encoded as null, and the first such column is the
-//!   row's reject, as `type_row` does.
+//!   row's reject, as the reference typing does (`type_row`, in the snapshot's tests).
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
 
 use crate::core::encode::{
@@ -234,6 +235,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::encode::{encode_row, row_key};
     use crate::core::mapping::MappingSpec;
     use crate::core::value::parse_time;
     use proptest::prelude::*;
@@ -424,10 +426,10 @@ mod tests {
             Value::Int(7),
         ];
         let mut scratch = Vec::new();
-        let (expected, hash) = super::super::encode_row(&plan, &values, &mut scratch);
+        let (expected, hash) = encode_row(&plan.columns, &values, &mut scratch);
         assert_eq!(&buf[at..key_at], &scratch[..]);
         assert_eq!(payload, expected);
-        let key = super::super::row_key(&plan, &values, hash).unwrap();
+        let key = row_key(&plan.key, &values, hash).unwrap();
         assert_eq!(&buf[key_at..], &key[..]);
     }
 }
