@@ -11,9 +11,10 @@
 //! - Memory is bounded by `budget` bytes of rows (records and sort entries), plus one read
 //!   buffer per spilled run and the few batches in flight between threads (a few MB), whatever
 //!   the segment's size (an external merge sort).
-//! - The rows, keys, hashes and rejects are exactly those of the reference path (`type_row`,
-//!   `encode_row`, `row_key`, one row at a time): the tests compare the two. Under
-//!   [`Payloads::Skip`] the same, except that every payload is empty.
+//! - The rows, keys, hashes and rejects are exactly those of the reference path, one row at a
+//!   time: `value::coerce` per cell (`type_row` in the tests), then `encode::encode_row` and
+//!   `encode::row_key`: the tests compare the two. Under [`Payloads::Skip`] the same, except
+//!   that every payload is empty.
 //! - The source is read to its end before anything is written to the state store: a structural
 //!   error, or a bad row under `on_bad_row = "fail"`, returns an error and nothing else happens.
 //! - `progress` is called on the caller's thread, every 65,536 rows and once at the end; a
@@ -27,9 +28,8 @@ mod runs;
 
 use crate::config::OnBadRow;
 use crate::core::diff::SnapRow;
-use crate::core::encode::{encode_column, encode_value, hash_encoding, RowHash};
+use crate::core::encode::RowHash;
 use crate::core::mapping::{ColumnPlan, Reject};
-use crate::core::value::{coerce, Cell, Value};
 use crate::source::{Source, SourceError};
 use chrono_tz::Tz;
 use runs::{Batch, Pending, BATCH_ROWS};
@@ -75,73 +75,6 @@ pub struct Snapshot {
     pub loose: Vec<LooseReject>,
     pub what: String,
     sorted: runs::Sorted,
-}
-
-/// Types one row: values in plan order, or the first column that does not fit.
-///
-/// The reference path, one `Value` per cell; the snapshot itself encodes cells directly
-/// (`cells`), to the same bytes.
-pub fn type_row(
-    plan: &ColumnPlan,
-    tz: Tz,
-    cells: &mut Vec<Cell>,
-    values: &mut Vec<Value>,
-) -> Result<(), Reject> {
-    values.clear();
-    let mut first_err = None;
-    for (i, cell) in cells.drain(..).enumerate() {
-        match coerce(cell, plan.types[i], tz) {
-            Ok(v) => values.push(v),
-            Err(e) => {
-                values.push(Value::Null);
-                if first_err.is_none() {
-                    first_err = Some(Reject::new(Some(&plan.columns[i]), "type", e.to_string()));
-                }
-            }
-        }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
-}
-
-/// Encodes a typed row: (payload, hash). The payload is the values in plan order; the hash
-/// covers names and values (see `core::encode`).
-pub fn encode_row(
-    plan: &ColumnPlan,
-    values: &[Value],
-    scratch: &mut Vec<u8>,
-) -> (Vec<u8>, RowHash) {
-    scratch.clear();
-    for (name, v) in plan.columns.iter().zip(values) {
-        encode_column(name, v, scratch);
-    }
-    let hash = hash_encoding(scratch);
-    let mut payload = Vec::with_capacity(scratch.len());
-    for v in values {
-        encode_value(v, &mut payload);
-    }
-    (payload, hash)
-}
-
-/// The row key of typed values, or why there is none (a null key column).
-pub fn row_key(plan: &ColumnPlan, values: &[Value], hash: RowHash) -> Result<Vec<u8>, Reject> {
-    if !plan.has_key() {
-        return Ok(hash.0.to_vec());
-    }
-    let mut key = Vec::with_capacity(16);
-    for &i in &plan.key {
-        if values[i].is_null() {
-            return Err(Reject::new(
-                Some(&plan.columns[i]),
-                "key_null",
-                "a primary-key column is null",
-            ));
-        }
-        encode_value(&values[i], &mut key);
-    }
-    Ok(key)
 }
 
 /// Why the reading thread stopped early.
@@ -321,7 +254,7 @@ fn read_rows(
     while let Some(read) = source.next_row(&mut cells)? {
         steps.mark(PARSE);
         rows += 1;
-        if rows % 65_536 == 0 && progress(rows).is_break() {
+        if rows.is_multiple_of(65_536) && progress(rows).is_break() {
             return Err(SnapshotError::Interrupted { rows }.into());
         }
         let at = batch.buf.len();
@@ -434,9 +367,38 @@ fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::encode::{encode_row, row_key};
     use crate::core::mapping::MappingSpec;
-    use crate::core::value::Type;
+    use crate::core::value::{coerce, Cell, Type, Value};
     use crate::source::Read;
+
+    /// Types one row: values in plan order, or the first column that does not fit (its value
+    /// null). The reference for what `cells` does per cell.
+    fn type_row(
+        plan: &ColumnPlan,
+        tz: Tz,
+        cells: &mut Vec<Cell>,
+        values: &mut Vec<Value>,
+    ) -> Result<(), Reject> {
+        values.clear();
+        let mut first_err = None;
+        for (i, cell) in cells.drain(..).enumerate() {
+            match coerce(cell, plan.types[i], tz) {
+                Ok(v) => values.push(v),
+                Err(e) => {
+                    values.push(Value::Null);
+                    if first_err.is_none() {
+                        first_err =
+                            Some(Reject::new(Some(&plan.columns[i]), "type", e.to_string()));
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
 
     struct VecSource(Vec<Vec<Cell>>, usize);
     impl Source for VecSource {
@@ -599,12 +561,19 @@ mod tests {
             let line = (i as u64 + 1) * 2;
             let mut cells = cells.clone();
             let typed = type_row(plan, chrono_tz::UTC, &mut cells, &mut values);
-            let (payload, hash) = encode_row(plan, &values, &mut scratch);
+            let (payload, hash) = encode_row(&plan.columns, &values, &mut scratch);
             let problem = match (bad, typed) {
                 (Some(why), _) => Some(Reject::new(None, "unreadable_row", why.clone())),
                 (None, t) => t.err(),
             };
-            let (key, bad) = match (problem, row_key(plan, &values, hash)) {
+            let key = row_key(&plan.key, &values, hash).map_err(|i| {
+                Reject::new(
+                    Some(&plan.columns[i]),
+                    "key_null",
+                    "a primary-key column is null",
+                )
+            });
+            let (key, bad) = match (problem, key) {
                 (None, Ok(k)) => (k, None),
                 (Some(p), Ok(k)) if plan.has_key() => (k, Some(p)),
                 (Some(p), _) | (None, Err(p)) => {

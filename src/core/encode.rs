@@ -1,4 +1,5 @@
-//! The canonical row encoding, the row hash and the row key.
+//! The canonical row encoding, the row hash and the row key: the hash recipe, defined here and
+//! nowhere else.
 //!
 //! Recipe version 1 (changing any byte of it is a new version, see `HASH_RECIPE`):
 //!
@@ -18,9 +19,21 @@
 //! So `1` and `"1"` differ (tags 0x02 and 0x04), `null` and `""` differ (0x00 and 0x04 with
 //! length 0), and a number is hashed the same whether a source said `42`, `42.0` or `"42"`
 //! under a `number` type, because [`Value::number`] makes them one value before encoding.
+//!
+//! Invariants:
+//! - The tag bytes, the way each type is written ([`encode_value`] and the `put_*` writers it
+//!   is made of), a column's name header (`put_name`) and the hash's domain live in this file
+//!   only. The snapshot's fast path (`snapshot::cells`) writes straight from source text
+//!   through the same writers, so a new recipe is a change to this file.
+//! - The reference path, one [`Value`] at a time (`encode_row`, `row_key`), sits at the end
+//!   of this file, built for the tests only: the recipe's executable spec, which the
+//!   snapshot's tests check the fast path against byte for byte.
+//! - The snapshot cuts a row's key from its hash input (`put_key_part`), so whatever the
+//!   recipe, the key stays what the recipe's "Row key" bullet says.
 
 use super::value::Value;
 use std::fmt;
+use std::ops::Range;
 
 /// Bumped whenever the encoding changes; stored in the state store so that a store written under
 /// another recipe is refused rather than silently re-firing every row.
@@ -54,7 +67,7 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 pub fn unhex(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -63,59 +76,116 @@ pub fn unhex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
+/// The tag bytes, one per value type: the first byte of a value's encoding.
+mod tag {
+    pub const NULL: u8 = 0x00;
+    pub const BOOL: u8 = 0x01;
+    pub const INT: u8 = 0x02;
+    pub const FLOAT: u8 = 0x03;
+    pub const TEXT: u8 = 0x04;
+    pub const TIME: u8 = 0x05;
+    pub const URL: u8 = 0x06;
+    pub const STR_ARRAY: u8 = 0x07;
+    pub const JSON: u8 = 0x08;
+}
+
 /// Appends the canonical encoding of one value.
 pub fn encode_value(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Null => out.push(0x00),
-        Value::Bool(b) => {
-            out.push(0x01);
-            out.push(*b as u8);
-        }
-        Value::Int(i) => {
-            out.push(0x02);
-            out.extend_from_slice(&i.to_be_bytes());
-        }
-        Value::Float(f) => {
-            out.push(0x03);
-            let f = if *f == 0.0 { 0.0f64 } else { *f };
-            out.extend_from_slice(&f.to_bits().to_be_bytes());
-        }
-        Value::Text(s) => {
-            out.push(0x04);
-            put_str(s, out);
-        }
-        Value::Time(t) => {
-            out.push(0x05);
-            out.extend_from_slice(&t.to_be_bytes());
-        }
-        Value::Url(s) => {
-            out.push(0x06);
-            put_str(s, out);
-        }
-        Value::StrArray(items) => {
-            out.push(0x07);
-            out.extend_from_slice(&(items.len() as u32).to_be_bytes());
-            for s in items {
-                put_str(s, out);
-            }
-        }
-        Value::Json(j) => {
-            out.push(0x08);
-            // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
-            put_str(&j.to_string(), out);
-        }
+        Value::Null => put_null(out),
+        Value::Bool(b) => put_bool(*b, out),
+        Value::Int(i) => put_int(*i, out),
+        Value::Float(f) => put_float(*f, out),
+        Value::Text(s) => put_text(s, out),
+        Value::Time(t) => put_time(*t, out),
+        Value::Url(s) => put_url(s, out),
+        Value::StrArray(items) => put_str_array(items, out),
+        Value::Json(j) => put_json(j, out),
     }
 }
 
+// The writers of each type, for the fast path that has no `Value` to hand to `encode_value`.
+// Inlined: the snapshot calls them once per cell.
+
+#[inline]
+pub(crate) fn put_null(out: &mut Vec<u8>) {
+    out.push(tag::NULL);
+}
+
+#[inline]
+pub(crate) fn put_bool(b: bool, out: &mut Vec<u8>) {
+    out.extend_from_slice(&[tag::BOOL, b as u8]);
+}
+
+#[inline]
+pub(crate) fn put_int(i: i64, out: &mut Vec<u8>) {
+    out.push(tag::INT);
+    out.extend_from_slice(&i.to_be_bytes());
+}
+
+#[inline]
+pub(crate) fn put_float(f: f64, out: &mut Vec<u8>) {
+    out.push(tag::FLOAT);
+    let f = if f == 0.0 { 0.0f64 } else { f };
+    out.extend_from_slice(&f.to_bits().to_be_bytes());
+}
+
+#[inline]
+pub(crate) fn put_text(s: &str, out: &mut Vec<u8>) {
+    out.push(tag::TEXT);
+    put_str(s, out);
+}
+
+/// `micros`: microseconds since the epoch, UTC.
+#[inline]
+pub(crate) fn put_time(micros: i64, out: &mut Vec<u8>) {
+    out.push(tag::TIME);
+    out.extend_from_slice(&micros.to_be_bytes());
+}
+
+fn put_url(s: &str, out: &mut Vec<u8>) {
+    out.push(tag::URL);
+    put_str(s, out);
+}
+
+fn put_str_array(items: &[String], out: &mut Vec<u8>) {
+    out.push(tag::STR_ARRAY);
+    out.extend_from_slice(&(items.len() as u32).to_be_bytes());
+    for s in items {
+        put_str(s, out);
+    }
+}
+
+fn put_json(j: &serde_json::Value, out: &mut Vec<u8>) {
+    out.push(tag::JSON);
+    // serde_json's Map is a BTreeMap (no preserve_order feature): keys come out sorted.
+    put_str(&j.to_string(), out);
+}
+
+/// Appends a column's name header, written before its value in the hash input.
+#[inline]
+pub(crate) fn put_name(name: &str, out: &mut Vec<u8>) {
+    put_str(name, out);
+}
+
+#[inline]
 fn put_str(s: &str, out: &mut Vec<u8>) {
     out.extend_from_slice(&(s.len() as u32).to_be_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Appends one `name ‖ value` column entry.
-pub fn encode_column(name: &str, v: &Value, out: &mut Vec<u8>) {
-    put_str(name, out);
-    encode_value(v, out);
+/// Appends a primary-key column's part of the row key, from its value as the hash input holds
+/// it (`buf[value]`, written by `encode_value` or the writers above); `false`, and nothing
+/// appended, when the value is null, which no key column may be. Under recipe v1 a value is
+/// written the same in both, so the part is a copy; the key's encoding never changes (DESIGN.md,
+/// "Hash recipe upgrades"), so a recipe that writes values otherwise converts them here.
+#[inline]
+pub(crate) fn put_key_part(buf: &mut Vec<u8>, value: Range<usize>) -> bool {
+    if buf[value.start] == tag::NULL {
+        return false;
+    }
+    buf.extend_from_within(value);
+    true
 }
 
 pub fn hash_encoding(encoding: &[u8]) -> RowHash {
@@ -142,7 +212,8 @@ impl<'a> Decoder<'a> {
         Decoder { buf, pos: 0 }
     }
 
-    pub fn is_done(&self) -> bool {
+    #[cfg(test)]
+    fn is_done(&self) -> bool {
         self.pos >= self.buf.len()
     }
 
@@ -172,24 +243,18 @@ impl<'a> Decoder<'a> {
         String::from_utf8(b.to_vec()).map_err(|_| DecodeError(at))
     }
 
-    /// Reads a `name ‖ value` column entry.
-    pub fn column(&mut self) -> Result<(String, Value), DecodeError> {
-        let name = self.string()?;
-        Ok((name, self.value()?))
-    }
-
     pub fn value(&mut self) -> Result<Value, DecodeError> {
         let at = self.pos;
         let tag = self.take(1)?[0];
         Ok(match tag {
-            0x00 => Value::Null,
-            0x01 => Value::Bool(self.take(1)?[0] != 0),
-            0x02 => Value::Int(self.i64()?),
-            0x03 => Value::Float(f64::from_bits(self.i64()? as u64)),
-            0x04 => Value::Text(self.string()?),
-            0x05 => Value::Time(self.i64()?),
-            0x06 => Value::Url(self.string()?),
-            0x07 => {
+            tag::NULL => Value::Null,
+            tag::BOOL => Value::Bool(self.take(1)?[0] != 0),
+            tag::INT => Value::Int(self.i64()?),
+            tag::FLOAT => Value::Float(f64::from_bits(self.i64()? as u64)),
+            tag::TEXT => Value::Text(self.string()?),
+            tag::TIME => Value::Time(self.i64()?),
+            tag::URL => Value::Url(self.string()?),
+            tag::STR_ARRAY => {
                 let n = self.u32()?;
                 let mut items = Vec::with_capacity(n.min(1024));
                 for _ in 0..n {
@@ -197,7 +262,7 @@ impl<'a> Decoder<'a> {
                 }
                 Value::StrArray(items)
             }
-            0x08 => {
+            tag::JSON => {
                 let s = self.string()?;
                 Value::Json(serde_json::from_str(&s).map_err(|_| DecodeError(at))?)
             }
@@ -217,12 +282,51 @@ pub fn display_key(key: &[u8], pk: &[String]) -> String {
     for name in pk {
         match d.value() {
             Ok(v) => {
-                obj.insert(name.clone(), super::mapping::json_of(&v));
+                obj.insert(name.clone(), super::value::json_of(&v));
             }
             Err(_) => return hex(key),
         }
     }
     serde_json::Value::Object(obj).to_string()
+}
+
+/// The reference path: a typed row (values in the plan's column order, its names sorted) →
+/// (payload, hash). The hash input is each column's name header and value; the payload, the
+/// values back to back. The snapshot writes the same bytes from source text without a `Value`.
+#[cfg(test)]
+pub(crate) fn encode_row(
+    columns: &[String],
+    values: &[Value],
+    scratch: &mut Vec<u8>,
+) -> (Vec<u8>, RowHash) {
+    scratch.clear();
+    for (name, v) in columns.iter().zip(values) {
+        put_name(name, scratch);
+        encode_value(v, scratch);
+    }
+    let hash = hash_encoding(scratch);
+    let mut payload = Vec::with_capacity(scratch.len());
+    for v in values {
+        encode_value(v, &mut payload);
+    }
+    (payload, hash)
+}
+
+/// The reference path: the row key of a typed row, `key` being the primary-key columns'
+/// indices in configured order (none: the hash is the key), or the index of a null one.
+#[cfg(test)]
+pub(crate) fn row_key(key: &[usize], values: &[Value], hash: RowHash) -> Result<Vec<u8>, usize> {
+    if key.is_empty() {
+        return Ok(hash.0.to_vec());
+    }
+    let mut out = Vec::with_capacity(16);
+    for &i in key {
+        if matches!(values[i], Value::Null) {
+            return Err(i);
+        }
+        encode_value(&values[i], &mut out);
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -232,11 +336,9 @@ mod tests {
     fn row_hash(cols: &[(&str, Value)]) -> RowHash {
         let mut sorted: Vec<_> = cols.to_vec();
         sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        let mut buf = Vec::new();
-        for (n, v) in &sorted {
-            encode_column(n, v, &mut buf);
-        }
-        hash_encoding(&buf)
+        let (names, values): (Vec<String>, Vec<Value>) =
+            sorted.into_iter().map(|(n, v)| (n.to_string(), v)).unzip();
+        encode_row(&names, &values, &mut Vec::new()).1
     }
 
     #[test]
@@ -269,6 +371,59 @@ mod tests {
             row_hash(&[("a", Value::Float(-0.0))]),
             row_hash(&[("a", Value::Float(0.0))])
         );
+    }
+
+    /// Recipe v1 byte for byte, as the module doc states it: a change here is a new recipe.
+    #[test]
+    fn every_type_is_written_as_recipe_v1_says() {
+        let cases: Vec<(Value, Vec<u8>)> = vec![
+            (Value::Null, vec![0x00]),
+            (Value::Bool(true), vec![0x01, 1]),
+            (Value::Bool(false), vec![0x01, 0]),
+            (
+                Value::Int(-2),
+                vec![0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xfe],
+            ),
+            (
+                Value::Float(1.5),
+                [&[0x03][..], &1.5f64.to_bits().to_be_bytes()].concat(),
+            ),
+            (Value::Float(-0.0), [&[0x03][..], &[0; 8]].concat()),
+            (
+                Value::Text("hé".into()),
+                vec![0x04, 0, 0, 0, 3, b'h', 0xc3, 0xa9],
+            ),
+            (Value::Time(258), vec![0x05, 0, 0, 0, 0, 0, 0, 1, 2]),
+            (Value::Url("u".into()), vec![0x06, 0, 0, 0, 1, b'u']),
+            (
+                Value::StrArray(vec!["a".into(), "".into()]),
+                vec![0x07, 0, 0, 0, 2, 0, 0, 0, 1, b'a', 0, 0, 0, 0],
+            ),
+            (
+                Value::Json(serde_json::json!({"b": 1, "a": [true]})),
+                [&[0x08, 0, 0, 0, 18][..], br#"{"a":[true],"b":1}"#].concat(),
+            ),
+        ];
+        for (v, bytes) in cases {
+            let mut out = Vec::new();
+            encode_value(&v, &mut out);
+            assert_eq!(out, bytes, "{v:?}");
+        }
+        let mut header = Vec::new();
+        put_name("id", &mut header);
+        assert_eq!(header, [0, 0, 0, 2, b'i', b'd']);
+    }
+
+    #[test]
+    fn a_key_part_is_the_value_as_the_hash_input_holds_it_and_never_null() {
+        let mut buf = Vec::new();
+        encode_value(&Value::Int(7), &mut buf);
+        encode_value(&Value::Null, &mut buf);
+        let (int, null) = (0..9, 9..10);
+        assert!(put_key_part(&mut buf, int.clone()));
+        assert_eq!(&buf[10..], &buf[int]);
+        assert!(!put_key_part(&mut buf, null));
+        assert_eq!(buf.len(), 19);
     }
 
     #[test]

@@ -8,13 +8,12 @@
 //!   breaks one becomes a [`Reject`] naming the column and the rule, never a request.
 //! - Pure: the clock is an argument.
 
-use super::value::{format_time, Type, Value};
+use super::value::{format_time, json_of, Type, Value};
 use std::collections::BTreeMap;
 
 pub const MAX_CUSTOM_ID: usize = 512;
 pub const MAX_LABEL: usize = 200;
 pub const MAX_STRING: usize = 300;
-pub const WARN_STRING: usize = 64;
 pub const MAX_URL: usize = 2048;
 pub const MAX_ARRAY: usize = 25;
 pub const MAX_ATTRIBUTES: usize = 20;
@@ -273,23 +272,6 @@ impl Reject {
             rule,
             reason: reason.into(),
         }
-    }
-}
-
-/// The JSON form of a value in an event (dates and URLs are wrapped by the attribute's key).
-pub fn json_of(v: &Value) -> serde_json::Value {
-    use serde_json::Value as J;
-    match v {
-        Value::Null => J::Null,
-        Value::Bool(b) => J::Bool(*b),
-        Value::Int(i) => J::from(*i),
-        Value::Float(f) => serde_json::Number::from_f64(*f)
-            .map(J::Number)
-            .unwrap_or(J::Null),
-        Value::Text(s) | Value::Url(s) => J::String(s.clone()),
-        Value::Time(t) => J::String(format_time(*t)),
-        Value::StrArray(a) => J::Array(a.iter().cloned().map(J::String).collect()),
-        Value::Json(j) => j.clone(),
     }
 }
 

@@ -2,12 +2,15 @@
 //! its arguments and is tested without a file, a database or a socket.
 //!
 //! - [`value`]: typed values, declared types, the spellings accepted from untyped sources.
-//! - [`encode`]: the canonical row encoding, row hash and row key (recipe version 1).
+//! - [`encode`]: the hash recipe (version 1), its one home: the canonical encoding of values
+//!   and rows, the row hash, the row key, decoding.
 //! - [`mapping`]: the columns a sync uses, and a row → a Batch event, with Batch's rules.
 //! - [`diff`]: the sorted merge of snapshot and baseline, and what each delta does.
 //! - [`pack`]: events → operations → requests, with the manifest that maps them back to rows.
 //! - [`retry`]: answer classification, backoff with full jitter, `Retry-After`.
 //! - [`run`]: a run's counts, status, summary and exit code, the guards, modelled once.
+//!
+//! Among the first three, `mapping` uses `encode`, which uses `value`, never the reverse.
 
 pub mod diff;
 pub mod encode;

@@ -45,10 +45,6 @@ impl Value {
         }
     }
 
-    pub fn is_null(&self) -> bool {
-        matches!(self, Value::Null)
-    }
-
     /// The value as text for places that need a string (custom id, event name from a column).
     pub fn as_text(&self) -> Option<String> {
         match self {
@@ -222,6 +218,24 @@ pub fn render(v: &Value) -> String {
         Value::Time(t) => format_time(*t),
         Value::StrArray(a) => format!("{a:?}"),
         Value::Json(j) => j.to_string(),
+    }
+}
+
+/// The JSON form of a value, as an event carries it: times as RFC 3339 text and URLs as text
+/// (an event's attribute key says which they are: `date(…)`, `url(…)`).
+pub fn json_of(v: &Value) -> serde_json::Value {
+    use serde_json::Value as J;
+    match v {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(J::Number)
+            .unwrap_or(J::Null),
+        Value::Text(s) | Value::Url(s) => J::String(s.clone()),
+        Value::Time(t) => J::String(format_time(*t)),
+        Value::StrArray(a) => J::Array(a.iter().cloned().map(J::String).collect()),
+        Value::Json(j) => j.clone(),
     }
 }
 

@@ -3,31 +3,30 @@
 //! snapshot's hot loop, without a `Value` (and its `String`) per cell.
 //!
 //! Invariants:
-//! - Byte for byte what the reference path gives (`type_row`, then `encode_row` and `row_key`
-//!   in the parent module): text, and text declared integer, number, bool or date, take fast
-//!   paths that the tests check against it; every other cell takes the reference path itself.
+//! - Byte for byte what the reference path gives (`value::coerce` per cell, then
+//!   `encode::encode_row` and `encode::row_key`): text, and text declared integer, number, bool
+//!   or date, take fast paths that the tests check against it; every other cell takes the
+//!   reference path itself.
+//! - Not a byte of the recipe here: every byte is written by `core::encode`'s writers, so a new
+//!   recipe changes that file and not this one. What is decided here is only which value a
+//!   cell holds, and that a column is its name header then its value.
 //! - A cell that does not fit its type is encoded as null, and the first such column is the
-//!   row's reject, as `type_row` does.
+//!   row's reject, as the reference typing does (`type_row`, in the snapshot's tests).
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
 
-use crate::core::encode::encode_value;
+use crate::core::encode::{
+    encode_value, put_bool, put_int, put_key_part, put_name, put_null, put_text, put_time,
+};
 use crate::core::mapping::{ColumnPlan, Reject};
 use crate::core::value::{coerce, parse_text, Cell, Type, TypeError, Value};
 use chrono_tz::Tz;
-
-/// Tag bytes of the canonical encoding (`core::encode`, recipe version 1).
-const NULL: u8 = 0x00;
-const BOOL: u8 = 0x01;
-const INT: u8 = 0x02;
-const TEXT: u8 = 0x04;
-const TIME: u8 = 0x05;
 
 pub(super) struct RowEncoder {
     columns: Vec<String>,
     types: Vec<Option<Type>>,
     key: Vec<usize>,
     tz: Tz,
-    /// Per column, in plan order: `u32 BE name length ‖ name`, the hash input's column header.
+    /// Per column, in plan order: its name header in the hash input (`encode::put_name`).
     headers: Vec<Vec<u8>>,
     /// Where column `i`'s value sits in the last row's hash input: `spans[i]`, from its start.
     spans: Vec<(u32, u32)>,
@@ -39,8 +38,8 @@ impl RowEncoder {
             .columns
             .iter()
             .map(|name| {
-                let mut h = (name.len() as u32).to_be_bytes().to_vec();
-                h.extend_from_slice(name.as_bytes());
+                let mut h = Vec::new();
+                put_name(name, &mut h);
                 h
             })
             .collect();
@@ -66,7 +65,7 @@ impl RowEncoder {
             let at = out.len();
             if let Err(e) = encode_cell(cell, self.types[i], self.tz, out) {
                 out.truncate(at);
-                out.push(NULL);
+                put_null(out);
                 if first.is_none() {
                     first = Some(Reject::new(Some(&self.columns[i]), "type", e.to_string()));
                 }
@@ -87,15 +86,13 @@ impl RowEncoder {
     pub(super) fn key(&self, buf: &mut Vec<u8>, row_at: usize) -> Result<(), Reject> {
         for &i in &self.key {
             let (from, to) = self.spans[i];
-            let (from, to) = (row_at + from as usize, row_at + to as usize);
-            if buf[from] == NULL {
+            if !put_key_part(buf, row_at + from as usize..row_at + to as usize) {
                 return Err(Reject::new(
                     Some(&self.columns[i]),
                     "key_null",
                     "a primary-key column is null",
                 ));
             }
-            buf.extend_from_within(from..to);
         }
         Ok(())
     }
@@ -109,30 +106,20 @@ fn encode_cell(
     out: &mut Vec<u8>,
 ) -> Result<(), TypeError> {
     match cell {
-        Cell::Text(s) if s.is_empty() => out.push(NULL),
+        Cell::Text(s) if s.is_empty() => put_null(out),
         Cell::Text(s) => match ty {
-            None | Some(Type::String) => {
-                out.push(TEXT);
-                out.extend_from_slice(&(s.len() as u32).to_be_bytes());
-                out.extend_from_slice(s.as_bytes());
-            }
+            None | Some(Type::String) => put_text(s, out),
             Some(Type::Date) => match rfc3339_utc_micros(s) {
-                Some(t) => {
-                    out.push(TIME);
-                    out.extend_from_slice(&t.to_be_bytes());
-                }
+                Some(t) => put_time(t, out),
                 None => encode_value(&parse_text(s, Type::Date, tz)?, out),
             },
             Some(Type::Bool) => match s.as_str() {
-                "true" => out.extend_from_slice(&[BOOL, 1]),
-                "false" => out.extend_from_slice(&[BOOL, 0]),
+                "true" => put_bool(true, out),
+                "false" => put_bool(false, out),
                 _ => encode_value(&parse_text(s, Type::Bool, tz)?, out),
             },
             Some(Type::Integer) => match plain_int(s.as_bytes()) {
-                Some(i) => {
-                    out.push(INT);
-                    out.extend_from_slice(&i.to_be_bytes());
-                }
+                Some(i) => put_int(i, out),
                 None => encode_value(&parse_text(s, Type::Integer, tz)?, out),
             },
             Some(Type::Number) => match plain_decimal(s.as_bytes()) {
@@ -248,6 +235,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::core::encode::{encode_row, row_key};
     use crate::core::mapping::MappingSpec;
     use crate::core::value::parse_time;
     use proptest::prelude::*;
@@ -438,10 +426,10 @@ mod tests {
             Value::Int(7),
         ];
         let mut scratch = Vec::new();
-        let (expected, hash) = super::super::encode_row(&plan, &values, &mut scratch);
+        let (expected, hash) = encode_row(&plan.columns, &values, &mut scratch);
         assert_eq!(&buf[at..key_at], &scratch[..]);
         assert_eq!(payload, expected);
-        let key = super::super::row_key(&plan, &values, hash).unwrap();
+        let key = row_key(&plan.key, &values, hash).unwrap();
         assert_eq!(&buf[key_at..], &key[..]);
     }
 }
