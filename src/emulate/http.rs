@@ -17,69 +17,23 @@ use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::exchange::{Request, Response};
+
 /// Largest request head accepted.
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Largest body accepted. The client keeps under 5 MB; this leaves room for experiments.
 pub(crate) const MAX_BODY_BYTES: usize = 20 * 1024 * 1024;
 const MAX_HEADERS: usize = 64;
 
-/// One request, head and body.
-#[derive(Debug)]
-pub(crate) struct Request {
-    pub method: String,
-    /// The path, without the query string.
-    pub path: String,
-    pub content_type: Option<String>,
-    pub authorization: Option<String>,
-    pub project: Option<String>,
-    /// The client asked to close the connection after this request.
-    pub close: bool,
-    raw: Vec<u8>,
-    body_start: usize,
-}
-
-impl Request {
-    pub(crate) fn body(&self) -> &[u8] {
-        &self.raw[self.body_start..]
-    }
-}
-
 /// The result of reading from a connection.
 #[derive(Debug)]
 pub(crate) enum Read {
-    Request(Request),
+    /// A whole request, and whether the client asked to close the connection after it.
+    Request { request: Request, close: bool },
     /// The peer closed the connection (between requests or in the middle of one).
     Closed,
     /// The stream cannot be framed: answer this, then close.
     Refuse(Response),
-}
-
-/// One response; always sent with a `Content-Length`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Response {
-    pub status: u16,
-    pub content_type: &'static str,
-    pub body: Vec<u8>,
-    pub retry_after: Option<u64>,
-}
-
-impl Response {
-    pub(crate) fn json(status: u16, body: &serde_json::Value) -> Response {
-        Response {
-            status,
-            content_type: "application/json",
-            body: serde_json::to_vec(body).expect("a JSON value serialises"),
-            retry_after: None,
-        }
-    }
-
-    /// The `{"error_code","error_message"}` shape Batch uses for 4xx and 5xx answers.
-    pub(crate) fn error(status: u16, code: &str, message: &str) -> Response {
-        Response::json(
-            status,
-            &serde_json::json!({ "error_code": code, "error_message": message }),
-        )
-    }
 }
 
 /// Reads the next request, keeping unread bytes in `buf` between calls.
@@ -121,17 +75,19 @@ where
         }
     }
     let rest = buf.split_off(end);
-    let raw = std::mem::replace(buf, rest);
-    Ok(Read::Request(Request {
-        method: head.method,
-        path: head.path,
-        content_type: head.content_type,
-        authorization: head.authorization,
-        project: head.project,
+    let mut raw = std::mem::replace(buf, rest);
+    let body = raw.split_off(head.len);
+    Ok(Read::Request {
+        request: Request {
+            method: head.method,
+            path: head.path,
+            content_type: head.content_type,
+            authorization: head.authorization,
+            project: head.project,
+            body,
+        },
         close: head.close,
-        raw,
-        body_start: head.len,
-    }))
+    })
 }
 
 /// The parts of a request head the emulator uses.
@@ -282,7 +238,7 @@ mod tests {
                     out.push(refused);
                     return out;
                 }
-                request => out.push(request),
+                read => out.push(read),
             }
         }
     }
@@ -291,15 +247,22 @@ mod tests {
     async fn two_pipelined_requests_are_read_one_after_the_other() {
         let input = b"POST /a HTTP/1.1\r\nContent-Length: 3\r\n\r\nabcGET /b?x=1 HTTP/1.1\r\nConnection: close\r\n\r\n";
         let reads = read_all(input).await;
-        let [Read::Request(a), Read::Request(b)] = &reads[..] else {
+        let [Read::Request {
+            request: a,
+            close: a_close,
+        }, Read::Request {
+            request: b,
+            close: b_close,
+        }] = &reads[..]
+        else {
             panic!("{reads:?}")
         };
         assert_eq!(
-            (a.path.as_str(), a.body(), a.close),
+            (a.path.as_str(), &a.body[..], *a_close),
             ("/a", &b"abc"[..], false)
         );
         assert_eq!(
-            (b.method.as_str(), b.path.as_str(), b.close),
+            (b.method.as_str(), b.path.as_str(), *b_close),
             ("GET", "/b", true)
         );
     }
@@ -334,10 +297,10 @@ mod tests {
         let reads =
             read_all(b"GET /a HTTP/1.0\r\n\r\nGET /b HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 .await;
-        let [Read::Request(a), Read::Request(b)] = &reads[..] else {
+        let [Read::Request { close: a, .. }, Read::Request { close: b, .. }] = &reads[..] else {
             panic!("{reads:?}")
         };
-        assert!(a.close);
-        assert!(!b.close);
+        assert!(*a);
+        assert!(!*b);
     }
 }

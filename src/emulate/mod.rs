@@ -39,9 +39,11 @@
 //! Invariant checked by the tests: once no request is in flight,
 //! `stats.requests == sum(by_status) + dropped_before + dropped_after`.
 
+mod admin;
 mod api;
 mod bucket;
 mod cli;
+mod exchange;
 mod faults;
 mod http;
 mod record;

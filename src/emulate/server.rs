@@ -1,5 +1,5 @@
 //! The accept loop, one task per connection, and the routing between the Profile API
-//! (`api`) and the emulator's own `/_emulator/*` endpoints.
+//! (`api`) and the emulator's own `/_emulator/*` endpoints (`admin`).
 //!
 //! Invariants:
 //! - A connection's failure (a reset, a client that goes away mid-request, a malformed head)
@@ -11,20 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
-use super::http::{self, Read, Response};
-use super::{api, lock, Faults, Scripted, Shared};
-
-/// What the server does once a request has been handled.
-pub(crate) enum Outcome {
-    Reply(Response),
-    /// Close the connection without answering.
-    Drop,
-}
+use super::exchange::Outcome;
+use super::http::{self, Read};
+use super::{admin, api, Shared};
 
 /// Serves until `stop` fires or its sender is dropped.
 pub(crate) async fn serve(
@@ -64,8 +57,8 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
     let _ = stream.set_nodelay(true);
     let mut buf = Vec::new();
     loop {
-        let request = match http::read_request(&mut stream, &mut buf).await {
-            Ok(Read::Request(request)) => request,
+        let (request, close) = match http::read_request(&mut stream, &mut buf).await {
+            Ok(Read::Request { request, close }) => (request, close),
             Ok(Read::Closed) => return,
             Ok(Read::Refuse(response)) => {
                 tracing::debug!(status = response.status, "emulator refused a request head");
@@ -77,9 +70,10 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
                 return;
             }
         };
-        let close = request.close;
         let outcome = match request.path.strip_prefix("/_emulator/") {
-            Some(rest) => Outcome::Reply(admin(&shared, &request.method, rest, request.body())),
+            Some(rest) => {
+                Outcome::Reply(admin::handle(&shared, &request.method, rest, &request.body))
+            }
             None => api::handle(&shared, &request).await,
         };
         match outcome {
@@ -94,52 +88,5 @@ async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>) {
             }
             Outcome::Drop => return,
         }
-    }
-}
-
-/// The emulator's own endpoints: no authentication, no faults, not counted in the stats.
-fn admin(shared: &Shared, method: &str, path: &str, body: &[u8]) -> Response {
-    match (method, path) {
-        ("GET", "received") => Response {
-            status: 200,
-            content_type: "application/x-ndjson",
-            body: shared.recorder.received_ndjson(),
-            retry_after: None,
-        },
-        ("GET", "stats") => Response::json(200, &json!(shared.stats())),
-        ("GET", "faults") => Response::json(200, &json!(lock(&shared.faults).faults())),
-        ("POST", "faults") => match serde_json::from_slice::<Faults>(body) {
-            Ok(faults) => match faults.check() {
-                Ok(()) => {
-                    let answer = json!(faults);
-                    shared.set_faults(faults);
-                    Response::json(200, &answer)
-                }
-                Err(message) => Response::error(400, "BAD_REQUEST", &message),
-            },
-            Err(e) => Response::error(400, "BAD_REQUEST", &format!("not a Faults object: {e}")),
-        },
-        ("POST", "script") => match serde_json::from_slice::<Vec<Scripted>>(body) {
-            Ok(steps) => {
-                let queued = steps.len();
-                shared.script(steps);
-                Response::json(200, &json!({ "queued": queued }))
-            }
-            Err(e) => Response::error(
-                400,
-                "BAD_REQUEST",
-                &format!("not a JSON array of scripted steps: {e}"),
-            ),
-        },
-        (_, "received" | "stats" | "faults" | "script") => Response::error(
-            405,
-            "METHOD_NOT_ALLOWED",
-            &format!("{method} is not allowed on /_emulator/{path}"),
-        ),
-        _ => Response::error(
-            404,
-            "ROUTE_NOT_FOUND",
-            "unknown emulator endpoint; try GET /_emulator/received or /_emulator/stats",
-        ),
     }
 }
