@@ -1,11 +1,13 @@
-//! One request and what becomes of it, as the emulator's handlers see them: plain data, with
-//! no HTTP library in sight.
+//! One request and what becomes of it, as the emulator's handlers see them: plain data, not
+//! HTTP (the body stays in the `Bytes` it was read into, so it is not copied).
 //!
-//! - `server` alone speaks HTTP: it turns what arrives into a [`Request`] and an [`Outcome`]
-//!   back into bytes on the wire (or into a closed connection). `api` and `admin` only read a
-//!   [`Request`] and decide an [`Outcome`], so they know nothing of `server` and the module
-//!   graph has no cycle: `server` → `api`, `admin` → `exchange`.
-//! - A [`Request`] is handed on only once its whole body has arrived.
+//! - `server` alone speaks HTTP (through hyper): it turns what arrives into a [`Request`] and
+//!   an [`Outcome`] back into an answer on the wire or a closed connection. `api` and `admin`
+//!   read a [`Request`] and decide an [`Outcome`] and know nothing of `server`: the imports go
+//!   one way, `server` → `api` and `admin` → `exchange`.
+//! - A [`Request`] exists only once its whole body has arrived.
+
+use hyper::body::Bytes;
 
 /// One request, head and body, reduced to what the handlers read.
 #[derive(Debug)]
@@ -17,7 +19,7 @@ pub(crate) struct Request {
     pub authorization: Option<String>,
     /// `X-Batch-Project`.
     pub project: Option<String>,
-    pub body: Vec<u8>,
+    pub body: Bytes,
 }
 
 /// One answer; always sent with a `Content-Length`.

@@ -45,7 +45,6 @@ mod bucket;
 mod cli;
 mod exchange;
 mod faults;
-mod http;
 mod record;
 mod server;
 mod validate;
@@ -260,8 +259,13 @@ impl Emulator {
         let shared = Arc::new(Shared::new(config)?);
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), stopped));
+        let (stop, stopped) = oneshot::channel::<()>();
+        // A dropped sender stops the server too, so an `Emulator` dropped without
+        // `shutdown` leaves nothing listening.
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), shutdown));
         tracing::debug!(%addr, "emulator listening");
         Ok(Emulator {
             addr,
