@@ -14,9 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use super::exchange::{Outcome, Request, Response};
 use super::faults::Action;
-use super::http::{Request, Response};
-use super::server::Outcome;
 use super::validate::{self, BadRequest};
 use super::{lock, Endpoint, Received, Shared};
 
@@ -160,7 +159,7 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
             "the body must be sent with Content-Type: application/json",
         );
     }
-    let operations = match validate::parse_body(request.body(), endpoint) {
+    let operations = match validate::parse_body(&request.body, endpoint) {
         Ok(operations) => operations,
         Err(BadRequest(message)) => return Response::error(400, "BAD_REQUEST", &message),
     };

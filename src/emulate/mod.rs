@@ -38,12 +38,21 @@
 //!
 //! Invariant checked by the tests: once no request is in flight,
 //! `stats.requests == sum(by_status) + dropped_before + dropped_after`.
+//!
+//! The modules, imports going one way (from the edge inwards):
+//! - `server`: the accept loop and the HTTP/1 connections (hyper); routes to `api` or `admin`,
+//!   and closes a connection unanswered when one of them says so.
+//! - `api`: the Profile API; `admin`: the `/_emulator/*` endpoints. Both read an
+//!   `exchange::Request` and decide an `exchange::Outcome`, with no HTTP library in sight.
+//! - `validate`, `bucket`, `faults`, `record`: the rules, the rate limits, the fault draws and
+//!   the log of what was accepted, each usable on its own.
 
+mod admin;
 mod api;
 mod bucket;
 mod cli;
+mod exchange;
 mod faults;
-mod http;
 mod record;
 mod server;
 mod validate;
@@ -255,11 +264,25 @@ pub struct Emulator {
 impl Emulator {
     /// Binds `addr` (port 0 picks a free port) and spawns the server.
     pub async fn start(addr: SocketAddr, config: EmulatorConfig) -> std::io::Result<Emulator> {
-        let shared = Arc::new(Shared::new(config)?);
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        Emulator::start_on(listener, config)
+    }
+
+    /// Spawns the server on a listener the caller has bound. Must be called on a tokio
+    /// runtime, which then runs the server.
+    pub fn start_on(
+        listener: tokio::net::TcpListener,
+        config: EmulatorConfig,
+    ) -> std::io::Result<Emulator> {
+        let shared = Arc::new(Shared::new(config)?);
         let addr = listener.local_addr()?;
-        let (stop, stopped) = oneshot::channel();
-        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), stopped));
+        let (stop, stopped) = oneshot::channel::<()>();
+        // A dropped sender stops the server too, so an `Emulator` dropped without
+        // `shutdown` leaves nothing listening.
+        let shutdown = async {
+            let _ = stopped.await;
+        };
+        let task = tokio::spawn(server::serve(listener, Arc::clone(&shared), shutdown));
         tracing::debug!(%addr, "emulator listening");
         Ok(Emulator {
             addr,
