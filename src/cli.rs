@@ -78,7 +78,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub max_requests: Option<u64>,
     /// Stop shipping after this long, e.g. "10m" (pending kept for the next run).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub max_duration: Option<std::time::Duration>,
 }
 
@@ -122,9 +122,4 @@ impl From<InitialArg> for Initial {
             InitialArg::Baseline => Initial::Baseline,
         }
     }
-}
-
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration (examples: 30s, 10m, 1h)"))
 }

@@ -7,6 +7,10 @@
 //!   reserved names, attribute count, declared types) are checked here, once, before any run.
 //! - No secret is read here: the config names environment variables, `cli` resolves them.
 
+mod duration;
+
+pub use duration::{parse_duration, DurationError, MAX_DURATION};
+
 use crate::core::mapping::{self, ColumnPlan};
 use crate::core::value::Type;
 use chrono_tz::Tz;
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_PATH: &str = "batchsync.toml";
-pub const STARTER: &str = include_str!("starter.toml");
+pub const STARTER: &str = include_str!("../starter.toml");
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -294,15 +298,7 @@ impl Validator<'_> {
     ) -> Result<Duration, ConfigError> {
         match v {
             None => Ok(default),
-            Some(s) => parse_duration(s).ok_or_else(|| {
-                self.err(
-                    table,
-                    key,
-                    format!(
-                        "{s:?} is not a duration (examples: \"500ms\", \"30s\", \"10m\", \"1h\")"
-                    ),
-                )
-            }),
+            Some(s) => parse_duration(s).map_err(|e| self.err(table, key, e.to_string())),
         }
     }
 
@@ -570,25 +566,6 @@ fn url_has_password(url: &str) -> bool {
         .is_some_and(|(userinfo, _)| userinfo.contains(':'))
 }
 
-/// `500ms`, `30s`, `10m`, `1h`, `2d`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().ok()?;
-    let secs = match unit.trim() {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        "h" => n * 3600.0,
-        "d" => n * 86400.0,
-        _ => return None,
-    };
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
-}
-
 /// The 1-based line of `key` inside `[table]`, found by reading the file as text. Good enough
 /// for error messages; `None` when the key is not written in the file (a default was used).
 fn line_of(text: &str, table: &str, key: &str) -> Option<usize> {
@@ -676,13 +653,5 @@ mod tests {
     #[test]
     fn the_starter_config_is_valid() {
         parse(STARTER).unwrap();
-    }
-
-    #[test]
-    fn durations_parse() {
-        assert_eq!(parse_duration("30s"), Some(Duration::from_secs(30)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("soon"), None);
     }
 }
