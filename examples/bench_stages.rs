@@ -23,10 +23,10 @@
 //!
 //! Output: one JSON object of medians in milliseconds, and the row count.
 
-use batchsync::config::{Initial, LateEvents, OnChange, Reentry, Settings};
+use batchsync::config::{Initial, OnChange, Reentry, Settings};
 use batchsync::core::diff::{merge, Policy};
 use batchsync::core::encode::RowHash;
-use batchsync::core::mapping::{Event, EventRules, LatePolicy, Reject};
+use batchsync::core::mapping::{Event, EventRules, Reject};
 use batchsync::core::pack::RowRef;
 use batchsync::pipeline::delta::{Apply, Counts, Sink};
 use batchsync::snapshot::{Snapshot, DEFAULT_BUDGET};
@@ -199,11 +199,7 @@ fn apply(s: &Settings) -> Apply<'_> {
             event_on_reentry: s.sync.reentry == Reentry::Event,
         },
         rules: EventRules {
-            late: match s.sync.late_events {
-                LateEvents::Reject => LatePolicy::Reject,
-                LateEvents::SendWithoutTime => LatePolicy::SendWithoutTime,
-                LateEvents::Send => LatePolicy::Send,
-            },
+            late: s.sync.late_events,
             window_micros: s.sync.event_window.as_micros() as i64,
             now_micros: chrono::Utc::now().timestamp_micros(),
             event_id: s.sync.event_id,

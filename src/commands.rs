@@ -146,7 +146,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
 fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
     let opts = RunOptions {
         force: a.force,
-        initial: a.initial.map(Into::into),
+        initial: a.initial,
         ..RunOptions::default()
     };
     match pipeline::plan(settings, &opts, ui) {
@@ -253,7 +253,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     };
     let opts = RunOptions {
         force: a.force,
-        initial: a.initial.map(Into::into),
+        initial: a.initial,
         max_requests: a.max_requests,
         max_duration: a.max_duration,
         progress: !cli.quiet,

@@ -11,7 +11,7 @@ mod duration;
 
 pub use duration::{parse_duration, DurationError, MAX_DURATION};
 
-use crate::core::mapping::{self, ColumnPlan};
+use crate::core::mapping::{self, ColumnPlan, LatePolicy};
 use crate::core::value::Type;
 use chrono_tz::Tz;
 use serde::Deserialize;
@@ -95,7 +95,7 @@ struct RawSync {
     #[serde(default)]
     on_bad_row: OnBadRow,
     #[serde(default)]
-    late_events: LateEvents,
+    late_events: LatePolicy,
     event_window: Option<String>,
     max_added: Option<toml::Value>,
     max_removed: Option<toml::Value>,
@@ -137,11 +137,16 @@ pub enum SourceKind {
     Mysql,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default, serde::Serialize)]
+/// `[sync] initial` (and `run --initial`): what the first run of a store does.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Initial {
+    /// Ship every row of the segment.
     #[default]
     Send,
+    /// Only record the segment as the baseline; send nothing.
     Baseline,
 }
 
@@ -167,15 +172,6 @@ pub enum OnBadRow {
     #[default]
     Reject,
     Fail,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum LateEvents {
-    #[default]
-    Reject,
-    SendWithoutTime,
-    Send,
 }
 
 /// A guard on the size of a delta, relative to the baseline.
@@ -222,7 +218,7 @@ pub struct SyncSettings {
     pub on_change: OnChange,
     pub reentry: Reentry,
     pub on_bad_row: OnBadRow,
-    pub late_events: LateEvents,
+    pub late_events: LatePolicy,
     pub event_window: Duration,
     pub max_added: Guard,
     pub max_removed: Guard,

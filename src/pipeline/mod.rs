@@ -11,10 +11,10 @@
 
 pub mod delta;
 
-use crate::config::{Initial, LateEvents, OnChange, Reentry, Settings};
+use crate::config::{Initial, OnChange, Reentry, Settings};
 use crate::core::diff::{merge, BaseRow, Policy};
 use crate::core::encode::RowHash;
-use crate::core::mapping::{Event, EventRules, LatePolicy, Reject};
+use crate::core::mapping::{Event, EventRules, Reject};
 use crate::core::pack::RowRef;
 use crate::lock::{LockError, RunLock};
 use crate::ship::client::{Client, Credentials};
@@ -103,11 +103,7 @@ fn policy(settings: &Settings, first_run: bool, initial: Initial) -> Policy {
 
 fn rules(settings: &Settings) -> EventRules {
     EventRules {
-        late: match settings.sync.late_events {
-            LateEvents::Reject => LatePolicy::Reject,
-            LateEvents::SendWithoutTime => LatePolicy::SendWithoutTime,
-            LateEvents::Send => LatePolicy::Send,
-        },
+        late: settings.sync.late_events,
         window_micros: settings.sync.event_window.as_micros() as i64,
         now_micros: chrono::Utc::now().timestamp_micros(),
         event_id: settings.sync.event_id,
