@@ -23,7 +23,7 @@
 //!
 //! Output: one JSON object of medians in milliseconds, and the row count.
 
-use batchsync::config::Settings;
+use batchsync::config::{Settings, SourceSettings};
 use batchsync::core::encode::RowHash;
 use batchsync::core::mapping::{Event, Reject};
 use batchsync::core::pack::RowRef;
@@ -104,7 +104,12 @@ fn since(t: Instant) -> f64 {
 
 fn read(s: &Settings) -> Res<Timed> {
     let t = Instant::now();
-    let mut f = std::fs::File::open(s.source.path.as_deref().ok_or("a file source")?)?;
+    let path = match &s.source {
+        SourceSettings::Csv(c) => &c.path,
+        SourceSettings::Ndjson(n) => &n.path,
+        _ => return Err("a file source".into()),
+    };
+    let mut f = std::fs::File::open(path)?;
     let mut buf = vec![0u8; 1 << 20];
     let mut n = 0u64;
     loop {

@@ -58,7 +58,7 @@ pub struct PlanArgs {
     pub json: bool,
     /// As `run --initial`.
     #[arg(long, value_enum)]
-    pub initial: Option<InitialArg>,
+    pub initial: Option<Initial>,
     /// As `run --force`.
     #[arg(long)]
     pub force: bool,
@@ -73,12 +73,12 @@ pub struct RunArgs {
     pub force: bool,
     /// Override [sync] initial for this run (only the first run of a store uses it).
     #[arg(long, value_enum)]
-    pub initial: Option<InitialArg>,
+    pub initial: Option<Initial>,
     /// Stop shipping after this many HTTP requests (pending kept for the next run).
     #[arg(long)]
     pub max_requests: Option<u64>,
     /// Stop shipping after this long, e.g. "10m" (pending kept for the next run).
-    #[arg(long, value_parser = parse_duration)]
+    #[arg(long, value_parser = crate::config::parse_duration)]
     pub max_duration: Option<std::time::Duration>,
 }
 
@@ -109,22 +109,39 @@ pub struct DemoArgs {
     pub dir: Option<PathBuf>,
 }
 
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-pub enum InitialArg {
-    Send,
-    Baseline,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
 
-impl From<InitialArg> for Initial {
-    fn from(a: InitialArg) -> Initial {
-        match a {
-            InitialArg::Send => Initial::Send,
-            InitialArg::Baseline => Initial::Baseline,
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let cli = Cli::try_parse_from([&["batchsync", "run"], argv].concat()).unwrap();
+        match cli.command {
+            Command::Run(a) => a,
+            other => panic!("{other:?}"),
         }
     }
-}
 
-fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    crate::config::parse_duration(s)
-        .ok_or_else(|| format!("{s:?} is not a duration (examples: 30s, 10m, 1h)"))
+    #[test]
+    fn run_takes_the_config_words_for_initial() {
+        assert_eq!(run_args(&[]).initial, None);
+        assert_eq!(
+            run_args(&["--initial", "baseline"]).initial,
+            Some(Initial::Baseline)
+        );
+        assert_eq!(
+            run_args(&["--initial", "send"]).initial,
+            Some(Initial::Send)
+        );
+        assert!(Cli::try_parse_from(["batchsync", "run", "--initial", "later"]).is_err());
+    }
+
+    #[test]
+    fn max_duration_takes_the_config_durations() {
+        let d = |s: &str| run_args(&["--max-duration", s]).max_duration;
+        assert_eq!(d("1h 30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(d("90"), Some(Duration::from_secs(90)));
+        let e = Cli::try_parse_from(["batchsync", "run", "--max-duration", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("not a duration"), "{e}");
+    }
 }

@@ -145,7 +145,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
 fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
     let opts = RunOptions {
         force: a.force,
-        initial: a.initial.map(Into::into),
+        initial: a.initial,
         ..RunOptions::default()
     };
     match pipeline::plan(settings, &opts, ui) {
@@ -248,7 +248,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     };
     let opts = RunOptions {
         force: a.force,
-        initial: a.initial.map(Into::into),
+        initial: a.initial,
         max_requests: a.max_requests,
         max_duration: a.max_duration,
         progress: !cli.quiet,

@@ -4,8 +4,8 @@
 //! received.
 
 use crate::config::Settings;
-use crate::emulate::{EmulatorConfig, EmulatorThread, Faults};
 use crate::core::run::{RunStatus, RunSummary};
+use crate::emulate::{EmulatorConfig, EmulatorThread, Faults};
 use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
@@ -104,7 +104,9 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!("files: {}", dir.display());
     println!("  try: batchsync status --config {}", config_path.display());
     println!("       batchsync plan --config {}", config_path.display());
-    let bad = [&s1, &s2, &s3].iter().any(|s| s.status != RunStatus::Completed);
+    let bad = [&s1, &s2, &s3]
+        .iter()
+        .any(|s| s.status != RunStatus::Completed);
     anyhow::ensure!(!bad, "a demo run did not complete");
     Ok(())
 }

@@ -44,7 +44,6 @@ pub enum StoreError {
     },
 }
 
-
 pub type Result<T> = std::result::Result<T, StoreError>;
 
 /// What the outbox holds that no answer has settled yet.

@@ -232,9 +232,11 @@ impl ColumnPlan {
     }
 }
 
-/// What the mapping does with times outside Batch's window.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the mapping does with times outside Batch's window: `[sync] late_events`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum LatePolicy {
+    #[default]
     Reject,
     SendWithoutTime,
     Send,

@@ -423,7 +423,10 @@ mod tests {
         if let Err(e) = got {
             let msg = e.to_string();
             assert!(msg.contains("--force"), "{msg}");
-            assert!(msg.contains(&format!("baseline of {baseline} rows")), "{msg}");
+            assert!(
+                msg.contains(&format!("baseline of {baseline} rows")),
+                "{msg}"
+            );
         }
     }
 }

@@ -9,7 +9,7 @@
 use crate::config::{Initial, Settings};
 use crate::core::diff::{decide, BaseRow, BaselineWrite, Delta, Policy, SnapRow};
 use crate::core::encode::{display_key, hex, Decoder, RowHash};
-use crate::core::mapping::{build_event, ColumnPlan, EventRules, LatePolicy, Reject};
+use crate::core::mapping::{build_event, ColumnPlan, EventRules, Reject};
 use crate::core::pack::RowRef;
 use crate::core::run::Counts;
 use crate::core::value::Value;
@@ -28,7 +28,12 @@ pub struct Apply<'a> {
 impl<'a> Apply<'a> {
     /// What a run (or its plan) does with its deltas. `loose`: some rows were rejected before
     /// their key could be read.
-    pub fn for_run(settings: &'a Settings, first_run: bool, initial: Initial, loose: bool) -> Apply<'a> {
+    pub fn for_run(
+        settings: &'a Settings,
+        first_run: bool,
+        initial: Initial,
+        loose: bool,
+    ) -> Apply<'a> {
         Apply {
             plan: &settings.plan,
             policy: Policy {
@@ -58,11 +63,7 @@ impl<'a> Apply<'a> {
 
 fn rules(settings: &Settings) -> EventRules {
     EventRules {
-        late: match settings.sync.late_events {
-            crate::config::LateEvents::Reject => LatePolicy::Reject,
-            crate::config::LateEvents::SendWithoutTime => LatePolicy::SendWithoutTime,
-            crate::config::LateEvents::Send => LatePolicy::Send,
-        },
+        late: settings.sync.late_events,
         window_micros: settings.sync.event_window.as_micros() as i64,
         now_micros: chrono::Utc::now().timestamp_micros(),
         event_id: settings.sync.event_id,

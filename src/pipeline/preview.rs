@@ -78,7 +78,12 @@ impl Sink for Samples {
         }
         Ok(())
     }
-    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<(), Infallible> {
+    fn reject(
+        &mut self,
+        key: Option<&str>,
+        line: Option<u64>,
+        r: &Reject,
+    ) -> Result<(), Infallible> {
         if self.rejects.len() < SAMPLE {
             self.rejects.push(serde_json::json!({ "key": key, "line": line, "column": r.column, "rule": r.rule, "reason": r.reason }));
         }
@@ -149,7 +154,12 @@ pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
     let source = snap.what.clone();
     let mut engine = LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>());
     let mut samples = Samples::default();
-    let diffed = diff::apply(&mut engine, &Apply::for_check(settings), &mut samples, &stop)?;
+    let diffed = diff::apply(
+        &mut engine,
+        &Apply::for_check(settings),
+        &mut samples,
+        &stop,
+    )?;
     Ok(CheckSummary {
         config: settings.file.display().to_string(),
         source,

@@ -262,7 +262,9 @@ impl<'a, S: StateStore> Run<'a, S> {
         match outcome {
             Ok(halt) => {
                 s.counts.events_pending = pending.map_err(RunError::from)?;
-                let end = halt.as_ref().map_or(crate::core::run::ShipEnd::Drained, Halt::end);
+                let end = halt
+                    .as_ref()
+                    .map_or(crate::core::run::ShipEnd::Drained, Halt::end);
                 s.status = status(&s.counts, end);
                 let message = halt.as_ref().and_then(|h| halt_message(self.settings, h));
                 s.error = match (message, self.note) {

@@ -126,6 +126,9 @@ mod tests {
         let shown = format!("{c:?} {:?}", c.clone());
         assert!(!shown.contains("rest-key-123456"), "{shown}");
         assert!(!shown.contains("project-key-abcdef"), "{shown}");
-        assert!(!shown.contains("123456") && !shown.contains("abcdef"), "{shown}");
+        assert!(
+            !shown.contains("123456") && !shown.contains("abcdef"),
+            "{shown}"
+        );
     }
 }

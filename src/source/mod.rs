@@ -16,7 +16,7 @@ pub mod postgres;
 pub mod sqlite;
 mod sqltypes;
 
-use crate::config::{Settings, SourceKind};
+use crate::config::{DatabaseSettings, Settings, SourceSettings};
 use crate::core::value::Cell;
 
 #[derive(Debug, thiserror::Error)]
@@ -88,37 +88,23 @@ pub trait Source: Send {
 /// Opens the configured source for the plan's columns.
 pub fn open(settings: &Settings) -> Result<Box<dyn Source>, SourceError> {
     let columns = &settings.plan.columns;
-    let s = &settings.source;
-    match s.kind {
-        SourceKind::Csv => Ok(Box::new(csv::CsvSource::open(
-            s.path.as_deref().expect("validated"),
-            s.delimiter,
-            columns,
-        )?)),
-        SourceKind::Ndjson => Ok(Box::new(ndjson::NdjsonSource::open(
-            s.path.as_deref().expect("validated"),
-            columns,
-        )?)),
-        SourceKind::Sqlite => Ok(Box::new(sqlite::open(
-            s.path.as_deref().expect("validated"),
-            s.query.as_deref().expect("validated"),
-            s.timeout,
-            columns,
-        )?)),
-        SourceKind::Postgres | SourceKind::Mysql => {
-            let db = db::Query {
-                url: s.url.as_deref().expect("validated"),
-                query: s.query.as_deref().expect("validated"),
-                password_env: s.password_env.as_deref(),
-                timeout: s.timeout,
-                columns,
-                timezone: settings.timezone,
-            };
-            if s.kind == SourceKind::Postgres {
-                Ok(Box::new(postgres::open(&db)?))
-            } else {
-                Ok(Box::new(mysql::open(&db)?))
-            }
-        }
+    Ok(match &settings.source {
+        SourceSettings::Csv(s) => Box::new(csv::CsvSource::open(&s.path, s.delimiter, columns)?),
+        SourceSettings::Ndjson(s) => Box::new(ndjson::NdjsonSource::open(&s.path, columns)?),
+        SourceSettings::Sqlite(s) => Box::new(sqlite::open(&s.path, &s.query, s.timeout, columns)?),
+        SourceSettings::Postgres(db) => Box::new(postgres::open(&query(db, settings))?),
+        SourceSettings::Mysql(db) => Box::new(mysql::open(&query(db, settings))?),
+    })
+}
+
+/// A PostgreSQL or MySQL source's query, for the plan's columns.
+fn query<'a>(db: &'a DatabaseSettings, settings: &'a Settings) -> db::Query<'a> {
+    db::Query {
+        url: &db.url,
+        query: &db.query,
+        password_env: db.password_env.as_deref(),
+        timeout: db.timeout,
+        columns: &settings.plan.columns,
+        timezone: settings.timezone,
     }
 }

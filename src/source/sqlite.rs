@@ -80,7 +80,9 @@ impl Job {
                 })
             }
         };
-        if let Err(e) = conn.busy_timeout(self.timeout) {
+        // SQLite counts the busy timeout in an i32 of milliseconds (24 days); rusqlite panics past it.
+        let busy = self.timeout.min(Duration::from_millis(i32::MAX as u64));
+        if let Err(e) = conn.busy_timeout(busy) {
             return feed.fail(error(format!("cannot set the busy timeout: {e}")));
         }
         let mut statement = match conn.prepare(&self.query) {

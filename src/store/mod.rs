@@ -20,7 +20,9 @@ use crate::core::encode::RowHash;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{RunLog, StateStore};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior};
+use rusqlite::{
+    params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
+};
 use std::path::{Path, PathBuf};
 
 pub use crate::state::StoreError;
@@ -170,7 +172,8 @@ impl Store {
             let number = i + 1;
             // Each migration whole or not at all: the transaction rolls back on drop, also
             // when the COMMIT itself fails.
-            let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
+            let tx =
+                Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
             tx.execute_batch(sql).ctx(p)?;
             for (_, step) in schema::DATA_STEPS.iter().filter(|(n, _)| *n == number) {
                 step(self)?;
@@ -326,7 +329,8 @@ impl ToSql for RunStatus {
 impl FromSql for RunStatus {
     fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
         let s = value.as_str()?;
-        RunStatus::parse(s).ok_or_else(|| FromSqlError::Other(format!("unknown run status {s:?}").into()))
+        RunStatus::parse(s)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown run status {s:?}").into()))
     }
 }
 
@@ -591,7 +595,10 @@ mod tests {
             w.put(b"k", RowHash([1; 16])).unwrap();
             // Dropped without a commit: rolled back.
         }
-        assert!(s.conn.is_autocommit(), "the dropped run's transaction is closed");
+        assert!(
+            s.conn.is_autocommit(),
+            "the dropped run's transaction is closed"
+        );
         assert!(!s.has_baseline().unwrap());
         assert!(s.runs(10).unwrap().is_empty());
 
@@ -607,7 +614,10 @@ mod tests {
         let err = w.commit(&Counts::default(), 10_000, "id").unwrap_err();
         let err = crate::errors::chain(&err);
         assert!(err.contains("FOREIGN KEY"), "{err}");
-        assert!(s.conn.is_autocommit(), "the failed commit's transaction is closed");
+        assert!(
+            s.conn.is_autocommit(),
+            "the failed commit's transaction is closed"
+        );
         assert!(!s.has_baseline().unwrap());
         s.begin_run("y", None).unwrap();
     }

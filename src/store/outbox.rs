@@ -78,7 +78,6 @@ impl Store {
         }
         Ok(())
     }
-
 }
 
 impl Outbox for Store {

@@ -1,0 +1,200 @@
+//! The TOML config file: parse, defaults, and validation into [`Settings`].
+//!
+//! Invariants:
+//! - Every error names the file, the key, the key's line (unless the error is that it is
+//!   missing) and what the key takes. Lines come from the TOML parser's own spans
+//!   (`toml::Spanned`, or toml's error), so dotted keys (`source.path = …`) and inline tables
+//!   are located like any other key.
+//! - Paths in the file are relative to the file.
+//! - A key that the file's `[source] type` does not take is an error, not ignored.
+//! - Mapping rules of Batch that can be checked without data (event and attribute names,
+//!   reserved names, attribute count, declared types) are checked here, once, before any run.
+//! - Every default is a named constant beside the field it fills.
+//! - No secret is read here: the config names environment variables, `cli` resolves them.
+
+mod duration;
+mod file;
+mod source;
+#[cfg(test)]
+mod tests;
+
+pub use duration::{parse_duration, DurationError, MAX_DURATION};
+pub use source::{
+    CsvSettings, DatabaseSettings, NdjsonSettings, SourceSettings, SqliteSettings,
+    DEFAULT_QUERY_TIMEOUT,
+};
+
+use crate::core::mapping::{ColumnPlan, LatePolicy};
+use chrono_tz::Tz;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub const DEFAULT_PATH: &str = "batchsync.toml";
+pub const STARTER: &str = include_str!("../starter.toml");
+
+/// A config that cannot be used. Each message names the file and the key, with its line when
+/// the file has it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}. Create one with `batchsync init`")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the shape of a config: an unknown or misplaced key, a missing one, a
+    /// value of the wrong type. toml's message gives the line and shows it.
+    #[error("{path}: {}", source.to_string().trim_end())]
+    Syntax {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// A key whose value has the right type but cannot be used, or a key missing that
+    /// another key needs (then it has no line).
+    #[error("{path}{}: `{key}`: {message}", line.map(|l| format!(" line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+    #[error("{path} line {line}: `{key}`: {source}")]
+    Duration {
+        path: PathBuf,
+        line: usize,
+        key: String,
+        #[source]
+        source: Box<DurationError>,
+    },
+}
+
+/// `[sync] initial` (and `run --initial`): what the first run of a store does.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Initial {
+    /// Ship every row of the segment.
+    #[default]
+    Send,
+    /// Only record the segment as the baseline; send nothing.
+    Baseline,
+}
+
+/// `[sync] on_change`: whether a changed row is a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnChange {
+    #[default]
+    Ignore,
+    Event,
+}
+
+/// `[sync] reentry`: whether a row that left the segment and came back is a new event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reentry {
+    #[default]
+    Event,
+    Ignore,
+}
+
+/// `[sync] on_bad_row`: what a row that cannot be read or typed does to the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRow {
+    #[default]
+    Reject,
+    Fail,
+}
+
+pub use crate::core::run::Guard;
+
+/// `[sync]`.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub initial: Initial,
+    pub on_change: OnChange,
+    pub reentry: Reentry,
+    pub on_bad_row: OnBadRow,
+    pub late_events: LatePolicy,
+    pub event_window: Duration,
+    pub max_added: Guard,
+    pub max_removed: Guard,
+    pub event_id: bool,
+}
+
+impl SyncSettings {
+    /// Batch's own window: older event times are late.
+    pub const DEFAULT_EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
+    pub const DEFAULT_MAX_ADDED: Guard = Guard::Percent(50.0);
+    pub const DEFAULT_MAX_REMOVED: Guard = Guard::Percent(50.0);
+}
+
+/// `[destination]`.
+#[derive(Debug, Clone)]
+pub struct DestinationSettings {
+    /// Without a trailing `/`.
+    pub endpoint: String,
+    pub api_version: String,
+    pub api_key_env: String,
+    pub project_key_env: String,
+    pub rate: f64,
+    pub mass_rate: f64,
+    pub mass_update_from: u64,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_attempts: u32,
+    pub max_throttled: Duration,
+}
+
+impl DestinationSettings {
+    pub const DEFAULT_ENDPOINT: &'static str = "https://api.batch.com";
+    pub const DEFAULT_API_VERSION: &'static str = "2.11";
+    pub const DEFAULT_API_KEY_ENV: &'static str = "BATCH_REST_API_KEY";
+    pub const DEFAULT_PROJECT_KEY_ENV: &'static str = "BATCH_PROJECT_KEY";
+    /// Updates per second on `/profiles/update`.
+    pub const DEFAULT_RATE: f64 = 300.0;
+    /// Updates per second on `/profiles/mass-update`.
+    pub const DEFAULT_MASS_RATE: f64 = 10_000.0;
+    pub const DEFAULT_MASS_UPDATE_FROM: u64 = 10_000;
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+    pub const DEFAULT_MAX_THROTTLED: Duration = Duration::from_secs(600);
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub file: PathBuf,
+    pub source: SourceSettings,
+    pub plan: ColumnPlan,
+    pub timezone: Tz,
+    pub sync: SyncSettings,
+    pub destination: DestinationSettings,
+    pub state_path: PathBuf,
+}
+
+impl Settings {
+    /// `[mapping] timezone`.
+    pub const DEFAULT_TIMEZONE: Tz = chrono_tz::UTC;
+    /// `[state] path`, relative to the config file.
+    pub const DEFAULT_STATE_PATH: &'static str = ".batchsync/state.db";
+
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Settings::parse(&text, path)
+    }
+
+    /// `text` is the content of the file at `path`, which names it in errors and anchors its
+    /// relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        file::read(text, path)
+    }
+}
