@@ -13,7 +13,7 @@ pub fn chain(e: &(dyn std::error::Error + '_)) -> String {
         let next = c.to_string();
         // A cause whose words the message already carries (some libraries repeat their
         // inner error in their own message) is not said twice.
-        if !msg.ends_with(&next) {
+        if !msg.contains(&next) {
             msg.push_str(": ");
             msg.push_str(&next);
         }

@@ -43,14 +43,13 @@ use chrono_tz::Tz;
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder};
-use std::error::Error as StdError;
 use std::time::Duration;
 
 /// Opens the query: connects, prepares it and resolves the plan's columns before returning.
 pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
     let opts = Opts::from_url(q.url).map_err(|e| SourceError::Config {
         what: "source.url".into(),
-        message: format!("not a MySQL connection URL: {}", chain(&e)),
+        message: format!("not a MySQL connection URL: {}", crate::errors::chain(&e)),
     })?;
     let what = describe(&opts);
     let opts = match opts.pass() {
@@ -109,7 +108,7 @@ impl Job {
             Ok(Err(e)) => {
                 return feed.fail(SourceError::Io {
                     what: self.what.clone(),
-                    message: format!("cannot connect: {}", chain(&e)),
+                    message: format!("cannot connect: {}", crate::errors::chain(&e)),
                 })
             }
             Err(_) => {
@@ -124,14 +123,14 @@ impl Job {
         };
         if let Err(e) = conn.query_drop("SET time_zone = '+00:00'").await {
             return feed.fail(
-                self.query_error(format!("cannot set the session time zone: {}", chain(&e))),
+                self.query_error(format!("cannot set the session time zone: {}", crate::errors::chain(&e))),
             );
         }
         self.limit_statement_time(&mut conn).await;
         let statement = match conn.prep(self.query.as_str()).await {
             Ok(s) => s,
             Err(e) => {
-                return feed.fail(self.query_error(format!("the query failed: {}", chain(&e))))
+                return feed.fail(self.query_error(format!("the query failed: {}", crate::errors::chain(&e))))
             }
         };
         let names: Vec<String> = statement
@@ -149,7 +148,7 @@ impl Job {
         let mut result = match conn.exec_iter(&statement, ()).await {
             Ok(r) => r,
             Err(e) => {
-                return feed.fail(self.query_error(format!("the query failed: {}", chain(&e))))
+                return feed.fail(self.query_error(format!("the query failed: {}", crate::errors::chain(&e))))
             }
         };
         // Types as the result describes them: a prepared statement's metadata may be vaguer.
@@ -191,7 +190,7 @@ impl Job {
                     let rows = feed.rows();
                     return feed.fail(self.query_error(format!(
                         "the query failed after {rows} rows: {}",
-                        chain(&e)
+                        crate::errors::chain(&e)
                     )));
                 }
                 Err(_) => {
@@ -361,19 +360,6 @@ fn cell(c: &Column, v: mysql_async::Value, tz: Tz) -> Cell {
         }
         (_, v) => Cell::Invalid(format!("{} value {v:?} cannot be read", c.ty)),
     }
-}
-
-fn chain(e: &dyn StdError) -> String {
-    let mut m = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let s = c.to_string();
-        if !m.contains(&s) {
-            m.push_str(&format!(": {s}"));
-        }
-        cause = c.source();
-    }
-    m
 }
 
 /// `mysql://user@host:port/db`, from the parsed settings: no password, whatever the URL.

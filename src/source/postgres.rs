@@ -67,7 +67,7 @@ pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
         url.parse()
             .map_err(|e: tokio_postgres::Error| SourceError::Config {
                 what: "source.url".into(),
-                message: format!("not a PostgreSQL connection URL: {}", chain(&e)),
+                message: format!("not a PostgreSQL connection URL: {}", crate::errors::chain(&e)),
             })?;
     if config.get_user().is_none() {
         if let Some(user) = std::env::var("PGUSER")
@@ -346,7 +346,7 @@ fn decode(row: &Row, c: &Column, tz: Tz) -> Cell {
         Err(e) => Cell::Invalid(format!(
             "{} value cannot be read: {}",
             c.ty.name(),
-            chain(&e)
+            crate::errors::chain(&e)
         )),
     }
 }
@@ -461,7 +461,7 @@ fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>) -> String 
     if let Some(db) = e.as_db_error() {
         return db_message(db);
     }
-    let mut m = chain(e);
+    let mut m = crate::errors::chain(e);
     let ended = lost.and_then(|l| l.lock().ok().and_then(|slot| slot.clone()));
     if let Some(ended) = ended {
         if !m.contains(&ended) {
@@ -486,21 +486,6 @@ fn db_message(db: &DbError) -> String {
     }
     if let Some(h) = db.hint() {
         m.push_str(&format!("; hint: {h}"));
-    }
-    m
-}
-
-/// An error and its causes, `: `-separated (tokio-postgres keeps the useful part in causes).
-fn chain(e: &dyn StdError) -> String {
-    let mut m = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        if let Some(db) = c.downcast_ref::<DbError>() {
-            m.push_str(&format!(": {}", db_message(db)));
-        } else {
-            m.push_str(&format!(": {c}"));
-        }
-        cause = c.source();
     }
     m
 }
