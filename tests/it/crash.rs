@@ -2,13 +2,9 @@
 //! a kill -9 campaign, the run lock, graceful stops and network faults, each against the
 //! in-process emulator as Batch.
 
-mod common;
-#[path = "common/crash_support.rs"]
-mod crash_support;
-
+use crate::common::crash_support::*;
+use crate::common::Dir;
 use batchsync::emulate::{Faults, Scripted};
-use common::Dir;
-use crash_support::*;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};

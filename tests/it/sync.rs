@@ -1,9 +1,7 @@
 //! The core: config, file sources, snapshot, diff, commit and the commands that show them,
 //! run as the real binary against the emulator on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,7 +101,7 @@ fn second_run_sends_exactly_the_added_rows_and_a_third_sends_nothing() {
 }
 
 fn baseline_dump(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
 }
 
 #[test]
@@ -559,7 +557,7 @@ fn evolving_segment(version: u64) -> (String, BTreeSet<u64>) {
 type Entries = BTreeMap<Vec<u8>, (Vec<u8>, bool)>;
 
 fn entries(dir: &Dir) -> Entries {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
         .into_iter()
         .map(|(k, h, p)| (k, (h, p)))
         .collect()

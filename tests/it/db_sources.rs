@@ -6,10 +6,8 @@
 //! Each test owns tables named `<prefix>_<pid>_<counter>`, dropped when it ends (panics
 //! included), so tests run in parallel against one database.
 
-mod common;
-
+use crate::common::{emulator, fixture, json_of, Dir};
 use batchsync::core::value::{format_time, parse_bool, parse_time};
-use common::{emulator, fixture, json_of, Dir};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::process::Stdio;
@@ -259,7 +257,7 @@ fn utc_naive(v: &str) -> String {
 
 /// The baseline of a state store: (key, hash) in hex, present rows only, by key.
 fn baseline(dir: &Dir) -> Vec<(String, String)> {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
         .into_iter()
         .filter(|(_, _, present)| *present)
         .map(|(k, h, _)| (hex_upper(&k), hex_upper(&h)))
@@ -846,8 +844,13 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
         .env_remove("BATCHSYNC_TEST_DB_PASSWORD")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
-    assert!(common::stderr(&out).contains("BATCHSYNC_TEST_DB_PASSWORD"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::common::stderr(&out)
+    );
+    assert!(crate::common::stderr(&out).contains("BATCHSYNC_TEST_DB_PASSWORD"));
 
     // With trust authentication the password is not checked, but it must never be printed.
     let secret = "s3cret-Pa55-do-not-print";
@@ -859,7 +862,7 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
-        common::stderr(&out)
+        crate::common::stderr(&out)
     );
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains(secret), "{all}");
@@ -885,7 +888,7 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
-        common::stderr(&out)
+        crate::common::stderr(&out)
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
@@ -912,7 +915,7 @@ fn a_postgres_url_asking_for_tls_verifies_the_server_certificate() {
         &emu.endpoint(),
     );
     let out = dir.run(&["check"]);
-    let err = common::stderr(&out);
+    let err = crate::common::stderr(&out);
     // A test server's self-signed certificate is not trusted by the public roots: refused,
     // rather than used unverified. (A server with a public certificate would connect.)
     if out.status.code() == Some(1) {
