@@ -553,7 +553,10 @@ fn late_events_are_rejected_by_default_with_a_clear_reason() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    dir.edit_config("late_events = \"send\"", "late_events = \"reject\"");
+    // The fixture sets `late_events = "send"`: without the line, the default applies.
+    dir.edit_config("late_events = \"send\"\n", "");
+    let config = std::fs::read_to_string(dir.join("batchsync.toml")).unwrap();
+    assert!(!config.contains("late_events"), "{config}");
     let now = chrono::Utc::now();
     let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
     text = text.replacen(
