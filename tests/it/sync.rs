@@ -122,22 +122,34 @@ fn ndjson_and_csv_of_the_same_rows_give_the_same_baseline() {
 }
 
 /// The hashes of the day-1 fixture under recipe v1, checked in: a change to the canonical
-/// encoding must show up here (and bump the recipe version).
+/// encoding must show up here (and bump the recipe version). `BATCHSYNC_BLESS=1` rewrites the
+/// file and fails the test, so that a blessing run never passes for a checked one.
 #[test]
 fn fixture_hashes_match_the_checked_in_golden_file() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    dir.sync_with(&["--initial", "baseline"]);
+    let (code, s) = dir.sync_with(&["--initial", "baseline"]);
+    assert_eq!((code, s["rows"].as_u64()), (0, Some(12)), "{s}");
     let got: String = baseline_dump(&dir)
         .iter()
         .map(|(k, h, _)| format!("{} {}\n", hex(k), hex(h)))
         .collect();
-    let golden = std::fs::read_to_string(fixture("orders_day1.hashes")).unwrap_or_default();
+    assert_eq!(got.lines().count(), 12, "one line per row: {got}");
+    let path = fixture("orders_day1.hashes");
     if std::env::var_os("BATCHSYNC_BLESS").is_some() {
-        std::fs::write(fixture("orders_day1.hashes"), &got).unwrap();
-        return;
+        std::fs::write(&path, &got).unwrap();
+        panic!(
+            "{} blessed; run again without BATCHSYNC_BLESS",
+            path.display()
+        );
     }
+    let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with BATCHSYNC_BLESS=1 (then review it)",
+            path.display()
+        )
+    });
     assert_eq!(got, golden, "row hashes changed; if the recipe changed on purpose, bump HASH_RECIPE and re-bless with BATCHSYNC_BLESS=1");
 }
 
