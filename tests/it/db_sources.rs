@@ -1,7 +1,8 @@
 //! Database sources against the real servers: PostgreSQL at `BATCHSYNC_TEST_PG_URL`, MariaDB
 //! (or MySQL) at `BATCHSYNC_TEST_MYSQL_URL` (`.ci/run` sets both). Without a variable, its
-//! tests print a SKIPPED line to stderr and pass: run `.ci/run`, or set the variables, to run
-//! them. SQLite needs no server and always runs.
+//! tests print a SKIPPED line to stderr and pass, unless `CI` is set (to anything but empty,
+//! `0` or `false`): then they fail, so that CI never passes without having run them. SQLite
+//! needs no server and always runs.
 //!
 //! Each test owns tables named `<prefix>_<pid>_<counter>`, dropped when it ends (panics
 //! included), so tests run in parallel against one database.
@@ -17,12 +18,22 @@ use std::time::{Duration, Instant};
 const PG_VAR: &str = "BATCHSYNC_TEST_PG_URL";
 const MYSQL_VAR: &str = "BATCHSYNC_TEST_MYSQL_URL";
 
+/// Whether the tests run in CI, where a database test may not skip.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// The server's URL from `var`; `None` (said loudly) when it is not set, outside CI.
 fn server_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(u) if !u.trim().is_empty() => Some(u),
+        _ if in_ci() => panic!(
+            "{var} is not set, and CI is: the database tests must run in CI \
+             (`.ci/run` sets {var} for the local server)"
+        ),
         _ => {
             loud(&format!(
-                "SKIPPED: {var} is not set; database tests did not run"
+                "SKIPPED: {var} is not set; database tests did not run (set it, or run .ci/run)"
             ));
             None
         }
