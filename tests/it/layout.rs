@@ -33,18 +33,26 @@ fn undeclared(dir: &Path, root: &str) -> Vec<String> {
     missing
 }
 
+/// The test targets cargo finds in `tests/`: its `.rs` files and its folders with a `main.rs`
+/// (other folders, such as proptest's regression files, are no targets).
+fn test_targets(tests: &Path) -> Vec<String> {
+    let mut targets: Vec<String> = std::fs::read_dir(tests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "rs") || p.join("main.rs").is_file())
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    targets.sort();
+    targets
+}
+
 #[test]
 fn every_file_under_tests_is_a_module_of_the_one_test_binary() {
     let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
-    let mut top: Vec<String> = std::fs::read_dir(&tests)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    top.sort();
     assert_eq!(
-        top,
+        test_targets(&tests),
         ["it"],
-        "tests/ holds only the `it` binary: add a module under tests/it/ instead"
+        "tests/ holds one test binary, `it`: add a module under tests/it/ instead"
     );
     let missing = undeclared(&tests.join("it"), "main.rs");
     assert!(
