@@ -4,7 +4,8 @@
 //! process SIGKILL itself the n-th time (default: first) it reaches `<point>`, exactly as
 //! `kill -9` would. Release builds compile the check out.
 
-/// Every crash point, in the order a run reaches them.
+/// Every crash point, in the order a run reaches them. The crash tests crash at each one and
+/// hold each to its own expected state (`tests/it/crash.rs`, `EXPECTED`).
 pub const POINTS: &[&str] = &[
     "after_read",
     "mid_commit",
@@ -18,6 +19,11 @@ pub const POINTS: &[&str] = &[
 #[cfg(debug_assertions)]
 pub fn point(name: &str) {
     use std::sync::atomic::{AtomicU64, Ordering};
+    // A point the crash tests do not know of would go untested.
+    assert!(
+        POINTS.contains(&name),
+        "crash point {name} is not in crash::POINTS: register it, and its expected state in the crash tests"
+    );
     static HITS: AtomicU64 = AtomicU64::new(0);
     let Ok(spec) = std::env::var("BATCHSYNC_CRASH_AT") else {
         return;

@@ -1,15 +1,14 @@
 //! Database sources against the real servers: PostgreSQL at `BATCHSYNC_TEST_PG_URL`, MariaDB
 //! (or MySQL) at `BATCHSYNC_TEST_MYSQL_URL` (`.ci/run` sets both). Without a variable, its
-//! tests print a SKIPPED line to stderr and pass: run `.ci/run`, or set the variables, to run
-//! them. SQLite needs no server and always runs.
+//! tests print a SKIPPED line to stderr and pass, unless `CI` is set (to anything but empty,
+//! `0` or `false`): then they fail, so that CI never passes without having run them. SQLite
+//! needs no server and always runs.
 //!
 //! Each test owns tables named `<prefix>_<pid>_<counter>`, dropped when it ends (panics
 //! included), so tests run in parallel against one database.
 
-mod common;
-
+use crate::common::{emulator, fixture, json_of, Dir};
 use batchsync::core::value::{format_time, parse_bool, parse_time};
-use common::{emulator, fixture, json_of, Dir};
 use serde_json::{json, Value};
 use std::io::Write as _;
 use std::process::Stdio;
@@ -19,12 +18,22 @@ use std::time::{Duration, Instant};
 const PG_VAR: &str = "BATCHSYNC_TEST_PG_URL";
 const MYSQL_VAR: &str = "BATCHSYNC_TEST_MYSQL_URL";
 
+/// Whether the tests run in CI, where a database test may not skip.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// The server's URL from `var`; `None` (said loudly) when it is not set, outside CI.
 fn server_url(var: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(u) if !u.trim().is_empty() => Some(u),
+        _ if in_ci() => panic!(
+            "{var} is not set, and CI is: the database tests must run in CI \
+             (`.ci/run` sets {var} for the local server)"
+        ),
         _ => {
             loud(&format!(
-                "SKIPPED: {var} is not set; database tests did not run"
+                "SKIPPED: {var} is not set; database tests did not run (set it, or run .ci/run)"
             ));
             None
         }
@@ -259,7 +268,7 @@ fn utc_naive(v: &str) -> String {
 
 /// The baseline of a state store: (key, hash) in hex, present rows only, by key.
 fn baseline(dir: &Dir) -> Vec<(String, String)> {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
         .into_iter()
         .filter(|(_, _, present)| *present)
         .map(|(k, h, _)| (hex_upper(&k), hex_upper(&h)))
@@ -846,8 +855,13 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
         .env_remove("BATCHSYNC_TEST_DB_PASSWORD")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", common::stderr(&out));
-    assert!(common::stderr(&out).contains("BATCHSYNC_TEST_DB_PASSWORD"));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        crate::common::stderr(&out)
+    );
+    assert!(crate::common::stderr(&out).contains("BATCHSYNC_TEST_DB_PASSWORD"));
 
     // With trust authentication the password is not checked, but it must never be printed.
     let secret = "s3cret-Pa55-do-not-print";
@@ -859,7 +873,7 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
-        common::stderr(&out)
+        crate::common::stderr(&out)
     );
     assert_eq!(out.status.code(), Some(0), "{all}");
     assert!(!all.contains(secret), "{all}");
@@ -885,7 +899,7 @@ fn a_postgres_password_comes_from_password_env_and_never_shows() {
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
-        common::stderr(&out)
+        crate::common::stderr(&out)
     );
     assert_eq!(out.status.code(), Some(1), "{all}");
     assert!(
@@ -912,7 +926,7 @@ fn a_postgres_url_asking_for_tls_verifies_the_server_certificate() {
         &emu.endpoint(),
     );
     let out = dir.run(&["check"]);
-    let err = common::stderr(&out);
+    let err = crate::common::stderr(&out);
     // A test server's self-signed certificate is not trusted by the public roots: refused,
     // rather than used unverified. (A server with a public certificate would connect.)
     if out.status.code() == Some(1) {

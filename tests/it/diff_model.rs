@@ -1,56 +1,41 @@
 //! The snapshot and diff against a naive in-memory model, on random segments with duplicate
-//! keys, nulls, unicode and columns in any order.
+//! keys, nulls, unicode and columns in any order, read from NDJSON files by the NDJSON reader.
 
 use batchsync::config::OnBadRow;
 use batchsync::core::diff::{merge, BaseRow, Delta};
 use batchsync::core::mapping::{ColumnPlan, MappingSpec};
-use batchsync::core::value::{Cell, Value};
+use batchsync::core::value::Value;
 use batchsync::snapshot::Snapshot;
-use batchsync::source::{Read, Source, SourceError};
+use batchsync::source::ndjson::NdjsonSource;
 use proptest::prelude::*;
+use serde_json::json;
 use std::collections::BTreeMap;
+use std::path::Path;
 
 /// A segment row: key, email, note (may be null or unicode), amount (may be null).
 type Row = (i64, String, Option<String>, Option<i64>);
 
-/// Yields rows as NDJSON-like typed cells, with columns found by name in a shuffled layout.
-struct Rows {
-    rows: Vec<Row>,
-    layout: Vec<&'static str>,
-    at: usize,
-    plan_columns: Vec<String>,
-}
-
-impl Source for Rows {
-    fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
-        cells.clear();
-        let Some((id, email, note, amount)) = self.rows.get(self.at).cloned() else {
-            return Ok(None);
-        };
-        self.at += 1;
-        // Build the row in the source's own column order, then project by name.
-        let mut by_name: BTreeMap<&str, Value> = BTreeMap::new();
-        for name in &self.layout {
-            let v = match *name {
-                "id" => Value::Int(id),
-                "email" => Value::Text(email.clone()),
-                "note" => note.clone().map(Value::Text).unwrap_or(Value::Null),
-                "amount" => amount.map(Value::Int).unwrap_or(Value::Null),
-                _ => Value::Text("unmapped".into()),
-            };
-            by_name.insert(name, v);
-        }
-        for c in &self.plan_columns {
-            cells.push(Cell::Typed(by_name.remove(c.as_str()).unwrap()));
-        }
-        Ok(Some(Read {
-            line: self.at as u64,
-            bad: None,
-        }))
+/// The rows as an NDJSON file whose objects hold their keys in `layout`'s order ("extra" is a
+/// column the mapping does not use): the order reaches batchsync's own reader.
+fn write_ndjson(path: &Path, rows: &[Row], layout: &[&str]) {
+    let mut text = String::new();
+    for (id, email, note, amount) in rows {
+        let fields: Vec<String> = layout
+            .iter()
+            .map(|name| {
+                let v = match *name {
+                    "id" => json!(id),
+                    "email" => json!(email),
+                    "note" => json!(note),
+                    "amount" => json!(amount),
+                    _ => json!("unmapped"),
+                };
+                format!("{}:{v}", json!(name))
+            })
+            .collect();
+        text.push_str(&format!("{{{}}}\n", fields.join(",")));
     }
-    fn describe(&self) -> String {
-        "random rows".into()
-    }
+    std::fs::write(path, text).unwrap();
 }
 
 fn plan() -> ColumnPlan {
@@ -67,12 +52,9 @@ fn plan() -> ColumnPlan {
 fn snapshot(rows: &[Row], layout: Vec<&'static str>) -> Vec<batchsync::core::diff::SnapRow> {
     let plan = plan();
     let dir = tempfile::tempdir().unwrap();
-    let mut src = Rows {
-        rows: rows.to_vec(),
-        layout,
-        at: 0,
-        plan_columns: plan.columns.clone(),
-    };
+    let file = dir.path().join("rows.ndjson");
+    write_ndjson(&file, rows, &layout);
+    let mut src = NdjsonSource::open(&file, &plan.columns).unwrap();
     // A tiny budget, so that spilling and the k-way merge are exercised too.
     Snapshot::take(
         &mut src,

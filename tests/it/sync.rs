@@ -1,9 +1,7 @@
 //! The core: config, file sources, snapshot, diff, commit and the commands that show them,
 //! run as the real binary against the emulator on loopback.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -103,7 +101,7 @@ fn second_run_sends_exactly_the_added_rows_and_a_third_sends_nothing() {
 }
 
 fn baseline_dump(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
 }
 
 #[test]
@@ -124,22 +122,34 @@ fn ndjson_and_csv_of_the_same_rows_give_the_same_baseline() {
 }
 
 /// The hashes of the day-1 fixture under recipe v1, checked in: a change to the canonical
-/// encoding must show up here (and bump the recipe version).
+/// encoding must show up here (and bump the recipe version). `BATCHSYNC_BLESS=1` rewrites the
+/// file and fails the test, so that a blessing run never passes for a checked one.
 #[test]
 fn fixture_hashes_match_the_checked_in_golden_file() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    dir.sync_with(&["--initial", "baseline"]);
+    let (code, s) = dir.sync_with(&["--initial", "baseline"]);
+    assert_eq!((code, s["rows"].as_u64()), (0, Some(12)), "{s}");
     let got: String = baseline_dump(&dir)
         .iter()
         .map(|(k, h, _)| format!("{} {}\n", hex(k), hex(h)))
         .collect();
-    let golden = std::fs::read_to_string(fixture("orders_day1.hashes")).unwrap_or_default();
+    assert_eq!(got.lines().count(), 12, "one line per row: {got}");
+    let path = fixture("orders_day1.hashes");
     if std::env::var_os("BATCHSYNC_BLESS").is_some() {
-        std::fs::write(fixture("orders_day1.hashes"), &got).unwrap();
-        return;
+        std::fs::write(&path, &got).unwrap();
+        panic!(
+            "{} blessed; run again without BATCHSYNC_BLESS",
+            path.display()
+        );
     }
+    let golden = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; create it with BATCHSYNC_BLESS=1 (then review it)",
+            path.display()
+        )
+    });
     assert_eq!(got, golden, "row hashes changed; if the recipe changed on purpose, bump HASH_RECIPE and re-bless with BATCHSYNC_BLESS=1");
 }
 
@@ -438,6 +448,79 @@ fn a_new_unmapped_column_changes_no_hash_and_sends_nothing() {
     );
 }
 
+/// `csv` with its columns in the order of `order` (indexes into the original columns).
+fn reorder_columns(csv: &str, order: &[usize]) -> String {
+    csv.lines()
+        .map(|line| {
+            let cells: Vec<&str> = line.split(',').collect();
+            assert_eq!(cells.len(), order.len(), "a plain CSV line: {line}");
+            let mut out = order
+                .iter()
+                .map(|&i| cells[i])
+                .collect::<Vec<_>>()
+                .join(",");
+            out.push('\n');
+            out
+        })
+        .collect()
+}
+
+/// Events as Batch received them, in a stable order.
+fn events(received: &[batchsync::emulate::Received]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = received
+        .iter()
+        .map(|r| (r.custom_id.clone(), r.event.to_string()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_csv_with_its_columns_in_another_order_gives_the_same_hashes_and_events() {
+    let day1_csv = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
+    // status, amount, order_id, gift, customer_email, campaign, ordered_at, currency
+    let shuffled_csv = reorder_columns(&day1_csv, &[7, 3, 0, 5, 1, 6, 2, 4]);
+    assert!(shuffled_csv.starts_with("status,amount,order_id,gift,customer_email,"));
+
+    let emu = emulator();
+    let original = Dir::new();
+    day1(&original, &emu.endpoint());
+    assert_eq!(original.sync().0, 0);
+    let shuffled = Dir::new();
+    shuffled.orders_config(&emu.endpoint());
+    shuffled.write("orders.csv", &shuffled_csv);
+    let (code, s) = shuffled.sync();
+    assert_eq!((code, s["events_sent"].as_u64()), (0, Some(12)), "{s}");
+
+    assert_eq!(
+        baseline_dump(&shuffled),
+        baseline_dump(&original),
+        "the same keys and row hashes"
+    );
+    let got = emu.received();
+    assert_eq!(got.len(), 24);
+    assert_eq!(
+        events(&got[12..]),
+        events(&got[..12]),
+        "the same events, attribute for attribute"
+    );
+
+    // The store of the original order sees the shuffled file as the same segment.
+    original.write("orders.csv", &shuffled_csv);
+    let (code, s) = original.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_eq!(
+        (
+            s["added"].as_u64(),
+            s["changed"].as_u64(),
+            s["removed"].as_u64(),
+            s["events_sent"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0), Some(0)),
+        "{s}"
+    );
+}
+
 #[test]
 fn on_change_event_sends_changed_rows_and_reentry_sends_returning_rows() {
     let emu = emulator();
@@ -482,7 +565,10 @@ fn late_events_are_rejected_by_default_with_a_clear_reason() {
     let emu = emulator();
     let dir = Dir::new();
     day1(&dir, &emu.endpoint());
-    dir.edit_config("late_events = \"send\"", "late_events = \"reject\"");
+    // The fixture sets `late_events = "send"`: without the line, the default applies.
+    dir.edit_config("late_events = \"send\"\n", "");
+    let config = std::fs::read_to_string(dir.join("batchsync.toml")).unwrap();
+    assert!(!config.contains("late_events"), "{config}");
     let now = chrono::Utc::now();
     let mut text = std::fs::read_to_string(fixture("orders_day1.csv")).unwrap();
     text = text.replacen(
@@ -559,7 +645,7 @@ fn evolving_segment(version: u64) -> (String, BTreeSet<u64>) {
 type Entries = BTreeMap<Vec<u8>, (Vec<u8>, bool)>;
 
 fn entries(dir: &Dir) -> Entries {
-    common::baseline(&dir.state())
+    crate::common::baseline(&dir.state())
         .into_iter()
         .map(|(k, h, p)| (k, (h, p)))
         .collect()

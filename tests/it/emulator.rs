@@ -606,7 +606,7 @@ async fn a_mass_update_of_10000_operations_is_accepted_in_one_request() {
     assert_eq!(emulator.received().len(), 10_000);
 }
 
-/// A measurement more than a test: `cargo test --release --test emulator -- --ignored`.
+/// A measurement more than a test: `cargo test --release --test it emulator:: -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "throughput measurement; run in release"]
 async fn mass_update_accepts_at_least_50000_events_per_second() {

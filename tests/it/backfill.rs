@@ -2,13 +2,9 @@
 //! and `--max-duration` that continue where the previous one stopped, `initial = "baseline"`,
 //! the `max_added`/`max_removed` guards, and progress on stderr.
 
-mod common;
-#[path = "common/crash_support.rs"]
-mod crash_support;
-
+use crate::common::crash_support::*;
+use crate::common::Dir;
 use batchsync::emulate::Faults;
-use common::Dir;
-use crash_support::*;
 use std::time::{Duration, Instant};
 
 // ---------------------------------------------------------------------------------------------

@@ -1,10 +1,8 @@
 //! Shipping to Batch: the outbox, the client's answers and retries, and secrets, against the
 //! emulator over loopback with the real binary.
 
-mod common;
-
+use crate::common::*;
 use batchsync::emulate::{Faults, Scripted};
-use common::*;
 use std::collections::BTreeMap;
 
 fn day1(dir: &Dir, endpoint: &str) {

@@ -2,6 +2,8 @@
 //! the emulator on loopback as the tests' Batch.
 #![allow(dead_code)]
 
+pub mod crash_support;
+
 use batchsync::emulate::{EmulatorConfig, EmulatorThread, Faults, Received};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

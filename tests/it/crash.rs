@@ -2,13 +2,9 @@
 //! a kill -9 campaign, the run lock, graceful stops and network faults, each against the
 //! in-process emulator as Batch.
 
-mod common;
-#[path = "common/crash_support.rs"]
-mod crash_support;
-
+use crate::common::crash_support::*;
+use crate::common::Dir;
 use batchsync::emulate::{Faults, Scripted};
-use common::Dir;
-use crash_support::*;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -43,17 +39,116 @@ fn parse_spec(spec: &str) -> (&str, usize) {
     }
 }
 
-/// Where a crash at `spec` leaves the store; `None` for a point not listed here yet, which is
-/// then held to "one or the other". The shipping points are reached first while resuming the
-/// requests earlier runs left pending (before this run's commit), then for its own requests.
-fn expected_state(spec: &str, r: &Reference) -> Option<Left> {
+/// Where a crash at a point leaves the store.
+#[derive(Debug, Clone, Copy)]
+enum StoreAt {
+    /// Before the run's commit.
+    Before,
+    /// With the run's whole commit.
+    Committed,
+    /// A shipping point: reached first while resuming the requests earlier runs left pending,
+    /// before the run's commit; then for the run's own requests, after it.
+    BeforeWhileResumingThenCommitted,
+}
+
+/// What a crash at one named point must leave behind.
+struct Expect {
+    point: &'static str,
+    store: StoreAt,
+    /// Whether the crashing run had sent the request it reached the point for (when it is a
+    /// shipping point); the requests before it were all sent.
+    sent: bool,
+    /// Whether Batch had answered that request without the answer being recorded: the one
+    /// request whose events a resumed run sends twice.
+    answer_lost: bool,
+}
+
+/// Every crash point of `batchsync::crash::POINTS` and what a crash there must leave. A point
+/// added to the registry without a row here fails
+/// `every_crash_point_has_an_expected_state_and_every_expected_state_a_point`.
+const EXPECTED: &[Expect] = &[
+    Expect {
+        point: "after_read",
+        store: StoreAt::Before,
+        sent: false,
+        answer_lost: false,
+    },
+    Expect {
+        point: "mid_commit",
+        store: StoreAt::Before,
+        sent: false,
+        answer_lost: false,
+    },
+    Expect {
+        point: "before_commit",
+        store: StoreAt::Before,
+        sent: false,
+        answer_lost: false,
+    },
+    Expect {
+        point: "after_commit",
+        store: StoreAt::Committed,
+        sent: false,
+        answer_lost: false,
+    },
+    Expect {
+        point: "before_send",
+        store: StoreAt::BeforeWhileResumingThenCommitted,
+        sent: false,
+        answer_lost: false,
+    },
+    Expect {
+        point: "after_send",
+        store: StoreAt::BeforeWhileResumingThenCommitted,
+        sent: true,
+        answer_lost: true,
+    },
+    Expect {
+        point: "after_record",
+        store: StoreAt::BeforeWhileResumingThenCommitted,
+        sent: true,
+        answer_lost: false,
+    },
+];
+
+/// The crash points the second-request test stops at, beyond each point's first reach.
+const SECOND_REQUEST_SPECS: &[&str] = &["before_send:2", "after_send:2", "after_record:2"];
+
+fn expectation(point: &str) -> &'static Expect {
+    EXPECTED
+        .iter()
+        .find(|e| e.point == point)
+        .unwrap_or_else(|| {
+            panic!("crash point {point} has no row in EXPECTED: add what a crash there must leave")
+        })
+}
+
+fn is_shipping(e: &Expect) -> bool {
+    matches!(e.store, StoreAt::BeforeWhileResumingThenCommitted)
+}
+
+/// Where a crash at `spec` leaves the store. The shipping points are reached first while
+/// resuming the requests earlier runs left pending (before this run's commit), then for its
+/// own requests.
+fn expected_state(spec: &str, r: &Reference) -> Left {
     let (point, nth) = parse_spec(spec);
-    match point {
-        "after_read" | "mid_commit" | "before_commit" => Some(Left::Before),
-        "after_commit" => Some(Left::Committed),
-        "before_send" | "after_send" | "after_record" if nth <= r.resumed => Some(Left::Before),
-        "before_send" | "after_send" | "after_record" => Some(Left::Committed),
-        _ => None,
+    match expectation(point).store {
+        StoreAt::Before => Left::Before,
+        StoreAt::Committed => Left::Committed,
+        StoreAt::BeforeWhileResumingThenCommitted if nth <= r.resumed => Left::Before,
+        StoreAt::BeforeWhileResumingThenCommitted => Left::Committed,
+    }
+}
+
+/// How many requests Batch received from the run that crashed at `spec`: a run resumes the
+/// requests left pending before it reads, and sends one request at a time.
+fn expected_requests_received(spec: &str, r: &Reference) -> usize {
+    let (point, nth) = parse_spec(spec);
+    let e = expectation(point);
+    if is_shipping(e) {
+        nth - 1 + usize::from(e.sent)
+    } else {
+        r.resumed
     }
 }
 
@@ -163,13 +258,12 @@ fn reference(sc: &Scenario) -> Reference {
 
 /// How many events a resumed run sends twice after a crash at `spec` (`point[:n]`): only a
 /// crash after a request was answered and before the answer was recorded re-sends it.
-/// `None` for a point not listed (then only the in-flight accounting is checked).
-fn expected_duplicates(spec: &str, r: &Reference) -> Option<usize> {
+fn expected_duplicates(spec: &str, r: &Reference) -> usize {
     let (point, nth) = parse_spec(spec);
-    match point {
-        "after_send" => Some(r.request_events[nth - 1] as usize),
-        _ if expected_state(spec, r).is_some() => Some(0),
-        _ => None,
+    if expectation(point).answer_lost {
+        r.request_events[nth - 1] as usize
+    } else {
+        0
     }
 }
 
@@ -236,9 +330,11 @@ fn crash_and_resume(sc: &Scenario, spec: &str, r: &Reference) {
             r.store.committed_runs.len()
         )
     };
-    if let Some(want) = expected_state(spec, r) {
-        assert_eq!(left, want, "the store after a crash at {spec}");
-    }
+    assert_eq!(
+        left,
+        expected_state(spec, r),
+        "the store after a crash at {spec}"
+    );
     if left == Left::Committed {
         assert_eq!(
             after.present_keys(),
@@ -249,6 +345,11 @@ fn crash_and_resume(sc: &Scenario, spec: &str, r: &Reference) {
 
     // What the dead process had in flight: received by Batch, never recorded.
     let crash_receipts = em.received()[n0..].to_vec();
+    assert_eq!(
+        by_request(&crash_receipts).len(),
+        expected_requests_received(spec, r),
+        "requests Batch received from the run that crashed at {spec}"
+    );
     let in_flight = in_flight(&crash_receipts, &d.state());
     assert!(
         in_flight.len() <= 1,
@@ -270,9 +371,11 @@ fn crash_and_resume(sc: &Scenario, spec: &str, r: &Reference) {
         dups, in_flight_events,
         "duplicates are exactly the events of the request in flight at the crash"
     );
-    if let Some(want) = expected_duplicates(spec, r) {
-        assert_eq!(dups, want, "events received twice after a crash at {spec}");
-    }
+    assert_eq!(
+        dups,
+        expected_duplicates(spec, r),
+        "events received twice after a crash at {spec}"
+    );
     for (_, n) in counts(&got) {
         assert!(n <= 2, "an event was received {n} times");
     }
@@ -318,11 +421,67 @@ fn every_spec(sc: &Scenario, specs: &[String]) {
     );
 }
 
+/// Every point of the registry: a point without a row in `EXPECTED` fails the run of it.
 fn all_points() -> Vec<String> {
     batchsync::crash::POINTS
         .iter()
         .map(|p| p.to_string())
         .collect()
+}
+
+/// The names passed to `crash::point("…")` anywhere in `src/`.
+fn points_in_source() -> BTreeSet<String> {
+    fn walk(dir: &std::path::Path, found: &mut BTreeSet<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                for call in text.split("crash::point(\"").skip(1) {
+                    found.insert(call.split('"').next().unwrap().to_string());
+                }
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    walk(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    found
+}
+
+#[test]
+fn every_crash_point_has_an_expected_state_and_every_expected_state_a_point() {
+    let registry: BTreeSet<String> = all_points().into_iter().collect();
+    assert_eq!(
+        registry.len(),
+        batchsync::crash::POINTS.len(),
+        "a point registered twice"
+    );
+    let expected: BTreeSet<String> = EXPECTED.iter().map(|e| e.point.to_string()).collect();
+    assert_eq!(
+        EXPECTED.len(),
+        expected.len(),
+        "a point with two rows in EXPECTED"
+    );
+    assert_eq!(
+        expected, registry,
+        "EXPECTED (what a crash leaves) and crash::POINTS (the registry) name the same points"
+    );
+    assert_eq!(
+        points_in_source(),
+        registry,
+        "the crash::point(\"…\") calls in src/ and crash::POINTS name the same points"
+    );
+    for spec in SECOND_REQUEST_SPECS {
+        let (point, nth) = parse_spec(spec);
+        assert!(
+            registry.contains(point) && is_shipping(expectation(point)) && nth == 2,
+            "{spec} is the second request's shipping point"
+        );
+    }
 }
 
 #[test]
@@ -345,10 +504,7 @@ fn a_crash_at_any_point_of_a_run_that_resumes_pending_requests_leaves_the_store_
 
 #[test]
 fn a_crash_at_the_second_request_re_sends_only_that_request_when_its_answer_was_not_recorded() {
-    let specs: Vec<String> = ["before_send:2", "after_send:2", "after_record:2"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let specs: Vec<String> = SECOND_REQUEST_SPECS.iter().map(|s| s.to_string()).collect();
     every_spec(&FIRST_RUN, &specs);
     every_spec(&RESUMING, &specs);
 }

@@ -1,0 +1,25 @@
+//! The integration tests: one test binary, so the library and its dependencies are linked
+//! once rather than once per file. Each module is one subject; every test runs the real
+//! `batchsync` binary (or the emulator) and is named for what it proves. Run one module with
+//! `cargo test --test it sync::`, one test by its full name.
+//!
+//! - `sync`: config, file sources, snapshot, diff, commit and the commands that show them.
+//! - `ship`: delivery to Batch: retries, rate limits, splitting, rejects from Batch.
+//! - `crash`: crash safety: every named crash point, kill -9 at random moments, the run lock,
+//!   graceful stops, network faults.
+//! - `backfill`: large first runs as resumable jobs and the delta guards.
+//! - `db_sources`: PostgreSQL, MariaDB and SQLite sources against real servers.
+//! - `diff_model`: the snapshot and diff against a naive model (proptest).
+//! - `emulator`: the local Batch emulator over real HTTP.
+//! - `layout`: this binary holds every test file.
+
+mod common;
+
+mod backfill;
+mod crash;
+mod db_sources;
+mod diff_model;
+mod emulator;
+mod layout;
+mod ship;
+mod sync;
