@@ -122,15 +122,18 @@ impl Job {
             }
         };
         if let Err(e) = conn.query_drop("SET time_zone = '+00:00'").await {
-            return feed.fail(
-                self.query_error(format!("cannot set the session time zone: {}", crate::errors::chain(&e))),
-            );
+            return feed.fail(self.query_error(format!(
+                "cannot set the session time zone: {}",
+                crate::errors::chain(&e)
+            )));
         }
         self.limit_statement_time(&mut conn).await;
         let statement = match conn.prep(self.query.as_str()).await {
             Ok(s) => s,
             Err(e) => {
-                return feed.fail(self.query_error(format!("the query failed: {}", crate::errors::chain(&e))))
+                return feed.fail(
+                    self.query_error(format!("the query failed: {}", crate::errors::chain(&e))),
+                )
             }
         };
         let names: Vec<String> = statement
@@ -148,7 +151,9 @@ impl Job {
         let mut result = match conn.exec_iter(&statement, ()).await {
             Ok(r) => r,
             Err(e) => {
-                return feed.fail(self.query_error(format!("the query failed: {}", crate::errors::chain(&e))))
+                return feed.fail(
+                    self.query_error(format!("the query failed: {}", crate::errors::chain(&e))),
+                )
             }
         };
         // Types as the result describes them: a prepared statement's metadata may be vaguer.

@@ -67,7 +67,10 @@ pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
         url.parse()
             .map_err(|e: tokio_postgres::Error| SourceError::Config {
                 what: "source.url".into(),
-                message: format!("not a PostgreSQL connection URL: {}", crate::errors::chain(&e)),
+                message: format!(
+                    "not a PostgreSQL connection URL: {}",
+                    crate::errors::chain(&e)
+                ),
             })?;
     if config.get_user().is_none() {
         if let Some(user) = std::env::var("PGUSER")

@@ -45,8 +45,12 @@ pub fn order_line(i: u64, customers: Customers) -> String {
     let secs = i % 86_400;
     let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
     let currency = ["EUR", "USD", "GBP"][(i % 3) as usize];
-    let gift = if i % 7 == 0 { "true" } else { "false" };
-    let campaign = if i % 5 == 0 { "black_friday" } else { "" };
+    let gift = if i.is_multiple_of(7) { "true" } else { "false" };
+    let campaign = if i.is_multiple_of(5) {
+        "black_friday"
+    } else {
+        ""
+    };
     format!(
         "{},user{:06}@example.com,2026-11-20T{h:02}:{m:02}:{s:02}Z,{}.25,{currency},{gift},{campaign},paid",
         100_000 + i,
