@@ -10,7 +10,7 @@ use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
 use anyhow::Context;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 const CONFIG: &str = include_str!("../fixtures/orders.toml");
 const DAY1: &str = include_str!("../fixtures/orders_day1.csv");
@@ -102,11 +102,58 @@ pub fn run(dir: Option<PathBuf>) -> anyhow::Result<()> {
 
     println!();
     println!("files: {}", dir.display());
-    println!("  try: batchsync status --config {}", config_path.display());
-    println!("       batchsync plan --config {}", config_path.display());
+    let exe = std::env::current_exe().unwrap_or_else(|_| "batchsync".into());
+    let cmd = command_for(&exe);
+    println!("  try: {cmd} status --config {}", config_path.display());
+    println!("       {cmd} plan --config {}", config_path.display());
+    if cmd != "batchsync" {
+        println!("  (`cargo install --path .` puts `batchsync` on your PATH)");
+    }
     let bad = [&s1, &s2, &s3]
         .iter()
         .any(|s| s.status != RunStatus::Completed);
     anyhow::ensure!(!bad, "a demo run did not complete");
     Ok(())
+}
+
+/// How the user can run batchsync again as it was run now: from a cargo build directory
+/// (`cargo run`) `batchsync` is not on the PATH, so the hint names `cargo run`.
+fn command_for(exe: &Path) -> String {
+    let in_target = exe
+        .ancestors()
+        .any(|a| a.file_name().is_some_and(|n| n == "target"));
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|p| exe.parent() == Some(p.as_path()))
+    });
+    if in_target && !on_path {
+        let release = exe
+            .parent()
+            .and_then(|p| p.file_name())
+            .is_some_and(|n| n == "release");
+        if release {
+            "cargo run --release --".into()
+        } else {
+            "cargo run --".into()
+        }
+    } else {
+        "batchsync".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_names_commands_that_run_as_they_are() {
+        assert_eq!(
+            command_for(Path::new("/home/u/batchsync/target/release/batchsync")),
+            "cargo run --release --"
+        );
+        assert_eq!(
+            command_for(Path::new("/home/u/batchsync/target/debug/batchsync")),
+            "cargo run --"
+        );
+        assert_eq!(command_for(Path::new("/opt/tools/batchsync")), "batchsync");
+    }
 }
