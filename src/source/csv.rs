@@ -292,19 +292,8 @@ impl CsvSource {
         } else {
             Vec::new()
         };
-        let positions = columns
-            .iter()
-            .map(|c| {
-                names
-                    .iter()
-                    .position(|n| n == c)
-                    .ok_or_else(|| SourceError::MissingColumn {
-                        what: what.clone(),
-                        column: c.clone(),
-                        available: names.clone(),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let positions =
+            super::positions(&what, columns, &names, "rename one of them in the header")?;
         Ok(CsvSource {
             path: path.to_path_buf(),
             records,
@@ -443,6 +432,24 @@ mod tests {
         assert_eq!(rows[0].1, vec![text("a, \"b\"\r\nc"), text("1")]);
         assert_eq!(rows[1].0.line, 4);
         assert_eq!(rows[1].1, vec![text(""), text("2")]);
+    }
+
+    #[test]
+    fn a_used_column_named_twice_in_the_header_is_refused_with_both_positions() {
+        let err = read_all(
+            b"id,currency,amount,currency\n1,EUR,2,USD\n",
+            &["id", "currency"],
+        )
+        .map(|_| ())
+        .unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_config(), "{msg}");
+        assert!(
+            msg.contains("\"currency\"") && msg.contains("positions 2 and 4"),
+            "{msg}"
+        );
+        // A column named twice that the sync does not use is no ambiguity.
+        read_all(b"id,note,note\n1,a,b\n", &["id"]).unwrap();
     }
 
     #[test]

@@ -204,33 +204,14 @@ impl Source for FedSource {
     }
 }
 
-/// The result's column of each plan column, by exact name. Extra columns are ignored; a
-/// missing one, or one the result holds twice, is a config error naming it.
+/// The result's column of each plan column, by exact name (`source::positions`).
 pub fn resolve(what: &str, wanted: &[String], names: &[String]) -> Result<Vec<usize>, SourceError> {
-    wanted
-        .iter()
-        .map(|c| {
-            let mut at = names
-                .iter()
-                .enumerate()
-                .filter(|(_, n)| *n == c)
-                .map(|(i, _)| i);
-            match (at.next(), at.next()) {
-                (Some(i), None) => Ok(i),
-                (Some(_), Some(_)) => Err(SourceError::Config {
-                    what: what.to_string(),
-                    message: format!(
-                        "the query returns column {c:?} more than once; give the others another name (… AS other_name)"
-                    ),
-                }),
-                (None, _) => Err(SourceError::MissingColumn {
-                    what: what.to_string(),
-                    column: c.clone(),
-                    available: names.to_vec(),
-                }),
-            }
-        })
-        .collect()
+    super::positions(
+        what,
+        wanted,
+        names,
+        "give the others another name (… AS other_name)",
+    )
 }
 
 /// The password for a URL that holds none: from the variable `password_env` names (which
@@ -399,7 +380,13 @@ mod tests {
         let missing = resolve("q", &want(&["id", "amount"]), &names).unwrap_err();
         assert!(missing.is_config() && missing.to_string().contains("\"amount\""));
         let doubled = resolve("q", &want(&["dup"]), &names).unwrap_err();
-        assert!(doubled.is_config() && doubled.to_string().contains("more than once"));
+        assert!(doubled.is_config(), "{doubled}");
+        assert!(
+            doubled
+                .to_string()
+                .contains("named twice, at positions 4 and 5"),
+            "{doubled}"
+        );
     }
 
     #[test]

@@ -43,6 +43,44 @@ pub enum SourceError {
     Config { what: String, message: String },
 }
 
+/// Where each used column stands among the source's column names, by exact name. Extra
+/// columns are ignored; a missing one is a [`SourceError::MissingColumn`], and one named
+/// twice is a config error naming it and both positions (1-based): which of the two the
+/// user meant cannot be guessed, and taking the first would drop the second without a word.
+pub fn positions(
+    what: &str,
+    wanted: &[String],
+    names: &[String],
+    fix: &str,
+) -> Result<Vec<usize>, SourceError> {
+    wanted
+        .iter()
+        .map(|c| {
+            let mut at = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| *n == c)
+                .map(|(i, _)| i);
+            match (at.next(), at.next()) {
+                (Some(i), None) => Ok(i),
+                (Some(i), Some(j)) => Err(SourceError::Config {
+                    what: what.to_string(),
+                    message: format!(
+                        "column {c:?} is named twice, at positions {} and {}; {fix}",
+                        i + 1,
+                        j + 1
+                    ),
+                }),
+                (None, _) => Err(SourceError::MissingColumn {
+                    what: what.to_string(),
+                    column: c.clone(),
+                    available: names.to_vec(),
+                }),
+            }
+        })
+        .collect()
+}
+
 fn hint(available: &[String]) -> String {
     if available.is_empty() {
         String::new()
