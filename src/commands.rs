@@ -307,6 +307,17 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
             store.baseline_present()?,
         ))
     })();
+    // A run left `shipping` or `committed` by a process that died is interrupted; the next run
+    // records it so, and until then the probe of the lock tells it from a live one.
+    let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
+    let result = result.map(|(mut runs, pending, rejects, baseline)| {
+        if !live {
+            for r in runs.iter_mut().filter(|r| r.status.is_open()) {
+                r.status = crate::core::run::RunStatus::Interrupted;
+            }
+        }
+        (runs, pending, rejects, baseline)
+    });
     match result {
         Ok((runs, pending, rejects, baseline)) => {
             if a.json {

@@ -21,6 +21,9 @@ pub enum LockError {
     },
 }
 
+/// How many times a run tries again, 20 ms apart, when the lock is taken.
+const PROBE_RETRIES: u32 = 5;
+
 pub struct RunLock {
     _file: File,
     pub path: PathBuf,
@@ -54,7 +57,19 @@ impl RunLock {
             .truncate(false)
             .open(&path)
             .map_err(io)?;
-        match file.try_lock() {
+        // A `status` probing the lock holds it shared for an instant: a few short tries keep
+        // that probe from turning a scheduled run away. A run holds it for its whole length.
+        let mut tries = 0;
+        let taken = loop {
+            match file.try_lock() {
+                Err(TryLockError::WouldBlock) if tries < PROBE_RETRIES => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other,
+            }
+        };
+        match taken {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut holder = String::new();
@@ -85,6 +100,23 @@ impl RunLock {
     }
 }
 
+/// Whether a live process holds the run lock of this store, without creating the lock file:
+/// `status` uses it to tell a run in progress from one whose process died. The probe holds the
+/// lock shared for an instant, which a starting run waits out (`PROBE_RETRIES`).
+pub fn is_held(state: &Path) -> Result<bool, LockError> {
+    let path = lock_path(state);
+    let file = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => return Err(LockError::Io { path, source }),
+    };
+    match file.try_lock_shared() {
+        Ok(()) => Ok(false),
+        Err(TryLockError::WouldBlock) => Ok(true),
+        Err(TryLockError::Error(source)) => Err(LockError::Io { path, source }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +138,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let state = dir.path().join("state.db");
         drop(RunLock::acquire(&state).unwrap());
+        RunLock::acquire(&state).unwrap();
+    }
+
+    #[test]
+    fn the_probe_tells_a_held_lock_from_a_free_one_and_creates_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state.db");
+        assert!(!is_held(&state).unwrap());
+        assert!(!lock_path(&state).exists(), "probing creates no lock file");
+        let held = RunLock::acquire(&state).unwrap();
+        assert!(is_held(&state).unwrap());
+        drop(held);
+        assert!(!is_held(&state).unwrap());
         RunLock::acquire(&state).unwrap();
     }
 }

@@ -712,3 +712,33 @@ fn is_bad(k: &[u8], bad: &BTreeSet<u64>) -> bool {
         v == k
     })
 }
+
+#[test]
+fn status_shows_a_run_whose_process_died_while_shipping_as_interrupted() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    let killed = dir
+        .cmd(&["run", "--json", "--quiet"])
+        .env("BATCHSYNC_CRASH_AT", "before_send")
+        .output()
+        .unwrap();
+    assert_eq!(killed.status.code(), None, "killed by the crash point");
+    let status = |dir: &Dir| {
+        let (code, v) = json_of(dir.run(&["status", "--json"]));
+        assert_eq!(code, 0);
+        v["runs"][0]["status"].as_str().unwrap().to_string()
+    };
+    // While a live process holds the lock, the committed run may still be shipping.
+    let held = batchsync::lock::RunLock::acquire(&dir.state()).unwrap();
+    assert_eq!(status(&dir), "shipping");
+    drop(held);
+    // Nobody holds it: the process died, the run is interrupted (the store is not written).
+    assert_eq!(status(&dir), "interrupted");
+    // The next run records it so, and ships what it left.
+    let (code, v) = dir.sync();
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["events_sent"], 12);
+    let (_, s) = json_of(dir.run(&["status", "--json"]));
+    assert_eq!(s["runs"][1]["status"], "interrupted");
+}
