@@ -31,7 +31,7 @@ use batchsync::core::run::Counts;
 use batchsync::pipeline::{self, delta::Apply, diff::LocalDiff};
 use batchsync::ship::StopFlag;
 use batchsync::snapshot::{Snapshot, DEFAULT_BUDGET};
-use batchsync::state::{Sink, StateStore};
+use batchsync::state::{Commit, Sink, StateStore};
 use batchsync::store::Store;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};

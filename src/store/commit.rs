@@ -39,7 +39,11 @@ pub fn request_id(run_id: i64, seq: u64) -> String {
 impl Store {
     /// Opens the run's transaction and allocates its id.
     /// `existing` is the record a resuming run already wrote before shipping earlier requests.
-    pub fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<RunWriter<'_>> {
+    pub(super) fn open_run(
+        &self,
+        started_at: &str,
+        existing: Option<i64>,
+    ) -> Result<RunWriter<'_>> {
         let p = &self.path;
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
         let mut w = RunWriter {
@@ -82,81 +86,23 @@ impl Store {
 }
 
 impl RunWriter<'_> {
-    pub fn run_id(&self) -> i64 {
-        self.run_id
-    }
-
     fn layer(&mut self) -> &mut LayerWriter {
         self.layer.as_mut().expect("a layer until the commit")
     }
 
     /// Whether this commit writes a whole new base: then every entry the run keeps must be
-    /// passed to [`RunWriter::keep`], in key order with the puts and tombstones.
-    pub fn compacting(&self) -> bool {
+    /// passed to [`Sink::keep`], in key order with the puts and tombstones.
+    fn compacting(&self) -> bool {
         self.layer.as_ref().is_some_and(LayerWriter::is_base)
     }
 
-    /// The key is in the segment with this hash. Keys come in increasing order.
-    pub fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+    fn push(&mut self, key: &[u8], state: State, hash: &RowHash) -> Result<()> {
         let store = self.store;
-        self.layer().push(store, key, State::Present, &hash)
-    }
-
-    /// The key left the segment; `hash` is the one it had.
-    pub fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
-        let store = self.store;
-        self.layer().push(store, key, State::Tombstone, &hash)
-    }
-
-    /// A baseline entry the run leaves as it was: written only into a new base.
-    pub fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
-        if !self.compacting() {
-            return Ok(());
-        }
-        let state = if present {
-            State::Present
-        } else {
-            State::Tombstone
-        };
-        let store = self.store;
-        self.layer().push(store, key, state, &hash)
-    }
-
-    pub fn event(&mut self, custom_id: &str, event_json: &str, row: &RowRef) -> Result<()> {
-        let row = serde_json::to_string(row).expect("RowRef serialises");
-        self.store
-            .conn
-            .prepare_cached("INSERT INTO temp.new_event (custom_id, body, row) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![custom_id, event_json, row]))
-            .ctx(&self.store.path)?;
-        self.events += 1;
-        Ok(())
-    }
-
-    pub fn reject(
-        &mut self,
-        key: Option<&str>,
-        line: Option<u64>,
-        column: Option<&str>,
-        rule: &str,
-        reason: &str,
-    ) -> Result<()> {
-        self.store
-            .conn
-            .prepare_cached(
-                "INSERT INTO reject (run_id, key, line, column_name, rule, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'local')",
-            )
-            .and_then(|mut s| s.execute(params![self.run_id, key, line.map(|l| l as i64), column, rule, reason]))
-            .ctx(&self.store.path)?;
-        Ok(())
-    }
-
-    pub fn events(&self) -> u64 {
-        self.events
+        self.layer().push(store, key, state, hash)
     }
 
     /// Packs the events into requests, writes the run record, and commits.
-    pub fn commit(
+    fn commit_all(
         mut self,
         counts: &Counts,
         mass_update_from: u64,
@@ -264,20 +210,52 @@ impl RunWriter<'_> {
 
 impl Sink for RunWriter<'_> {
     type Error = StoreError;
+
+    /// The key is in the segment with this hash. Keys come in increasing order.
     fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
-        RunWriter::put(self, key, hash)
+        self.push(key, State::Present, &hash)
     }
+
+    /// The key left the segment; `hash` is the one it had.
     fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
-        RunWriter::tombstone(self, key, hash)
+        self.push(key, State::Tombstone, &hash)
     }
+
+    /// A baseline entry the run leaves as it was: written only into a new base.
     fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
-        RunWriter::keep(self, key, hash, present)
+        if !self.compacting() {
+            return Ok(());
+        }
+        let state = if present {
+            State::Present
+        } else {
+            State::Tombstone
+        };
+        self.push(key, state, &hash)
     }
+
     fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
-        RunWriter::event(self, &event.custom_id, &event.body.to_string(), &row)
+        let row = serde_json::to_string(&row).expect("RowRef serialises");
+        self.store
+            .conn
+            .prepare_cached("INSERT INTO temp.new_event (custom_id, body, row) VALUES (?1, ?2, ?3)")
+            .and_then(|mut s| s.execute(params![event.custom_id, event.body.to_string(), row]))
+            .ctx(&self.store.path)?;
+        self.events += 1;
+        Ok(())
     }
+
     fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<()> {
-        RunWriter::reject(self, key, line, r.column.as_deref(), r.rule, &r.reason)
+        self.store
+            .conn
+            .prepare_cached(
+                "INSERT INTO reject (run_id, key, line, column_name, rule, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'local')",
+            )
+            .and_then(|mut s| {
+                s.execute(params![self.run_id, key, line.map(|l| l as i64), r.column, r.rule, r.reason])
+            })
+            .ctx(&self.store.path)?;
+        Ok(())
     }
 }
 
@@ -285,7 +263,8 @@ impl Commit for RunWriter<'_> {
     fn run_id(&self) -> i64 {
         self.run_id
     }
+
     fn commit(self, counts: &Counts, mass_update_from: u64, identity: &str) -> Result<Committed> {
-        RunWriter::commit(self, counts, mass_update_from, identity)
+        self.commit_all(counts, mass_update_from, identity)
     }
 }

@@ -444,7 +444,7 @@ impl StateStore for Store {
     }
 
     fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<commit::RunWriter<'_>> {
-        Store::begin_run(self, started_at, existing)
+        self.open_run(started_at, existing)
     }
 }
 
@@ -452,6 +452,7 @@ impl StateStore for Store {
 mod tests {
     use super::*;
     use crate::core::diff::BaseRow;
+    use crate::state::{Commit, Sink};
 
     #[test]
     fn the_store_opens_in_wal_with_full_sync_and_foreign_keys() {
