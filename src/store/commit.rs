@@ -7,7 +7,7 @@
 //! - The baseline's changes arrive in key order (the merge's order) and go straight into one
 //!   layer (`baseline`): a delta layer of the puts and tombstones, or, when the layers are due
 //!   for compaction, a new base that also takes every entry the run keeps as it was
-//!   ([`RunWriter::keep`]).
+//!   ([`Sink::keep`](crate::state::Sink::keep)).
 //! - Events wait in a TEMP table (on disk, not in memory) until the merge is over, then leave
 //!   it sorted by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
