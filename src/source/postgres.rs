@@ -62,40 +62,8 @@ mod tls;
 
 /// Opens the query: connects, prepares it and resolves the plan's columns before returning.
 pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
-    let (url, rootcert) = tls::options(q.url);
-    let mut config: Config =
-        url.parse()
-            .map_err(|e: tokio_postgres::Error| SourceError::Config {
-                what: "source.url".into(),
-                message: format!(
-                    "not a PostgreSQL connection URL: {}",
-                    crate::errors::chain(&e)
-                ),
-            })?;
-    if config.get_user().is_none() {
-        if let Some(user) = std::env::var("PGUSER")
-            .ok()
-            .or_else(|| std::env::var("USER").ok())
-        {
-            config.user(user);
-        }
-    }
-    let what = describe(&config);
-    if config.get_password().is_none() {
-        if let Some(p) = db::password(&what, q.password_env, "PGPASSWORD")? {
-            config.password(p);
-        }
-    }
-    if config.get_connect_timeout().is_none() {
-        config.connect_timeout(q.timeout);
-    }
-    if config.get_application_name().is_none() {
-        config.application_name("batchsync");
-    }
-    let tls = match config.get_ssl_mode() {
-        SslMode::Require => Some(tls::connector(&what, rootcert.as_deref())?),
-        _ => None,
-    };
+    let target = Target::new(q.url, q.password_env, q.timeout)?;
+    let what = target.what.clone();
     let job = Job {
         what: what.clone(),
         query: q.query.to_string(),
@@ -108,10 +76,96 @@ pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
         q.columns.len(),
         "batchsync-postgres",
         move |feed| match db::runtime(&job.what) {
-            Ok(rt) => rt.block_on(job.run(feed, config, tls)),
+            Ok(rt) => rt.block_on(job.run(feed, target)),
             Err(e) => feed.fail(e),
         },
     )
+}
+
+/// A server to connect to, as the URL and the environment give it: the source's and the
+/// database mode's one way in.
+pub(crate) struct Target {
+    /// `postgres://user@host:port/db`: never a password.
+    pub what: String,
+    config: Config,
+    tls: Option<MakeRustlsConnect>,
+    timeout: Duration,
+}
+
+impl Target {
+    /// Reads the URL (libpq's forms), fills the user and password from the environment, and
+    /// readies TLS; connects to nothing yet.
+    pub fn new(
+        url: &str,
+        password_env: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Target, SourceError> {
+        let (url, rootcert) = tls::options(url);
+        let mut config: Config =
+            url.parse()
+                .map_err(|e: tokio_postgres::Error| SourceError::Config {
+                    what: "source.url".into(),
+                    message: format!(
+                        "not a PostgreSQL connection URL: {}",
+                        crate::errors::chain(&e)
+                    ),
+                })?;
+        if config.get_user().is_none() {
+            if let Some(user) = std::env::var("PGUSER")
+                .ok()
+                .or_else(|| std::env::var("USER").ok())
+            {
+                config.user(user);
+            }
+        }
+        let what = describe(&config);
+        if config.get_password().is_none() {
+            if let Some(p) = db::password(&what, password_env, "PGPASSWORD")? {
+                config.password(p);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("batchsync");
+        }
+        let tls = match config.get_ssl_mode() {
+            SslMode::Require => Some(tls::connector(&what, rootcert.as_deref())?),
+            _ => None,
+        };
+        Ok(Target {
+            what,
+            config,
+            tls,
+            timeout,
+        })
+    }
+
+    /// Connects within the timeout and runs the connection on the current runtime; the
+    /// error says why, in the server's words when it gave some.
+    pub async fn connect(&self) -> Result<(Client, ConnectionError), SourceError> {
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => connect(&self.config, tls.clone()).await,
+                None => connect(&self.config, NoTls).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, connecting).await {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(e)) => Err(SourceError::Io {
+                what: self.what.clone(),
+                message: format!("cannot connect: {}", message(&e, None)),
+            }),
+            Err(_) => Err(SourceError::Io {
+                what: self.what.clone(),
+                message: format!(
+                    "cannot connect: no answer within {:?} (source.timeout)",
+                    self.timeout
+                ),
+            }),
+        }
+    }
 }
 
 /// What the driver's thread needs.
@@ -132,7 +186,7 @@ struct Column {
 }
 
 /// The error the connection task ended with, if it ended with one.
-type ConnectionError = Arc<Mutex<Option<String>>>;
+pub(crate) type ConnectionError = Arc<Mutex<Option<String>>>;
 
 impl Job {
     fn query_error(&self, message: String) -> SourceError {
@@ -142,30 +196,10 @@ impl Job {
         }
     }
 
-    async fn run(self, mut feed: Feed, config: Config, tls: Option<MakeRustlsConnect>) {
-        let connecting = async {
-            match tls {
-                Some(tls) => connect(&config, tls).await,
-                None => connect(&config, NoTls).await,
-            }
-        };
-        let (client, lost) = match tokio::time::timeout(self.timeout, connecting).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                return feed.fail(SourceError::Io {
-                    what: self.what.clone(),
-                    message: format!("cannot connect: {}", message(&e, None)),
-                })
-            }
-            Err(_) => {
-                return feed.fail(SourceError::Io {
-                    what: self.what.clone(),
-                    message: format!(
-                        "cannot connect: no answer within {:?} (source.timeout)",
-                        self.timeout
-                    ),
-                })
-            }
+    async fn run(self, mut feed: Feed, target: Target) {
+        let (client, lost) = match target.connect().await {
+            Ok(c) => c,
+            Err(e) => return feed.fail(e),
         };
         let setup = format!(
             "SET statement_timeout = {}",
@@ -460,7 +494,7 @@ fn numeric_text(raw: &[u8]) -> Result<String, String> {
 
 /// The server's message: severity, message, SQLSTATE, position, detail and hint; or the error
 /// chain, with how the connection ended when the stream only saw it close.
-fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>) -> String {
+pub(crate) fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>) -> String {
     if let Some(db) = e.as_db_error() {
         return db_message(db);
     }
