@@ -31,6 +31,8 @@ pub enum Command {
     },
     /// Validate the config, the source and the mapping; sends nothing, writes nothing.
     Check(JsonFlag),
+    /// Database mode: create (or migrate) the sync's tables in the source database.
+    Setup(JsonFlag),
     /// Compute the delta and the events a run would send; commits and sends nothing.
     Plan(PlanArgs),
     /// One whole run: resume, snapshot, diff, commit, ship.

@@ -52,6 +52,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             Some(s) => check(&s, a.json, &ui),
             None => EXIT_CONFIG,
         },
+        Command::Setup(a) => match load(&cli) {
+            Some(s) => setup(&s, a.json),
+            None => EXIT_CONFIG,
+        },
         Command::Plan(a) => match load(&cli) {
             Some(s) => plan(&s, a, &ui),
             None => EXIT_CONFIG,
@@ -106,7 +110,61 @@ fn init(cli: &Cli, force: bool) -> i32 {
     }
 }
 
+fn setup(settings: &Settings, json: bool) -> i32 {
+    if settings.warehouse.is_none() {
+        say_error(&format!(
+            "{}: `setup` creates the tables of [state] store = \"database\"; this sync keeps its state in {} (created by its first run)",
+            settings.file.display(),
+            settings.state_path.display()
+        ));
+        return EXIT_CONFIG;
+    }
+    match crate::warehouse::setup(settings) {
+        Ok(r) => {
+            if json {
+                print_json(&r);
+            } else {
+                eprintln!("setup in {}:", r.database);
+                for c in &r.created {
+                    eprintln!("  created {c}");
+                }
+                for e in &r.existing {
+                    eprintln!("  already there: {e}");
+                }
+                if r.created.is_empty() {
+                    eprintln!("nothing to do: every table is in place");
+                }
+            }
+            EXIT_OK
+        }
+        Err(e) => {
+            error(&e);
+            EXIT_FAILED
+        }
+    }
+}
+
+/// The database mode's part of `check`: the sync's tables and the grants, read only.
+fn check_database(settings: &Settings) -> Result<String, pipeline::RunError> {
+    let db = crate::warehouse::Db::connect(settings)?;
+    crate::warehouse::verify(&db, true)?;
+    Ok(format!(
+        "database mode: the tables {} are set up, with the grants a run needs",
+        db.tables.describe()
+    ))
+}
+
 fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
+    let state = match settings.warehouse {
+        Some(_) => match check_database(settings) {
+            Ok(s) => s,
+            Err(e) => {
+                error(&e);
+                return e.exit_code().code();
+            }
+        },
+        None => format!("local store {}", settings.state_path.display()),
+    };
     let keys_present = Credentials::from_env(&settings.destination).map_err(|e| e.to_string());
     match pipeline::check(settings, ui) {
         Ok(mut c) => {
@@ -114,6 +172,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
                 Ok(_) => "both key variables are set".into(),
                 Err(e) => e.clone(),
             };
+            c.state = state;
             if json {
                 print_json(&c);
             } else {
@@ -126,6 +185,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
                     eprintln!("  reject: {r}");
                 }
                 eprintln!("keys: {}", c.credentials);
+                eprintln!("state: {}", c.state);
             }
             if c.rejected > 0 {
                 EXIT_REJECTED
@@ -278,46 +338,75 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     }
 }
 
+type StatusData = (Vec<RunSummary>, crate::state::Pending, Vec<(i64, u64)>, u64);
+
+/// The database mode's status: the same figures from the sync's tables.
+fn status_database(settings: &Settings, a: &StatusArgs) -> Result<StatusData, pipeline::RunError> {
+    let store = pipeline::database::open(settings)?;
+    let mut runs = store.runs(a.runs)?;
+    if !store.lock_held()? {
+        for r in runs.iter_mut().filter(|r| r.status.is_open()) {
+            r.status = crate::core::run::RunStatus::Interrupted;
+        }
+    }
+    Ok((
+        runs,
+        store.pending()?,
+        store.reject_counts()?,
+        store.baseline_present()?,
+    ))
+}
+
 fn status(settings: &Settings, a: &StatusArgs) -> i32 {
-    let store = match Store::open_read(&settings.state_path) {
-        Ok(s) => s,
-        Err(e) => {
-            error(&e);
-            return EXIT_FAILED;
-        }
-    };
-    let Some(store) = store else {
-        if a.json {
-            print_json(
-                &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [] }),
-            );
-        } else {
-            eprintln!(
-                "no runs yet: the state store {} does not exist",
-                settings.state_path.display()
-            );
-        }
-        return EXIT_OK;
-    };
-    let result = (|| -> crate::store::Result<_> {
-        Ok((
-            store.runs(a.runs)?,
-            store.pending()?,
-            store.reject_counts()?,
-            store.baseline_present()?,
-        ))
-    })();
-    // A run left `shipping` or `committed` by a process that died is interrupted; the next run
-    // records it so, and until then the probe of the lock tells it from a live one.
-    let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
-    let result = result.map(|(mut runs, pending, rejects, baseline)| {
-        if !live {
-            for r in runs.iter_mut().filter(|r| r.status.is_open()) {
-                r.status = crate::core::run::RunStatus::Interrupted;
+    let result = if settings.warehouse.is_some() {
+        match status_database(settings, a) {
+            Ok(d) => Ok(d),
+            Err(e) => {
+                error(&e);
+                return e.exit_code().code();
             }
         }
-        (runs, pending, rejects, baseline)
-    });
+    } else {
+        let store = match Store::open_read(&settings.state_path) {
+            Ok(s) => s,
+            Err(e) => {
+                error(&e);
+                return EXIT_FAILED;
+            }
+        };
+        let Some(store) = store else {
+            if a.json {
+                print_json(
+                    &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [] }),
+                );
+            } else {
+                eprintln!(
+                    "no runs yet: the state store {} does not exist",
+                    settings.state_path.display()
+                );
+            }
+            return EXIT_OK;
+        };
+        let result = (|| -> crate::store::Result<_> {
+            Ok((
+                store.runs(a.runs)?,
+                store.pending()?,
+                store.reject_counts()?,
+                store.baseline_present()?,
+            ))
+        })();
+        // A run left `shipping` or `committed` by a process that died is interrupted; the next
+        // run records it so, and until then the probe of the lock tells it from a live one.
+        let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
+        result.map(|(mut runs, pending, rejects, baseline)| {
+            if !live {
+                for r in runs.iter_mut().filter(|r| r.status.is_open()) {
+                    r.status = crate::core::run::RunStatus::Interrupted;
+                }
+            }
+            (runs, pending, rejects, baseline)
+        })
+    };
     match result {
         Ok((runs, pending, rejects, baseline)) => {
             if a.json {
@@ -375,10 +464,20 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
 }
 
 fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
-    let list = match Store::open_read(&settings.state_path) {
-        Ok(Some(s)) => s.rejects(a.run, a.limit),
-        Ok(None) => Ok(Vec::new()),
-        Err(e) => Err(e),
+    let list = if settings.warehouse.is_some() {
+        match pipeline::database::open(settings) {
+            Ok(s) => s.rejects(a.run, a.limit),
+            Err(e) => {
+                error(&e);
+                return e.exit_code().code();
+            }
+        }
+    } else {
+        match Store::open_read(&settings.state_path) {
+            Ok(Some(s)) => s.rejects(a.run, a.limit),
+            Ok(None) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
     };
     match list {
         Ok(list) => {

@@ -37,3 +37,4 @@ pub mod source;
 pub mod state;
 pub mod store;
 pub mod ui;
+pub mod warehouse;

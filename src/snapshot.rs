@@ -56,6 +56,15 @@ pub enum SnapshotError {
         line: u64,
         reason: String,
     },
+    /// The database mode: a fetched row under `on_bad_row = "fail"`.
+    #[error(
+        "{what} row {key}: {reason} (on_bad_row = \"fail\" stops the run; nothing was committed)"
+    )]
+    BadKey {
+        what: String,
+        key: String,
+        reason: String,
+    },
     #[error("spill file")]
     Spill(#[from] std::io::Error),
     #[error("interrupted after reading {rows} rows; nothing was committed")]
@@ -351,7 +360,37 @@ impl Sorter<'_> {
     }
 }
 
-fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
+/// One row's cells as the snapshot encodes them: the payload (the values back to back) and
+/// the first cell that does not fit its type. The database mode encodes the rows it fetches
+/// with it, so a fetched row maps exactly as the same row read locally.
+pub struct PayloadEncoder {
+    enc: cells::RowEncoder,
+    buf: Vec<u8>,
+}
+
+impl PayloadEncoder {
+    pub fn new(plan: &ColumnPlan, tz: Tz) -> PayloadEncoder {
+        PayloadEncoder {
+            enc: cells::RowEncoder::new(plan, tz),
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn encode(&mut self, cells: &mut [crate::core::value::Cell]) -> (Vec<u8>, Option<Reject>) {
+        self.buf.clear();
+        let bad = self.enc.row(cells, &mut self.buf);
+        let payload = self
+            .enc
+            .spans()
+            .iter()
+            .flat_map(|&(a, b)| &self.buf[a as usize..b as usize])
+            .copied()
+            .collect();
+        (payload, bad)
+    }
+}
+
+pub(crate) fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
     let col = p
         .column
         .as_deref()

@@ -37,6 +37,18 @@ pub enum StoreError {
         stored: String,
         current: String,
     },
+    /// The database mode: an error of the database, in its words.
+    #[error("{what}: {message}")]
+    Database { what: String, message: String },
+    /// The database mode's tables are missing, or of another version: `batchsync setup`.
+    #[error("{what}: {message}")]
+    NotSetUp { what: String, message: String },
+    #[error("{what} was written for another mapping ({stored}); this config gives ({current}). Row keys or hashes would all differ. Use a new [state] name, or remove the sync's tables (README) to start over")]
+    DatabaseIdentity {
+        what: String,
+        stored: String,
+        current: String,
+    },
     #[error("cannot create {path}")]
     Dir {
         path: PathBuf,

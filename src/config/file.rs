@@ -15,7 +15,7 @@ use super::source::{
 };
 use super::{
     parse_duration, ConfigError, DestinationSettings, Guard, Initial, OnBadRow, OnChange, Reentry,
-    Settings, SyncSettings,
+    Settings, SyncSettings, WarehouseSettings,
 };
 use crate::core::mapping::{ColumnPlan, LatePolicy, MappingSpec};
 use crate::core::value::Type;
@@ -178,7 +178,17 @@ enum DestinationKind {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct StateTable {
-    path: Option<String>,
+    path: Option<Spanned<String>>,
+    store: Option<Spanned<StoreKind>>,
+    schema: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum StoreKind {
+    Local,
+    Database,
 }
 
 /// Reads `text`, the content of the config file at `path`.
@@ -577,10 +587,99 @@ impl Reader<'_> {
             state_path: self.resolve(
                 file.state
                     .path
-                    .as_deref()
-                    .unwrap_or(Settings::DEFAULT_STATE_PATH),
+                    .as_ref()
+                    .map_or(Settings::DEFAULT_STATE_PATH, |p| p.get_ref()),
             ),
+            warehouse: self.warehouse(&file.state, &file.source)?,
         })
+    }
+
+    /// `[state] store = "database"`: where in the source database the sync's state lives.
+    fn warehouse(
+        &self,
+        t: &StateTable,
+        source: &SourceHead,
+    ) -> Result<Option<WarehouseSettings>, ConfigError> {
+        let database = t
+            .store
+            .as_ref()
+            .filter(|s| *s.get_ref() == StoreKind::Database);
+        let Some(store) = database else {
+            for (key, value) in [("state.schema", &t.schema), ("state.name", &t.name)] {
+                if let Some(v) = value {
+                    return Err(self.invalid(
+                        key,
+                        &v.span(),
+                        "is a key of the database mode; add [state] store = \"database\", or remove it",
+                    ));
+                }
+            }
+            return Ok(None);
+        };
+        if source.kind != SourceKind::Postgres {
+            return Err(self.invalid(
+                "state.store",
+                &store.span(),
+                format!(
+                    "\"database\" keeps the sync's state in its source database, and is built for type = \"postgres\" (this source is {}); use store = \"local\"",
+                    format!("{:?}", source.kind).to_lowercase()
+                ),
+            ));
+        }
+        if source
+            .primary_key
+            .as_ref()
+            .is_none_or(|k| k.get_ref().is_empty())
+        {
+            return Err(self.invalid(
+                "state.store",
+                &store.span(),
+                "\"database\" needs [source] primary_key: the diff runs in SQL by key",
+            ));
+        }
+        if let Some(p) = &t.path {
+            return Err(self.invalid(
+                "state.path",
+                &p.span(),
+                "is the local store's file; store = \"database\" keeps no local state: remove it",
+            ));
+        }
+        let Some(name) = &t.name else {
+            return Err(self.invalid(
+                "state.name",
+                &store.span(),
+                "is required with store = \"database\": it names the sync's tables (<name>_runs, <name>_baseline, …)",
+            ));
+        };
+        if !WarehouseSettings::valid_name(name.get_ref()) {
+            return Err(self.invalid(
+                "state.name",
+                &name.span(),
+                format!(
+                    "{:?} is not a table-name prefix: lowercase letters, digits and _, starting with a letter or _, at most 40 characters",
+                    name.get_ref()
+                ),
+            ));
+        }
+        let schema = match &t.schema {
+            None => WarehouseSettings::DEFAULT_SCHEMA.to_string(),
+            Some(s)
+                if s.get_ref().is_empty()
+                    || s.get_ref().len() > 63
+                    || s.get_ref().contains('\0') =>
+            {
+                return Err(self.invalid(
+                    "state.schema",
+                    &s.span(),
+                    "must be a PostgreSQL schema name: 1 to 63 bytes",
+                ))
+            }
+            Some(s) => s.get_ref().clone(),
+        };
+        Ok(Some(WarehouseSettings {
+            schema,
+            name: name.get_ref().clone(),
+        }))
     }
 }
 

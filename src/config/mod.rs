@@ -176,6 +176,31 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub destination: DestinationSettings,
     pub state_path: PathBuf,
+    /// `[state] store = "database"`: the state lives in the source database, not at `state_path`.
+    pub warehouse: Option<WarehouseSettings>,
+}
+
+/// Where the database mode keeps a sync's tables (WAREHOUSE.md "Tables").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WarehouseSettings {
+    /// `[state] schema`.
+    pub schema: String,
+    /// `[state] name`: the tables' prefix.
+    pub name: String,
+}
+
+impl WarehouseSettings {
+    pub const DEFAULT_SCHEMA: &'static str = "batchsync";
+
+    /// `[a-z_][a-z0-9_]{0,39}`: every table name then fits PostgreSQL's 63 bytes.
+    pub fn valid_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && name.len() <= 40
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    }
 }
 
 impl Settings {

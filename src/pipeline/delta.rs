@@ -23,6 +23,9 @@ pub struct Apply<'a> {
     /// Rows whose key could not be read were rejected: a key missing from the snapshot may be
     /// one of them, so removals are not recorded this run (they would re-fire on the next).
     pub defer_removals: bool,
+    /// The database mode: row keys are the key text (the key columns as JSON, already what
+    /// people read), and rows have no line (a duplicate's reason lists none).
+    pub text_keys: bool,
 }
 
 impl<'a> Apply<'a> {
@@ -43,6 +46,7 @@ impl<'a> Apply<'a> {
             },
             rules: rules(settings),
             defer_removals: loose && settings.plan.has_key(),
+            text_keys: settings.warehouse.is_some(),
         }
     }
 
@@ -57,6 +61,7 @@ impl<'a> Apply<'a> {
             },
             rules: rules(settings),
             defer_removals: true,
+            text_keys: false,
         }
     }
 }
@@ -97,6 +102,9 @@ fn decode(plan: &ColumnPlan, payload: &[u8]) -> Result<Vec<Value>, Reject> {
 
 impl Apply<'_> {
     fn key_of(&self, key: &[u8]) -> String {
+        if self.text_keys {
+            return String::from_utf8_lossy(key).into_owned();
+        }
         display_key(key, self.plan.key_names())
     }
 
@@ -190,7 +198,15 @@ impl Apply<'_> {
             Delta::Absent { .. } => keep(sink, base)?,
             Delta::Duplicate { rows, .. } => {
                 let lines: Vec<String> = rows.iter().map(|r| r.line.to_string()).collect();
-                let reason = format!("{} rows share this primary key (lines {}); all are rejected until it is unique", rows.len(), lines.join(", "));
+                let lines = if self.text_keys {
+                    String::new()
+                } else {
+                    format!(" (lines {})", lines.join(", "))
+                };
+                let reason = format!(
+                    "{} rows share this primary key{lines}; all are rejected until it is unique",
+                    rows.len()
+                );
                 let rej = Reject::new(None, "duplicate_key", reason);
                 let key = self.key_of(&rows[0].key);
                 for r in &rows {

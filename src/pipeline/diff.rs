@@ -34,8 +34,14 @@ pub trait DiffEngine {
     fn rows(&self) -> u64;
     /// Rows rejected before their key could be read: they never meet the baseline.
     fn loose(&self) -> &[LooseReject];
-    /// The next delta in key order.
+    /// The next delta (in key order, for the local engine).
     fn next_step(&mut self) -> Option<Result<Step, RunError>>;
+    /// What the engine settled without yielding it: the database mode counts unchanged rows,
+    /// removals and changes no policy sends in SQL, and its commit writes them to the baseline
+    /// there; it also knows the baseline's size. Nothing for the local engine.
+    fn settled(&self) -> Diffed {
+        Diffed::default()
+    }
 }
 
 /// What the loop found: the delta's counts and the baseline's size for the guards.
@@ -56,7 +62,7 @@ pub fn apply<S: Sink>(
 where
     RunError: From<S::Error>,
 {
-    let mut out = Diffed::default();
+    let mut out = engine.settled();
     apply.loose(engine.loose(), sink, &mut out.counts)?;
     let mut seen = 0u64;
     while let Some(step) = engine.next_step() {

@@ -15,6 +15,7 @@
 //! This file wires the local mode: the run lock beside the SQLite store, the snapshot of the
 //! source, and the store's baseline as the other side of the merge.
 
+pub mod database;
 pub mod delta;
 pub mod diff;
 pub mod preview;
@@ -68,7 +69,11 @@ impl RunError {
         match self {
             RunError::Locked(LockError::Held { .. }) => ExitCode::Locked,
             RunError::Snapshot(SnapshotError::Source(s)) if s.is_config() => ExitCode::Config,
-            RunError::Store(StoreError::Identity { .. }) => ExitCode::Config,
+            RunError::Store(
+                StoreError::Identity { .. }
+                | StoreError::DatabaseIdentity { .. }
+                | StoreError::NotSetUp { .. },
+            ) => ExitCode::Config,
             _ => ExitCode::Failed,
         }
     }
@@ -83,7 +88,8 @@ pub struct RunOptions {
     pub progress: bool,
 }
 
-/// One whole run of the local mode.
+/// One whole run: the database mode's ([`database::run`]) when `[state] store = "database"`,
+/// else the local mode's.
 pub fn run(
     settings: &Settings,
     creds: Credentials,
@@ -91,6 +97,9 @@ pub fn run(
     stop: &StopFlag,
     ui: &Ui,
 ) -> Result<RunSummary, Box<RunFailed>> {
+    if settings.warehouse.is_some() {
+        return database::run(settings, creds, opts, stop, ui);
+    }
     let _lock = RunLock::acquire(&settings.state_path).map_err(RunError::from)?;
     let store = Store::open(&settings.state_path).map_err(RunError::from)?;
     let mut run = Run::start(settings, opts, store, creds, stop, ui)?;

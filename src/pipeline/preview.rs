@@ -50,6 +50,8 @@ pub struct CheckSummary {
     pub rejects_sample: Vec<serde_json::Value>,
     pub sample: Vec<serde_json::Value>,
     pub credentials: String,
+    /// Where the state lives, and for the database mode, that its tables are in place.
+    pub state: String,
 }
 
 const SAMPLE: usize = 5;
@@ -93,6 +95,9 @@ impl Sink for Samples {
 
 /// Computes the delta and the events a run would send; changes nothing anywhere.
 pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSummary, RunError> {
+    if settings.warehouse.is_some() {
+        return plan_database(settings, opts);
+    }
     let store = Store::open_read(&settings.state_path)?;
     if let Some(s) = &store {
         s.check_identity(&settings.plan.identity())?;
@@ -108,13 +113,48 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let stop = StopFlag::default();
     let snap = diff::read_snapshot(settings, &stop, ui, diff::payloads(first_run, initial))?;
-    let apply = Apply::for_run(settings, first_run, initial, !snap.loose.is_empty());
     let mut engine = match &store {
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
     };
+    summarize(&mut engine, settings, opts, first_run, pending)
+}
+
+/// `plan` in the database mode: the run's transaction (stage, counts, fetch, map), rolled
+/// back; `plan` stages into a temporary table, so it writes nothing of the sync's and takes
+/// no lock.
+fn plan_database(settings: &Settings, opts: &RunOptions) -> Result<PlanSummary, RunError> {
+    let store = super::database::open(settings)?;
+    store.check_identity(&settings.plan.identity())?;
+    let first_run = !store.has_baseline()?;
+    let pending = store.pending()?;
+    let initial = opts.initial.unwrap_or(settings.sync.initial);
+    let policy = Apply::for_run(settings, first_run, initial, false).policy;
+    let mut engine = crate::warehouse::diff::SqlDiff::stage(
+        &store,
+        settings,
+        policy,
+        crate::warehouse::diff::Target::Plan,
+    )?;
+    let summary = summarize(&mut engine, settings, opts, first_run, pending);
+    drop(engine);
+    store.db.settle()?;
+    summary
+}
+
+/// The run's diff loop over `engine` into a counter of samples, and the guards' verdict.
+fn summarize(
+    engine: &mut dyn DiffEngine,
+    settings: &Settings,
+    opts: &RunOptions,
+    first_run: bool,
+    pending: Pending,
+) -> Result<PlanSummary, RunError> {
+    let initial = opts.initial.unwrap_or(settings.sync.initial);
+    let apply = Apply::for_run(settings, first_run, initial, !engine.loose().is_empty());
+    let stop = StopFlag::default();
     let mut samples = Samples::default();
-    let diffed = diff::apply(&mut engine, &apply, &mut samples, &stop)?;
+    let diffed = diff::apply(engine, &apply, &mut samples, &stop)?;
     let counts = diffed.counts;
     let guards = Guards {
         max_added: settings.sync.max_added,
@@ -168,5 +208,6 @@ pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
         rejects_sample: samples.rejects,
         sample: samples.events,
         credentials: String::new(),
+        state: String::new(),
     })
 }

@@ -376,6 +376,34 @@ impl<'a> FromSql<'a> for Raw<'a> {
     }
 }
 
+/// Reads the cells of a row's columns as the source does: the database mode's fetch of
+/// the rows that become events types them exactly like a local-mode read.
+pub(crate) struct RowDecoder {
+    columns: Vec<Column>,
+    tz: Tz,
+}
+
+impl RowDecoder {
+    /// `columns`: (index in the row, SQL type, name), in the plan's order.
+    pub fn new(columns: Vec<(usize, Type, String)>, tz: Tz) -> RowDecoder {
+        let columns = columns
+            .into_iter()
+            .map(|(index, ty, name)| Column {
+                index,
+                kind: kind_of(&ty),
+                ty,
+                name,
+            })
+            .collect();
+        RowDecoder { columns, tz }
+    }
+
+    pub fn decode(&self, row: &Row, cells: &mut Vec<Cell>) {
+        cells.clear();
+        cells.extend(self.columns.iter().map(|c| decode(row, c, self.tz)));
+    }
+}
+
 fn decode(row: &Row, c: &Column, tz: Tz) -> Cell {
     match row.try_get::<_, Option<Raw<'_>>>(c.index) {
         Ok(Some(Raw(raw))) => cell(c, raw, tz),

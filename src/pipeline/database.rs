@@ -1,0 +1,60 @@
+//! The database mode's wiring (WAREHOUSE.md "One run"): the advisory lock on a connection of
+//! its own, the tables checked (never created), then the run's own steps with the SQL diff
+//! engine and the database store. Everything after the wiring is the local mode's code.
+
+use super::delta::Apply;
+use super::run::{Run, RunFailed};
+use super::{RunError, RunOptions};
+use crate::config::Settings;
+use crate::core::run::RunSummary;
+use crate::ship::client::Credentials;
+use crate::ship::{Halt, StopFlag};
+use crate::ui::Ui;
+use crate::warehouse::diff::{SqlDiff, Target};
+use crate::warehouse::store::DbStore;
+use crate::warehouse::{self, Db, DbLock};
+
+/// Connects and checks the sync's tables: a run or a plan against a schema never set up, or
+/// whose tables were dropped, stops here (exit 2, naming `setup`), before anything is read.
+pub fn open(settings: &Settings) -> Result<DbStore, RunError> {
+    let db = Db::connect(settings)?;
+    warehouse::verify(&db, false)?;
+    Ok(DbStore::new(db, settings.destination.mass_update_from))
+}
+
+/// One whole run of the database mode.
+pub fn run(
+    settings: &Settings,
+    creds: Credentials,
+    opts: &RunOptions,
+    stop: &StopFlag,
+    ui: &Ui,
+) -> Result<RunSummary, Box<RunFailed>> {
+    let _lock = DbLock::acquire(settings)?;
+    let store = open(settings)?;
+    let mut run = Run::start(settings, opts, store, creds, stop, ui)?;
+    let outcome = steps(&mut run, settings, opts, stop);
+    run.finish(outcome)
+}
+
+/// resume → stage → commit → ship.
+fn steps(
+    run: &mut Run<'_, DbStore>,
+    settings: &Settings,
+    opts: &RunOptions,
+    stop: &StopFlag,
+) -> Result<Option<Halt>, RunError> {
+    if let Some(halt) = run.resume()? {
+        return Ok(Some(halt));
+    }
+    let first_run = run.first_run()?;
+    let initial = opts.initial.unwrap_or(settings.sync.initial);
+    let policy = Apply::for_run(settings, first_run, initial, false).policy;
+    let mut engine = SqlDiff::stage(run.store(), settings, policy, Target::Run)?;
+    if stop.is_raised() {
+        return Err(RunError::Interrupted);
+    }
+    run.commit(&mut engine)?;
+    drop(engine);
+    run.ship()
+}

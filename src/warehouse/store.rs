@@ -1,0 +1,683 @@
+//! The database mode's [`StateStore`]: run records, the outbox and the run's commit in the
+//! sync's tables (see `setup` for their shape).
+//!
+//! Invariants (the local store's, in PostgreSQL):
+//! - The run's commit ([`DbCommit`]) lives in the transaction the diff opened
+//!   ([`super::diff::SqlDiff`]): the delta, the outbox requests, the rejects, the baseline and
+//!   the run record are written in it, and dropped it rolls back.
+//! - The baseline takes the delta in one statement at the commit: every added, re-entering or
+//!   changed row, and every removal (unless some rows' keys could not be read), except the
+//!   rows this run rejected. That is what the shared `Apply` asks through `put`, `tombstone`
+//!   and `keep`, which therefore write nothing here; the commit checks the two agree.
+//! - Each answer is recorded in its own small transaction; no transaction is held across a
+//!   network call. An operation Batch drops turns its rows into rejects and puts their
+//!   baseline entries back as they were, unless a later run wrote them since.
+//! - Request ids are the local store's (`r{run:08}-{seq:06}`), so their order is the send order.
+
+use super::Db;
+use crate::core::encode::{unhex, RowHash};
+use crate::core::mapping::{Event, Reject};
+use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
+use crate::core::retry::PartialError;
+use crate::core::run::{Counts, RunStatus, RunSummary};
+use crate::state::{
+    Commit, Committed, Outbox, Pending, PendingRequest, Result, RunLog, Sink, StateStore,
+    StoreError,
+};
+use crate::store::commit::request_id;
+use crate::store::now_rfc3339;
+use std::cell::RefCell;
+use std::rc::Rc;
+
+/// What the diff tells the commit about the rows it staged.
+#[derive(Debug, Clone, Default)]
+pub struct Staged {
+    /// The delta table the stage wrote (the sync's own, or `plan`'s temporary one).
+    pub delta: String,
+    /// Rows fetched to become events: the packer's endpoint is chosen by it.
+    pub candidates: u64,
+    /// Some rows' keys could not be read: removals are not recorded this run.
+    pub defer_removals: bool,
+}
+
+pub struct DbStore {
+    pub db: Rc<Db>,
+    pub staged: Rc<RefCell<Option<Staged>>>,
+    mass_update_from: u64,
+}
+
+impl DbStore {
+    pub fn new(db: Db, mass_update_from: u64) -> DbStore {
+        DbStore {
+            db: Rc::new(db),
+            staged: Rc::default(),
+            mass_update_from,
+        }
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<String>> {
+        super::read_meta(&self.db, &self.db.tables.meta(), name)
+    }
+
+    fn corrupt(&self, message: String) -> StoreError {
+        StoreError::Database {
+            what: self.db.tables.describe(),
+            message,
+        }
+    }
+
+    /// The last `limit` runs, newest first.
+    pub fn runs(&self, limit: usize) -> Result<Vec<RunSummary>> {
+        self.db.settle()?;
+        let rows = self.db.query(
+            &format!(
+                "SELECT run_id, status, started_at, summary::text FROM {} ORDER BY run_id DESC LIMIT $1",
+                self.db.tables.runs()
+            ),
+            &[&(limit as i64)],
+        )?;
+        rows.iter()
+            .map(|r| {
+                let id: i64 = r.get(0);
+                let status: String = r.get(1);
+                let text: String = r.get(3);
+                let mut s: RunSummary =
+                    summary_of(&text).unwrap_or_else(|| RunSummary::new(r.get::<_, String>(2)));
+                s.run_id = Some(id);
+                s.status = RunStatus::parse(&status)
+                    .ok_or_else(|| self.corrupt(format!("run {id}: unknown status {status:?}")))?;
+                Ok(s)
+            })
+            .collect()
+    }
+
+    /// The rejects of one run, or of all, newest first.
+    pub fn rejects(
+        &self,
+        run: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<crate::store::RejectRecord>> {
+        self.db.settle()?;
+        let rows = self.db.query(
+            &format!(
+                "SELECT run_id, k, line, column_name, rule, reason, source FROM {}
+                 WHERE $1::bigint IS NULL OR run_id = $1 ORDER BY id DESC LIMIT $2",
+                self.db.tables.rejects()
+            ),
+            &[&run, &(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::store::RejectRecord {
+                run_id: r.get(0),
+                key: r.get(1),
+                line: r.get::<_, Option<i64>>(2).map(|l| l as u64),
+                column: r.get(3),
+                rule: r.get(4),
+                reason: r.get(5),
+                source: r.get(6),
+            })
+            .collect())
+    }
+
+    /// Rejects per run, newest run first.
+    pub fn reject_counts(&self) -> Result<Vec<(i64, u64)>> {
+        self.db.settle()?;
+        Ok(self
+            .db
+            .query(
+                &format!(
+                    "SELECT run_id, count(*) FROM {} GROUP BY run_id ORDER BY run_id DESC LIMIT 20",
+                    self.db.tables.rejects()
+                ),
+                &[],
+            )?
+            .iter()
+            .map(|r| (r.get(0), r.get::<_, i64>(1) as u64))
+            .collect())
+    }
+
+    /// Whether a run holds the sync's advisory lock now (a run left open by a process that
+    /// died is interrupted, not shipping).
+    pub fn lock_held(&self) -> Result<bool> {
+        Ok(self
+            .db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted
+                   AND classid = $1::int4::oid AND objid = hashtext($2)::oid AND objsubid = 2)",
+                &[&super::LOCK_CLASS, &super::lock_key(&self.db.tables)],
+            )?
+            .get(0))
+    }
+
+    /// Present rows of the baseline.
+    pub fn baseline_present(&self) -> Result<u64> {
+        self.db.settle()?;
+        let n: i64 = self
+            .db
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE present",
+                    self.db.tables.baseline()
+                ),
+                &[],
+            )?
+            .get(0);
+        Ok(n as u64)
+    }
+
+    /// Rejects rows of one dropped operation and puts their baseline entries back.
+    #[allow(clippy::too_many_arguments)]
+    fn reject_rows(
+        &self,
+        db: &Db,
+        req: &PendingRequest,
+        rows: &[RowRef],
+        run_id: i64,
+        column: Option<&str>,
+        rule: &str,
+        reason: &str,
+    ) -> Result<()> {
+        let t = &db.tables;
+        for row in rows {
+            let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
+            db.execute(
+                &format!("INSERT INTO {} (run_id, k, column_name, rule, reason, source, request_id) VALUES ($1, $2, $3, $4, $5, 'batch', $6)", t.rejects()),
+                &[&run_id, &row.key, &column, &rule, &reason, &req.id],
+            )?;
+            let (Some(k), Some(hash)) = (k, unhex(&row.h)) else {
+                continue;
+            };
+            // Only where the baseline still holds what the sending run wrote.
+            match &row.prev {
+                None => {
+                    db.execute(
+                        &format!("DELETE FROM {} WHERE k = $1 AND hash = $2", t.baseline()),
+                        &[&k, &hash],
+                    )?;
+                }
+                Some((prev, present)) => {
+                    let prev = unhex(prev).unwrap_or_default();
+                    db.execute(
+                        &format!(
+                            "UPDATE {} SET hash = $3, present = $4, run_id = $5 WHERE k = $1 AND hash = $2",
+                            t.baseline()
+                        ),
+                        &[&k, &hash, &prev, present, &run_id],
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn summary_of(text: &str) -> Option<RunSummary> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        started_at: String,
+        finished_at: Option<String>,
+        duration_ms: Option<u64>,
+        sent_nothing_reason: Option<String>,
+        error: Option<String>,
+        #[serde(flatten)]
+        counts: Counts,
+    }
+    let s: Stored = serde_json::from_str(text).ok()?;
+    let mut out = RunSummary::new(s.started_at);
+    out.finished_at = s.finished_at;
+    out.duration_ms = s.duration_ms.unwrap_or_default();
+    out.sent_nothing_reason = s.sent_nothing_reason;
+    out.error = s.error;
+    out.counts = s.counts;
+    Some(out)
+}
+
+fn summary_json(s: &RunSummary) -> serde_json::Value {
+    serde_json::to_value(s).expect("a summary serialises")
+}
+
+impl RunLog for DbStore {
+    fn close_interrupted_runs(&self) -> Result<usize> {
+        self.db.settle()?;
+        let n = self.db.execute(
+            &format!(
+                "UPDATE {} SET status = $1 WHERE status IN ($2, $3)",
+                self.db.tables.runs()
+            ),
+            &[
+                &RunStatus::Interrupted.as_str(),
+                &RunStatus::Shipping.as_str(),
+                &RunStatus::Committed.as_str(),
+            ],
+        )?;
+        Ok(n as usize)
+    }
+
+    fn record_resume_run(&self, started_at: &str) -> Result<i64> {
+        self.db.settle()?;
+        let summary = summary_json(&RunSummary::new(started_at.to_string()));
+        Ok(self
+            .db
+            .query_one(
+                &format!("INSERT INTO {} (status, started_at, summary) VALUES ($1, $2, $3) RETURNING run_id", self.db.tables.runs()),
+                &[&RunStatus::Shipping.as_str(), &started_at, &summary],
+            )?
+            .get(0))
+    }
+
+    fn record_failed_run(&self, summary: &RunSummary) -> Result<i64> {
+        self.db.settle()?;
+        Ok(self
+            .db
+            .query_one(
+                &format!("INSERT INTO {} (status, started_at, summary) VALUES ($1, $2, $3) RETURNING run_id", self.db.tables.runs()),
+                &[&summary.status.as_str(), &summary.started_at, &summary_json(summary)],
+            )?
+            .get(0))
+    }
+
+    fn finish_run(&self, run_id: i64, summary: &RunSummary) -> Result<()> {
+        self.db.settle()?;
+        self.db.execute(
+            &format!(
+                "UPDATE {} SET status = $2, summary = $3 WHERE run_id = $1",
+                self.db.tables.runs()
+            ),
+            &[&run_id, &summary.status.as_str(), &summary_json(summary)],
+        )?;
+        Ok(())
+    }
+}
+
+impl Outbox for DbStore {
+    fn pending(&self) -> Result<Pending> {
+        self.db.settle()?;
+        let r = self.db.query_one(
+            &format!(
+                "SELECT count(*), COALESCE(sum(events), 0)::bigint FROM {} WHERE state = 'pending'",
+                self.db.tables.outbox()
+            ),
+            &[],
+        )?;
+        Ok(Pending {
+            requests: r.get::<_, i64>(0) as u64,
+            events: r.get::<_, i64>(1) as u64,
+        })
+    }
+
+    fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>> {
+        self.db.settle()?;
+        let Some(r) = self.db.query_opt(
+            &format!(
+                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM {}
+                 WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT 1",
+                self.db.tables.outbox()
+            ),
+            &[&after.unwrap_or("")],
+        )?
+        else {
+            return Ok(None);
+        };
+        let id: String = r.get(0);
+        let endpoint: String = r.get(2);
+        let endpoint = Endpoint::parse(&endpoint)
+            .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
+        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(r.get::<_, &[u8]>(6))
+            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
+        Ok(Some(PendingRequest {
+            run_id: r.get(1),
+            endpoint,
+            operations: r.get::<_, i32>(3) as usize,
+            events: r.get::<_, i64>(4) as u64,
+            body: r.get::<_, Vec<u8>>(5),
+            manifest,
+            attempts: r.get::<_, i32>(7) as u32,
+            id,
+        }))
+    }
+
+    fn record_delivered(
+        &self,
+        req: &PendingRequest,
+        dropped: &[PartialError],
+        run_id: i64,
+    ) -> Result<(u64, u64)> {
+        self.db.tx(|db| {
+            let mut rejected = 0u64;
+            let mut seen = std::collections::BTreeSet::new();
+            for d in dropped {
+                let Some(rows) = req.manifest.get(d.bulk_index) else {
+                    tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
+                    continue;
+                };
+                if !seen.insert(d.bulk_index) {
+                    continue;
+                }
+                let rule = if d.category.is_empty() { "batch" } else { d.category.as_str() };
+                let reason = if d.reason.is_empty() { "dropped by Batch without a reason" } else { d.reason.as_str() };
+                self.reject_rows(db, req, rows, run_id, d.attribute.as_deref(), rule, reason)?;
+                rejected += rows.len() as u64;
+            }
+            let delivered = req.events.saturating_sub(rejected);
+            db.execute(
+                &format!(
+                    "UPDATE {} SET state = 'delivered', delivered_events = $2, attempts = attempts + 1, answered_at = $3,
+                            body = '', manifest = '', last_error = NULL WHERE id = $1",
+                    db.tables.outbox()
+                ),
+                &[&req.id, &(delivered as i64), &now_rfc3339()],
+            )?;
+            Ok((delivered, rejected))
+        })
+    }
+
+    fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
+        self.db.tx(|db| {
+            let mut rejected = 0;
+            for rows in &req.manifest {
+                self.reject_rows(db, req, rows, run_id, None, "batch_bad_request", message)?;
+                rejected += rows.len() as u64;
+            }
+            db.execute(
+                &format!(
+                    "UPDATE {} SET state = 'rejected', attempts = attempts + 1, answered_at = $2, last_error = $3,
+                            body = '', manifest = '' WHERE id = $1",
+                    db.tables.outbox()
+                ),
+                &[&req.id, &now_rfc3339(), &message],
+            )?;
+            Ok(rejected)
+        })
+    }
+
+    fn record_split(
+        &self,
+        req: &PendingRequest,
+        halves: [(String, Vec<Vec<RowRef>>); 2],
+        message: &str,
+    ) -> Result<[String; 2]> {
+        self.db.tx(|db| {
+            let ids = [format!("{}.0", req.id), format!("{}.1", req.id)];
+            for (id, (body, manifest)) in ids.iter().zip(halves.iter()) {
+                let events: usize = manifest.iter().map(Vec::len).sum();
+                db.execute(
+                    &format!(
+                        "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+                        db.tables.outbox()
+                    ),
+                    &[
+                        id,
+                        &req.run_id,
+                        &req.endpoint.as_str(),
+                        &(manifest.len() as i32),
+                        &(events as i64),
+                        &body.as_bytes(),
+                        &serde_json::to_vec(manifest).expect("manifest serialises"),
+                    ],
+                )?;
+            }
+            db.execute(
+                &format!(
+                    "UPDATE {} SET state = 'split', attempts = attempts + 1, answered_at = $2, last_error = $3,
+                            body = '', manifest = '' WHERE id = $1",
+                    db.tables.outbox()
+                ),
+                &[&req.id, &now_rfc3339(), &message],
+            )?;
+            Ok(ids)
+        })
+    }
+
+    fn record_attempt(&self, id: &str, error: &str) -> Result<()> {
+        self.db.settle()?;
+        self.db.execute(
+            &format!(
+                "UPDATE {} SET attempts = attempts + 1, last_error = $2 WHERE id = $1",
+                self.db.tables.outbox()
+            ),
+            &[&id, &error],
+        )?;
+        Ok(())
+    }
+}
+
+impl StateStore for DbStore {
+    type Commit<'a> = DbCommit<'a>;
+
+    fn check_identity(&self, identity: &str) -> Result<()> {
+        self.db.settle()?;
+        match self.meta("identity")? {
+            Some(stored) if stored != identity => Err(StoreError::DatabaseIdentity {
+                what: format!("{} in {}", self.db.tables.describe(), self.db.what),
+                stored,
+                current: identity.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    fn has_baseline(&self) -> Result<bool> {
+        Ok(self.meta("last_commit")?.is_some())
+    }
+
+    /// Continues the transaction the diff opened (or opens one): the run record is written in it.
+    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<DbCommit<'_>> {
+        let db = &self.db;
+        if !db.in_tx() {
+            db.begin()?;
+        }
+        let runs = db.tables.runs();
+        let run_id: i64 = match existing {
+            Some(id) => {
+                db.execute(
+                    &format!("UPDATE {runs} SET status = $2, committed = true WHERE run_id = $1"),
+                    &[&id, &RunStatus::Committing.as_str()],
+                )?;
+                id
+            }
+            None => db
+                .query_one(
+                    &format!("INSERT INTO {runs} (status, started_at, committed) VALUES ($1, $2, true) RETURNING run_id"),
+                    &[&RunStatus::Committing.as_str(), &started_at],
+                )?
+                .get(0),
+        };
+        let staged = self.staged.borrow().clone().unwrap_or_default();
+        let endpoint = Endpoint::for_delta(staged.candidates, self.mass_update_from);
+        Ok(DbCommit {
+            store: self,
+            run_id,
+            staged,
+            endpoint,
+            packer: Some(Packer::new(endpoint)),
+            seq: 0,
+            written: Committed::default(),
+            rejected_seqs: Vec::new(),
+            puts: 0,
+            done: false,
+        })
+    }
+}
+
+/// One run's commit in the database: open until [`Commit::commit`], rolled back when dropped.
+pub struct DbCommit<'a> {
+    store: &'a DbStore,
+    run_id: i64,
+    staged: Staged,
+    endpoint: Endpoint,
+    packer: Option<Packer>,
+    seq: u64,
+    written: Committed,
+    /// Delta rows (by `seq`) this run rejected: their baseline entries stay as they were.
+    rejected_seqs: Vec<i64>,
+    /// Rows `Apply` put: checked against what the baseline statement writes for fetched rows.
+    puts: u64,
+    done: bool,
+}
+
+impl DbCommit<'_> {
+    fn write(&mut self, r: Packed) -> Result<()> {
+        self.seq += 1;
+        let db = &self.store.db;
+        let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
+        db.execute(
+            &format!(
+                "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+                db.tables.outbox()
+            ),
+            &[
+                &request_id(self.run_id, self.seq),
+                &self.run_id,
+                &self.endpoint.as_str(),
+                &(r.operations as i32),
+                &(r.events as i64),
+                &r.body.as_bytes(),
+                &manifest,
+            ],
+        )?;
+        self.written.requests += 1;
+        self.written.events += r.events as u64;
+        if self.seq == 2 {
+            crate::crash::point("mid_commit");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for DbCommit<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = self.store.db.settle() {
+                tracing::warn!(error = %e, "could not roll back the run's transaction; the server will when the connection ends");
+            }
+        }
+    }
+}
+
+impl Sink for DbCommit<'_> {
+    type Error = StoreError;
+
+    /// Written by the commit's baseline statement (see the module doc).
+    fn put(&mut self, _: &[u8], _: RowHash) -> Result<()> {
+        self.puts += 1;
+        Ok(())
+    }
+    fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<()> {
+        Ok(())
+    }
+    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<()> {
+        Ok(())
+    }
+
+    fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
+        let done = self
+            .packer
+            .as_mut()
+            .expect("a packer until the commit")
+            .push(PackEvent {
+                custom_id: event.custom_id.clone(),
+                event_json: event.body.to_string(),
+                row,
+            });
+        for r in done {
+            self.write(r)?;
+        }
+        Ok(())
+    }
+
+    /// `line` is the delta row's `seq` (the database mode's rows have no line of their own).
+    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<()> {
+        let db = &self.store.db;
+        db.execute(
+            &format!(
+                "INSERT INTO {} (run_id, k, column_name, rule, reason, source) VALUES ($1, $2, $3, $4, $5, 'local')",
+                db.tables.rejects()
+            ),
+            &[&self.run_id, &key, &r.column, &r.rule, &r.reason],
+        )?;
+        if let Some(seq) = line.filter(|l| *l > 0) {
+            self.rejected_seqs.push(seq as i64);
+        }
+        Ok(())
+    }
+}
+
+impl Commit for DbCommit<'_> {
+    fn run_id(&self) -> i64 {
+        self.run_id
+    }
+
+    fn commit(
+        mut self,
+        counts: &Counts,
+        _mass_update_from: u64,
+        identity: &str,
+    ) -> Result<Committed> {
+        for r in self
+            .packer
+            .take()
+            .expect("a packer until the commit")
+            .finish()
+        {
+            self.write(r)?;
+        }
+        let db = self.store.db.clone();
+        let t = &db.tables;
+        let delta = &self.staged.delta;
+        let mut kinds = vec!["added", "reentered", "changed"];
+        if !self.staged.defer_removals {
+            kinds.push("removed");
+        }
+        let kinds: Vec<String> = kinds.into_iter().map(String::from).collect();
+        db.execute(
+            &format!(
+                "INSERT INTO {b} (k, hash, present, run_id)
+                 SELECT k, CASE WHEN kind = 'removed' THEN old_hash ELSE hash END, kind <> 'removed', $1
+                 FROM {delta} WHERE kind = ANY($2) AND NOT (seq = ANY($3))
+                 ON CONFLICT (k) DO UPDATE SET hash = excluded.hash, present = excluded.present, run_id = excluded.run_id",
+                b = t.baseline()
+            ),
+            &[&self.run_id, &kinds, &self.rejected_seqs],
+        )?;
+        let status = if self.written.requests > 0 {
+            RunStatus::Shipping
+        } else {
+            RunStatus::Committed
+        };
+        let mut summary = RunSummary::new(String::new());
+        summary.counts = *counts;
+        summary.counts.events = self.written.events;
+        summary.counts.events_pending = self.written.events;
+        summary.run_id = Some(self.run_id);
+        summary.status = status;
+        let mut json = summary_json(&summary);
+        if let Some(o) = json.as_object_mut() {
+            o.remove("started_at");
+        }
+        db.execute(
+            &format!(
+                "UPDATE {} SET status = $2, summary = summary || $3 WHERE run_id = $1",
+                t.runs()
+            ),
+            &[&self.run_id, &status.as_str(), &json],
+        )?;
+        for (name, value) in [
+            ("identity", identity.to_string()),
+            ("last_commit", now_rfc3339()),
+        ] {
+            db.execute(
+                &format!("INSERT INTO {} (name, value) VALUES ($1, $2) ON CONFLICT (name) DO UPDATE SET value = excluded.value", t.meta()),
+                &[&name, &value],
+            )?;
+        }
+        db.execute(&format!("DELETE FROM {delta}"), &[])?;
+        crate::crash::point("before_commit");
+        self.done = true;
+        db.commit()?;
+        crate::crash::point("after_commit");
+        Ok(self.written)
+    }
+}
