@@ -7,131 +7,13 @@
 //! Each test owns tables named `<prefix>_<pid>_<counter>`, dropped when it ends (panics
 //! included), so tests run in parallel against one database.
 
+use crate::common::db::{loud, runtime, server_url, unique, Pg, MYSQL_VAR, PG_VAR};
+use crate::url_or_skip;
 use crate::common::{emulator, fixture, json_of, Dir};
 use batchsync::core::value::{format_time, parse_bool, parse_time};
 use serde_json::{json, Value};
-use std::io::Write as _;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
-
-const PG_VAR: &str = "BATCHSYNC_TEST_PG_URL";
-const MYSQL_VAR: &str = "BATCHSYNC_TEST_MYSQL_URL";
-
-/// Whether the tests run in CI, where a database test may not skip.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
-}
-
-/// The server's URL from `var`; `None` (said loudly) when it is not set, outside CI.
-fn server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(u) if !u.trim().is_empty() => Some(u),
-        _ if in_ci() => panic!(
-            "{var} is not set, and CI is: the database tests must run in CI \
-             (`.ci/run` sets {var} for the local server)"
-        ),
-        _ => {
-            loud(&format!(
-                "SKIPPED: {var} is not set; database tests did not run (set it, or run .ci/run)"
-            ));
-            None
-        }
-    }
-}
-
-/// Straight to the process's stderr: libtest captures `eprintln!` of passing tests, and a
-/// skipped database test must be seen.
-fn loud(line: &str) {
-    let _ = writeln!(std::io::stderr(), "{line}");
-}
-
-/// The server's URL, or return from the test (loudly) when it is not configured.
-macro_rules! url_or_skip {
-    ($var:expr) => {
-        match server_url($var) {
-            Some(url) => url,
-            None => return,
-        }
-    };
-}
-
-fn unique(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "{prefix}_{}_{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::SeqCst)
-    )
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A plain connection for setting up and changing the tests' tables.
-struct Pg {
-    rt: tokio::runtime::Runtime,
-    client: tokio_postgres::Client,
-    tables: Vec<String>,
-}
-
-impl Pg {
-    fn connect(url: &str) -> Pg {
-        let rt = runtime();
-        let client = rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
-                .await
-                .unwrap_or_else(|e| panic!("cannot connect to {PG_VAR}: {e}"));
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
-        });
-        let pg = Pg {
-            rt,
-            client,
-            tables: Vec::new(),
-        };
-        pg.exec("SET TimeZone = 'UTC'");
-        pg
-    }
-
-    /// A fresh table name, dropped when `self` is.
-    fn table(&mut self, prefix: &str) -> String {
-        let name = unique(prefix);
-        self.tables.push(name.clone());
-        name
-    }
-
-    fn exec(&self, sql: &str) {
-        self.rt
-            .block_on(self.client.batch_execute(sql))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    }
-
-    fn count(&self, sql: &str) -> i64 {
-        let row = self
-            .rt
-            .block_on(self.client.query_one(sql, &[]))
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-        row.get(0)
-    }
-}
-
-impl Drop for Pg {
-    fn drop(&mut self) {
-        for t in &self.tables {
-            let _ = self.rt.block_on(
-                self.client
-                    .batch_execute(&format!("DROP TABLE IF EXISTS {t}")),
-            );
-        }
-    }
-}
 
 struct My {
     rt: tokio::runtime::Runtime,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod crash_support;
+pub mod db;
 
 use batchsync::emulate::{EmulatorConfig, EmulatorThread, Faults, Received};
 use std::path::{Path, PathBuf};
