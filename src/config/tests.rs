@@ -458,3 +458,54 @@ fn tables_may_be_written_as_headers_dotted_keys_or_inline() {
     let msg = error(&dotted.replace("[\"amount\"]", "[\"$amount\"]"));
     assert!(msg.contains("line 6: `mapping.attributes`"), "{msg}");
 }
+
+const PG_SOURCE: &str = "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\nquery = \"SELECT 1\"\nprimary_key = [\"id\"]\n";
+
+#[test]
+fn the_database_mode_reads_its_schema_and_name() {
+    let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"database\"\nname = \"orders\"\n")).unwrap();
+    assert_eq!(
+        s.warehouse,
+        Some(WarehouseSettings {
+            schema: "batchsync".into(),
+            name: "orders".into()
+        })
+    );
+    let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"database\"\nschema = \"we\\\"ird; x\"\nname = \"_o2\"\n")).unwrap();
+    assert_eq!(s.warehouse.unwrap().schema, "we\"ird; x");
+    let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"local\"\n")).unwrap();
+    assert_eq!(s.warehouse, None);
+    assert_eq!(parse(MINIMAL).unwrap().warehouse, None);
+}
+
+#[rstest]
+#[case::file_source(
+    "[source]\ntype = \"csv\"\npath = \"o.csv\"\nprimary_key = [\"id\"]\n",
+    "store = \"database\"\nname = \"o\"",
+    "line 11: `state.store`: \"database\" keeps the sync's state in its source database, and is built for type = \"postgres\" (this source is csv)"
+)]
+#[case::mysql_source(
+    "[source]\ntype = \"mysql\"\nurl = \"mysql://u@h/db\"\nquery = \"SELECT 1\"\nprimary_key = [\"id\"]\n",
+    "store = \"database\"\nname = \"o\"",
+    "(this source is mysql)"
+)]
+#[case::no_primary_key(
+    "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\nquery = \"SELECT 1\"\n",
+    "store = \"database\"\nname = \"o\"",
+    "needs [source] primary_key"
+)]
+#[case::no_name(PG_SOURCE, "store = \"database\"", "`state.name`: is required with store = \"database\"")]
+#[case::bad_name(PG_SOURCE, "store = \"database\"\nname = \"Orders\"", "line 13: `state.name`: \"Orders\" is not a table-name prefix")]
+#[case::long_name(PG_SOURCE, "store = \"database\"\nname = \"a234567890123456789012345678901234567890x\"", "at most 40 characters")]
+#[case::empty_schema(PG_SOURCE, "store = \"database\"\nname = \"o\"\nschema = \"\"", "`state.schema`: must be a PostgreSQL schema name")]
+#[case::path_too(PG_SOURCE, "store = \"database\"\nname = \"o\"\npath = \"s.db\"", "`state.path`: is the local store's file")]
+#[case::name_without_mode(PG_SOURCE, "name = \"o\"", "`state.name`: is a key of the database mode")]
+#[case::unknown_store(PG_SOURCE, "store = \"cloud\"", "unknown variant `cloud`, expected `local` or `database`")]
+fn the_database_mode_is_refused_where_it_cannot_work(
+    #[case] source: &str,
+    #[case] state: &str,
+    #[case] message: &str,
+) {
+    let e = error(&format!("{source}{MAPPING}\n[state]\n{state}\n"));
+    assert!(e.contains(message), "{e}");
+}
