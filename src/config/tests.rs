@@ -463,7 +463,10 @@ const PG_SOURCE: &str = "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/d
 
 #[test]
 fn the_database_mode_reads_its_schema_and_name() {
-    let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"database\"\nname = \"orders\"\n")).unwrap();
+    let s = parse(&format!(
+        "{PG_SOURCE}{MAPPING}\n[state]\nstore = \"database\"\nname = \"orders\"\n"
+    ))
+    .unwrap();
     assert_eq!(
         s.warehouse,
         Some(WarehouseSettings {
@@ -473,7 +476,10 @@ fn the_database_mode_reads_its_schema_and_name() {
     );
     let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"database\"\nschema = \"we\\\"ird; x\"\nname = \"_o2\"\n")).unwrap();
     assert_eq!(s.warehouse.unwrap().schema, "we\"ird; x");
-    let s = parse(&format!("{PG_SOURCE}{MAPPING}\n[state]\nstore = \"local\"\n")).unwrap();
+    let s = parse(&format!(
+        "{PG_SOURCE}{MAPPING}\n[state]\nstore = \"local\"\n"
+    ))
+    .unwrap();
     assert_eq!(s.warehouse, None);
     assert_eq!(parse(MINIMAL).unwrap().warehouse, None);
 }
@@ -494,13 +500,41 @@ fn the_database_mode_reads_its_schema_and_name() {
     "store = \"database\"\nname = \"o\"",
     "needs [source] primary_key"
 )]
-#[case::no_name(PG_SOURCE, "store = \"database\"", "`state.name`: is required with store = \"database\"")]
-#[case::bad_name(PG_SOURCE, "store = \"database\"\nname = \"Orders\"", "line 13: `state.name`: \"Orders\" is not a table-name prefix")]
-#[case::long_name(PG_SOURCE, "store = \"database\"\nname = \"a234567890123456789012345678901234567890x\"", "at most 40 characters")]
-#[case::empty_schema(PG_SOURCE, "store = \"database\"\nname = \"o\"\nschema = \"\"", "`state.schema`: must be a PostgreSQL schema name")]
-#[case::path_too(PG_SOURCE, "store = \"database\"\nname = \"o\"\npath = \"s.db\"", "`state.path`: is the local store's file")]
-#[case::name_without_mode(PG_SOURCE, "name = \"o\"", "`state.name`: is a key of the database mode")]
-#[case::unknown_store(PG_SOURCE, "store = \"cloud\"", "unknown variant `cloud`, expected `local` or `database`")]
+#[case::no_name(
+    PG_SOURCE,
+    "store = \"database\"",
+    "`state.name`: is required with store = \"database\""
+)]
+#[case::bad_name(
+    PG_SOURCE,
+    "store = \"database\"\nname = \"Orders\"",
+    "line 13: `state.name`: \"Orders\" is not a table-name prefix"
+)]
+#[case::long_name(
+    PG_SOURCE,
+    "store = \"database\"\nname = \"a234567890123456789012345678901234567890x\"",
+    "at most 40 characters"
+)]
+#[case::empty_schema(
+    PG_SOURCE,
+    "store = \"database\"\nname = \"o\"\nschema = \"\"",
+    "`state.schema`: must be a PostgreSQL schema name"
+)]
+#[case::path_too(
+    PG_SOURCE,
+    "store = \"database\"\nname = \"o\"\npath = \"s.db\"",
+    "`state.path`: is the local store's file"
+)]
+#[case::name_without_mode(
+    PG_SOURCE,
+    "name = \"o\"",
+    "`state.name`: is a key of the database mode"
+)]
+#[case::unknown_store(
+    PG_SOURCE,
+    "store = \"cloud\"",
+    "unknown variant `cloud`, expected `local` or `database`"
+)]
 fn the_database_mode_is_refused_where_it_cannot_work(
     #[case] source: &str,
     #[case] state: &str,

@@ -430,16 +430,16 @@ pub fn verify(db: &Db, grants: bool) -> Result<(), StoreError> {
         }
         for suffix in Tables::SUFFIXES {
             let table = t.table(suffix);
-            let ok: bool = db
-                .query_one(
-                    "SELECT has_table_privilege($1, 'SELECT, INSERT, UPDATE, DELETE')",
-                    &[&table],
-                )?
-                .get(0);
-            if !ok {
-                return Err(not_set_up(format!(
-                    "the role lacks SELECT, INSERT, UPDATE or DELETE on {table}: GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO the role"
-                )));
+            // Asked one by one: with several, has_table_privilege is true if any is held.
+            for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+                let ok: bool = db
+                    .query_one("SELECT has_table_privilege($1, $2)", &[&table, &privilege])?
+                    .get(0);
+                if !ok {
+                    return Err(not_set_up(format!(
+                        "the role lacks {privilege} on {table}; a run needs SELECT, INSERT, UPDATE, DELETE on the sync's tables: GRANT SELECT, INSERT, UPDATE, DELETE ON {table} TO the role"
+                    )));
+                }
             }
         }
         let temp: bool = db

@@ -8,8 +8,8 @@
 //! included), so tests run in parallel against one database.
 
 use crate::common::db::{loud, runtime, server_url, unique, Pg, MYSQL_VAR, PG_VAR};
-use crate::url_or_skip;
 use crate::common::{emulator, fixture, json_of, Dir};
+use crate::url_or_skip;
 use batchsync::core::value::{format_time, parse_bool, parse_time};
 use serde_json::{json, Value};
 use std::process::Stdio;

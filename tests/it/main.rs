@@ -11,6 +11,7 @@
 //! - `db_sources`: PostgreSQL, MariaDB and SQLite sources against real servers.
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
+//! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
 //! - `layout`: this binary holds every test file.
 
 mod common;
@@ -23,3 +24,4 @@ mod emulator;
 mod layout;
 mod ship;
 mod sync;
+mod warehouse;

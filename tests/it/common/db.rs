@@ -124,7 +124,6 @@ impl Drop for Pg {
     }
 }
 
-
 /// A unique schema for one database-mode test, dropped (with its tables) when this is.
 pub struct Schema {
     pub name: String,
