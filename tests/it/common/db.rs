@@ -151,6 +151,7 @@ impl Drop for Schema {
 
 /// A database-mode config: the query over `url`, keyed by `key`, the sync's tables named
 /// `name` in `schema`; `mapping` and `sync` are the bodies of those tables.
+#[allow(clippy::too_many_arguments)]
 pub fn warehouse_config(
     url: &str,
     query: &str,
