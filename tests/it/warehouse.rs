@@ -499,3 +499,85 @@ fn a_missing_grant_is_named() {
     s.pg.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}"));
     assert!(emu.received().is_empty());
 }
+
+#[test]
+fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
+    use batchsync::emulate::Faults;
+    let url = url_or_skip!(PG_VAR);
+    let emu = crate::common::emulator_with(
+        true,
+        Faults {
+            reject_custom_ids: vec!["o3@x.io".into()],
+            ..Faults::default()
+        },
+    );
+    let s = Sync::new(&url, 10, &emu.endpoint());
+    let cfg = std::fs::read_to_string(s.dir.join("batchsync.toml")).unwrap();
+    s.dir.write(
+        "batchsync.toml",
+        cfg.replace(SYNC, &format!("{SYNC}\non_change = \"event\"")),
+    );
+    s.setup();
+    let (code, first) = s.dir.sync();
+    assert_eq!(code, 3, "{first}");
+    assert_eq!(
+        (first["events_sent"].as_u64(), first["rejected"].as_u64()),
+        (Some(9), Some(1)),
+        "{first}"
+    );
+    let (_, rejects) = json_of(s.dir.run(&["rejects", "--json"]));
+    assert_eq!(rejects[0]["source"], "batch", "{rejects}");
+    assert_eq!(rejects[0]["key"], "{\"order_id\":3}", "{rejects}");
+    // A new key Batch dropped leaves the baseline: the next run adds it again.
+    assert_eq!(s.count("baseline", "WHERE k = '{\"order_id\":3}'"), 0);
+
+    // A changed row Batch drops: its entry goes back to the old hash.
+    let hash_of_5 = |s: &Sync| -> Vec<u8> {
+        let r = s.pg.rt.block_on(s.pg.client.query_one(
+            &format!(
+                "SELECT hash FROM {} WHERE k = '{{\"order_id\":5}}'",
+                s.table_of("baseline")
+            ),
+            &[],
+        ));
+        r.unwrap().get(0)
+    };
+    let before = hash_of_5(&s);
+    emu.set_faults(Faults {
+        reject_custom_ids: vec!["o3@x.io".into(), "o5@x.io".into()],
+        ..Faults::default()
+    });
+    s.pg.exec(&format!(
+        "UPDATE {t} SET amount = 77 WHERE order_id = 5",
+        t = s.table
+    ));
+    let (code, second) = s.dir.sync();
+    assert_eq!(code, 3, "{second}");
+    assert_eq!(
+        (second["changed"].as_u64(), second["rejected"].as_u64()),
+        (Some(1), Some(2)),
+        "{second}"
+    );
+    assert_eq!(
+        hash_of_5(&s),
+        before,
+        "the dropped change's entry was not put back"
+    );
+
+    emu.set_faults(Faults::default());
+    let (code, third) = s.dir.sync();
+    assert_eq!(code, 0, "{third}");
+    assert_eq!(
+        (
+            third["added"].as_u64(),
+            third["changed"].as_u64(),
+            third["events_sent"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2)),
+        "{third}"
+    );
+    assert_ne!(hash_of_5(&s), before);
+    let ids: Vec<String> = emu.received().iter().map(|r| r.custom_id.clone()).collect();
+    assert_eq!(ids.iter().filter(|i| *i == "o3@x.io").count(), 1, "{ids:?}");
+    assert_eq!(ids.iter().filter(|i| *i == "o5@x.io").count(), 2, "{ids:?}");
+}
