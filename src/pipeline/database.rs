@@ -13,6 +13,7 @@ use crate::ui::Ui;
 use crate::warehouse::diff::{SqlDiff, Target};
 use crate::warehouse::store::DbStore;
 use crate::warehouse::{self, Db, DbLock};
+use std::time::Instant;
 
 /// Connects and checks the sync's tables: a run or a plan against a schema never set up, or
 /// whose tables were dropped, stops here (exit 2, naming `setup`), before anything is read.
@@ -50,11 +51,21 @@ fn steps(
     let first_run = run.first_run()?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let policy = Apply::for_run(settings, first_run, initial, false).policy;
+    let t0 = Instant::now();
     let mut engine = SqlDiff::stage(run.store(), settings, policy, Target::Run)?;
+    let staged = t0.elapsed();
     if stop.is_raised() {
         return Err(RunError::Interrupted);
     }
     run.commit(&mut engine)?;
     drop(engine);
-    run.ship()
+    let committed = t0.elapsed();
+    let halt = run.ship();
+    tracing::debug!(
+        stage_ms = staged.as_millis() as u64,
+        fetch_map_commit_ms = (committed - staged).as_millis() as u64,
+        ship_ms = (t0.elapsed() - committed).as_millis() as u64,
+        "database mode steps"
+    );
+    halt
 }
