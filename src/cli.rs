@@ -64,15 +64,21 @@ pub struct PlanArgs {
     /// As `run --force`.
     #[arg(long)]
     pub force: bool,
+    /// As `run --retry-rejects`.
+    #[arg(long)]
+    pub retry_rejects: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
     #[arg(long)]
     pub json: bool,
-    /// Ship a delta larger than max_added / max_removed allow.
+    /// Ship a delta larger than max_added / max_removed / max_changed allow.
     #[arg(long)]
     pub force: bool,
+    /// Try every row still rejected again once, as if it were new.
+    #[arg(long)]
+    pub retry_rejects: bool,
     /// Override [sync] initial for this run (only the first run of a store uses it).
     #[arg(long, value_enum)]
     pub initial: Option<Initial>,
@@ -97,7 +103,10 @@ pub struct StatusArgs {
 pub struct RejectsArgs {
     #[arg(long)]
     pub json: bool,
-    /// Only this run's rejects.
+    /// Every reject as it was recorded, not only the rows rejected now.
+    #[arg(long)]
+    pub all: bool,
+    /// Only this run's rejects (implies --all).
     #[arg(long)]
     pub run: Option<i64>,
     #[arg(long, default_value_t = 1000)]

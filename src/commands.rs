@@ -205,6 +205,7 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
 fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
     let opts = RunOptions {
         force: a.force,
+        retry_rejects: a.retry_rejects,
         initial: a.initial,
         ..RunOptions::default()
     };
@@ -214,8 +215,8 @@ fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
                 print_json(&p);
             } else {
                 eprintln!(
-                    "plan: {} rows; {} added, {} changed, {} removed, {} unchanged, {} rejected",
-                    p.rows, p.added, p.changed, p.removed, p.unchanged, p.rejected
+                    "plan: {} rows; {} added, {} changed, {} removed, {} unchanged, {} rejected, {} still rejected",
+                    p.rows, p.added, p.changed, p.removed, p.unchanged, p.rejected, p.still_rejected
                 );
                 eprintln!(
                     "a run now would send {} events ({} new via /profiles/{}, {} pending from earlier runs)",
@@ -255,6 +256,12 @@ fn human_summary(s: &RunSummary) {
     );
     if let Some(r) = &s.sent_nothing_reason {
         eprintln!("nothing sent: {r}");
+    }
+    if s.counts.still_rejected > 0 {
+        eprintln!(
+            "{} rows are still rejected, unchanged since their last reject: not sent again (`batchsync rejects`; `run --retry-rejects` tries them once more)",
+            s.counts.still_rejected
+        );
     }
     if s.counts.rejected > 0 {
         eprintln!("see the rejected rows with `batchsync rejects`");
@@ -308,6 +315,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     };
     let opts = RunOptions {
         force: a.force,
+        retry_rejects: a.retry_rejects,
         initial: a.initial,
         max_requests: a.max_requests,
         max_duration: a.max_duration,
@@ -464,9 +472,11 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
 }
 
 fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
+    let all = a.all || a.run.is_some();
     let list = if settings.warehouse.is_some() {
         match pipeline::database::open(settings) {
-            Ok(s) => s.rejects(a.run, a.limit),
+            Ok(s) if all => s.rejects(a.run, a.limit),
+            Ok(s) => s.open_reject_list(a.limit),
             Err(e) => {
                 error(&e);
                 return e.exit_code().code();
@@ -474,7 +484,8 @@ fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
         }
     } else {
         match Store::open_read(&settings.state_path) {
-            Ok(Some(s)) => s.rejects(a.run, a.limit),
+            Ok(Some(s)) if all => s.rejects(a.run, a.limit),
+            Ok(Some(s)) => s.open_reject_list(a.limit),
             Ok(None) => Ok(Vec::new()),
             Err(e) => Err(e),
         }
@@ -484,20 +495,16 @@ fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
             if a.json {
                 print_json(&list);
             } else if list.is_empty() {
-                eprintln!("no rejects");
+                eprintln!(
+                    "{}",
+                    if all {
+                        "no rejects"
+                    } else {
+                        "no rows are rejected now (`rejects --all` shows the history)"
+                    }
+                );
             } else {
-                for r in &list {
-                    println!(
-                        "run {} {} key {} line {} column {}: {} ({})",
-                        r.run_id,
-                        r.source,
-                        r.key.as_deref().unwrap_or("-"),
-                        r.line.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
-                        r.column.as_deref().unwrap_or("-"),
-                        r.reason,
-                        r.rule
-                    );
-                }
+                print!("{}", reject_table(&list, all));
             }
             EXIT_OK
         }
@@ -506,6 +513,75 @@ fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
             EXIT_FAILED
         }
     }
+}
+
+/// The rejects as an aligned table: open ones with the runs that first and last found them,
+/// the history with the run that recorded each.
+fn reject_table(list: &[crate::store::RejectRecord], all: bool) -> String {
+    let dash = || "-".to_string();
+    let mut rows: Vec<Vec<String>> = vec![if all {
+        ["run", "key", "line", "column", "rule", "source", "reason"]
+            .map(String::from)
+            .to_vec()
+    } else {
+        [
+            "key",
+            "first run",
+            "last run",
+            "line",
+            "column",
+            "rule",
+            "source",
+            "reason",
+        ]
+        .map(String::from)
+        .to_vec()
+    }];
+    for r in list {
+        let key = r.key.clone().unwrap_or_else(dash);
+        let line = r.line.map_or_else(dash, |l| l.to_string());
+        let column = r.column.clone().unwrap_or_else(dash);
+        rows.push(if all {
+            vec![
+                r.run_id.to_string(),
+                key,
+                line,
+                column,
+                r.rule.clone(),
+                r.source.clone(),
+                r.reason.clone(),
+            ]
+        } else {
+            vec![
+                key,
+                r.first_run_id.map_or_else(dash, |i| i.to_string()),
+                r.run_id.to_string(),
+                line,
+                column,
+                r.rule.clone(),
+                r.source.clone(),
+                r.reason.clone(),
+            ]
+        });
+    }
+    let cols = rows[0].len();
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let mut line = String::new();
+        for (c, cell) in r.iter().enumerate() {
+            if c + 1 == cols {
+                line.push_str(cell);
+            } else {
+                line.push_str(&format!("{cell:<w$}  ", w = widths[c]));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
 }
 
 fn demo(a: &DemoArgs) -> i32 {

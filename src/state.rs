@@ -76,6 +76,9 @@ pub struct PendingRequest {
     pub body: Vec<u8>,
     pub manifest: Vec<Vec<RowRef>>,
     pub attempts: u32,
+    /// The mapping and rules its events were built under: rows Batch drops are open rejects
+    /// under them.
+    pub rules: Option<String>,
 }
 
 /// The outbox of committed requests, as the send loop drives it.
@@ -133,13 +136,63 @@ pub trait Sink {
         present: bool,
     ) -> std::result::Result<(), Self::Error>;
     fn event(&mut self, event: &Event, row: RowRef) -> std::result::Result<(), Self::Error>;
-    fn reject(
-        &mut self,
-        key: Option<&str>,
-        line: Option<u64>,
-        reject: &Reject,
-    ) -> std::result::Result<(), Self::Error>;
+    fn reject(&mut self, at: Rejected<'_>, reject: &Reject)
+        -> std::result::Result<(), Self::Error>;
+    /// The row with this key is its open reject's row still (same key and hash, same mapping
+    /// and rules): the reject stays open, nothing new is recorded.
+    fn still_rejected(&mut self, key: &[u8]) -> std::result::Result<(), Self::Error>;
 }
+
+/// A rejected row as a [`Sink`] records it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rejected<'a> {
+    /// The key as people read it; none when it could not be read.
+    pub key: Option<&'a str>,
+    /// Its key bytes and hash, when the row is one row with a key: then the reject is *open*
+    /// until the row changes or leaves, and a later run finds it still rejected.
+    pub row: Option<(&'a [u8], RowHash)>,
+    /// The file line or query row it came from (the database mode: the delta row's number).
+    pub line: Option<u64>,
+}
+
+/// A reject as `rejects` shows it: an open one (`first_run_id` set, `run_id` the latest run
+/// that found the row rejected), or one of the history (`rejects --all`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RejectRecord {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_run_id: Option<i64>,
+    pub run_id: i64,
+    /// The key as people read it; in JSON, an object of the key columns.
+    #[serde(serialize_with = "key_object")]
+    pub key: Option<String>,
+    pub line: Option<u64>,
+    pub column: Option<String>,
+    pub rule: String,
+    pub reason: String,
+    pub source: String,
+}
+
+/// A row key in `--json` output: `{"order_id": "A-17"}`, or `{"hash": "…"}` for a sync
+/// without a primary key (whose key is the row hash, shown in hex).
+fn key_object<S: serde::Serializer>(
+    key: &Option<String>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    use serde::Serialize;
+    key.as_deref().map(key_json).serialize(s)
+}
+
+/// A row key as people read it (`{"order_id":17}`, or the row hash in hex without a primary
+/// key) as the JSON object every `--json` output gives.
+pub fn key_json(key: &str) -> serde_json::Value {
+    match serde_json::from_str::<serde_json::Value>(key) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        _ => serde_json::json!({ "hash": key }),
+    }
+}
+
+/// The open rejects under one mapping and rules: key → the hash it was rejected with.
+pub type OpenRejects = std::collections::HashMap<Vec<u8>, RowHash>;
 
 /// What a commit wrote to the outbox.
 #[derive(Debug, Clone, Copy, Default)]
@@ -164,6 +217,15 @@ pub trait StateStore: Outbox + RunLog {
     fn check_identity(&self, identity: &str) -> Result<()>;
     /// Whether a run has committed a baseline (the first run's `initial` no longer applies).
     fn has_baseline(&self) -> Result<bool>;
-    /// Opens the run's one commit. `existing` is the record of a run that resumed first.
-    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<Self::Commit<'_>>;
+    /// The open rejects recorded under these rules (`Settings::rules_identity`). The database
+    /// mode matches them in SQL, and gives none here.
+    fn open_rejects(&self, rules: &str) -> Result<OpenRejects>;
+    /// Opens the run's one commit. `existing` is the record of a run that resumed first;
+    /// `rules` the mapping and rules its rejects and requests are recorded under.
+    fn begin_run(
+        &self,
+        started_at: &str,
+        existing: Option<i64>,
+        rules: &str,
+    ) -> Result<Self::Commit<'_>>;
 }

@@ -146,6 +146,7 @@ struct SyncTable {
     event_window: Option<Spanned<String>>,
     max_added: Option<Spanned<toml::Value>>,
     max_removed: Option<Spanned<toml::Value>>,
+    max_changed: Option<Spanned<toml::Value>>,
     #[serde(default)]
     event_id: bool,
 }
@@ -484,6 +485,11 @@ impl Reader<'_> {
                 "sync.max_removed",
                 t.max_removed.as_ref(),
                 SyncSettings::DEFAULT_MAX_REMOVED,
+            )?,
+            max_changed: self.guard(
+                "sync.max_changed",
+                t.max_changed.as_ref(),
+                SyncSettings::DEFAULT_MAX_CHANGED,
             )?,
             event_id: t.event_id,
         })

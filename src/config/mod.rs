@@ -123,6 +123,8 @@ pub struct SyncSettings {
     pub event_window: Duration,
     pub max_added: Guard,
     pub max_removed: Guard,
+    /// Guards changed rows when they send something (`on_change = "event"`).
+    pub max_changed: Guard,
     pub event_id: bool,
 }
 
@@ -131,6 +133,20 @@ impl SyncSettings {
     pub const DEFAULT_EVENT_WINDOW: Duration = Duration::from_secs(24 * 3600);
     pub const DEFAULT_MAX_ADDED: Guard = Guard::Percent(50.0);
     pub const DEFAULT_MAX_REMOVED: Guard = Guard::Percent(50.0);
+    pub const DEFAULT_MAX_CHANGED: Guard = Guard::Percent(50.0);
+
+    /// The guards a delta is checked against; `max_changed` only when changed rows send
+    /// something.
+    pub fn guards(&self) -> crate::core::run::Guards {
+        crate::core::run::Guards {
+            max_added: self.max_added,
+            max_removed: self.max_removed,
+            max_changed: match self.on_change {
+                OnChange::Event => self.max_changed,
+                OnChange::Ignore => Guard::Off,
+            },
+        }
+    }
 }
 
 /// `[destination]`.
@@ -204,6 +220,26 @@ impl WarehouseSettings {
 }
 
 impl Settings {
+    /// The mapping and the rules a row is checked under, as a short hash: a reject recorded
+    /// under other ones is new again (DESIGN.md "Rows that stay rejected"). Covers the whole
+    /// `[mapping]`, the time zone and the `[sync]` keys that decide whether a row is rejected
+    /// or sent.
+    pub fn rules_identity(&self) -> String {
+        let s = &self.sync;
+        let text = format!(
+            "{:?}|{}|{:?}|{}|{}|{:?}|{:?}|{:?}",
+            self.plan.spec,
+            self.timezone.name(),
+            s.late_events,
+            s.event_window.as_secs(),
+            s.event_id,
+            s.on_bad_row,
+            s.on_change,
+            s.reentry
+        );
+        crate::core::encode::hex(&blake3::hash(text.as_bytes()).as_bytes()[..12])
+    }
+
     /// `[mapping] timezone`.
     pub const DEFAULT_TIMEZONE: Tz = chrono_tz::UTC;
     /// `[state] path`, relative to the config file.

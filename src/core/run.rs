@@ -116,6 +116,11 @@ pub struct Counts {
     pub unchanged: u64,
     /// Rows rejected by this run: locally, or dropped by Batch while it shipped.
     pub rejected: u64,
+    /// Rows whose key and hash are those of their open reject, under the same mapping and
+    /// rules: not added, not sent, not counted by the guards nor in `rejected` (DESIGN.md
+    /// "Rows that stay rejected").
+    #[serde(default)]
+    pub still_rejected: u64,
     /// Events this run's commit put in the outbox.
     pub events: u64,
     /// Events whose delivery this run recorded.
@@ -137,6 +142,7 @@ impl AddAssign for Counts {
         self.removed += o.removed;
         self.unchanged += o.unchanged;
         self.rejected += o.rejected;
+        self.still_rejected += o.still_rejected;
         self.events += o.events;
         self.events_sent += o.events_sent;
         self.events_pending += o.events_pending;
@@ -214,12 +220,19 @@ pub enum Guard {
 }
 
 impl Guard {
-    /// Whether `n` changes against a baseline of `baseline` rows exceed the guard.
+    /// Below this many changes a percentage never trips: `max_added = "50%"` must not block a
+    /// new user's 10-row test file (DESIGN.md "Rows that stay rejected", guards).
+    pub const PERCENT_FLOOR: u64 = 100;
+
+    /// Whether `n` changes against a baseline of `baseline` rows exceed the guard. A count is
+    /// exact; a percentage trips only when `n` is also above [`Guard::PERCENT_FLOOR`].
     pub fn exceeded(self, n: u64, baseline: u64) -> bool {
         match self {
             Guard::Off => false,
             Guard::Count(max) => n > max,
-            Guard::Percent(p) => (n as f64) > (baseline as f64) * p / 100.0,
+            Guard::Percent(p) => {
+                n > Self::PERCENT_FLOOR && (n as f64) > (baseline as f64) * p / 100.0
+            }
         }
     }
 
@@ -237,6 +250,8 @@ impl Guard {
 pub struct Guards {
     pub max_added: Guard,
     pub max_removed: Guard,
+    /// Off when changed rows send nothing (`on_change = "ignore"`).
+    pub max_changed: Guard,
 }
 
 /// A delta the guards refuse, with what tripped them.
@@ -276,6 +291,13 @@ pub fn check_guards(
             "{} rows removed (max_removed = {})",
             counts.removed,
             guards.max_removed.describe()
+        ));
+    }
+    if guards.max_changed.exceeded(counts.changed, baseline) {
+        problems.push(format!(
+            "{} rows changed (max_changed = {})",
+            counts.changed,
+            guards.max_changed.describe()
         ));
     }
     if problems.is_empty() {
@@ -386,22 +408,38 @@ mod tests {
         Guards {
             max_added: added,
             max_removed: removed,
+            max_changed: Guard::Percent(50.0),
         }
     }
 
     #[rstest]
-    #[case::under(Guard::Percent(50.0), 5, 0, 10, false, false, true)]
-    #[case::over_percent(Guard::Percent(50.0), 6, 0, 10, false, false, false)]
-    #[case::over_count(Guard::Count(5), 6, 0, 1000, false, false, false)]
-    #[case::exact_count(Guard::Count(5), 5, 0, 1000, false, false, true)]
-    #[case::off(Guard::Off, 1000, 0, 1, false, false, true)]
-    #[case::first_run(Guard::Count(0), 100, 0, 0, true, false, true)]
-    #[case::forced(Guard::Count(0), 100, 0, 10, false, true, true)]
-    #[case::removals(Guard::Off, 0, 6, 10, false, false, false)]
+    #[case::under(Guard::Percent(50.0), 50, 0, 0, 200, false, false, true)]
+    #[case::over_percent(Guard::Percent(50.0), 101, 0, 0, 200, false, false, false)]
+    #[case::a_small_delta_never_trips_a_percentage(
+        Guard::Percent(50.0),
+        100,
+        0,
+        0,
+        10,
+        false,
+        false,
+        true
+    )]
+    #[case::over_count(Guard::Count(5), 6, 0, 0, 1000, false, false, false)]
+    #[case::exact_count(Guard::Count(5), 5, 0, 0, 1000, false, false, true)]
+    #[case::a_count_is_exact_even_when_small(Guard::Count(1), 2, 0, 0, 1000, false, false, false)]
+    #[case::off(Guard::Off, 1000, 0, 0, 1, false, false, true)]
+    #[case::first_run(Guard::Count(0), 100, 0, 0, 0, true, false, true)]
+    #[case::forced(Guard::Count(0), 100, 0, 0, 10, false, true, true)]
+    #[case::removals(Guard::Off, 0, 101, 0, 150, false, false, false)]
+    #[case::small_removals(Guard::Off, 0, 6, 0, 10, false, false, true)]
+    #[case::changes(Guard::Off, 0, 0, 101, 150, false, false, false)]
+    #[allow(clippy::too_many_arguments)]
     fn the_guards_refuse_a_delta_larger_than_they_allow(
         #[case] max_added: Guard,
         #[case] added: u64,
         #[case] removed: u64,
+        #[case] changed: u64,
         #[case] baseline: u64,
         #[case] first_run: bool,
         #[case] force: bool,
@@ -410,6 +448,7 @@ mod tests {
         let c = Counts {
             added,
             removed,
+            changed,
             ..Counts::default()
         };
         let got = check_guards(

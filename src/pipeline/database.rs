@@ -52,7 +52,13 @@ fn steps(
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let policy = Apply::for_run(settings, first_run, initial, false).policy;
     let t0 = Instant::now();
-    let mut engine = SqlDiff::stage(run.store(), settings, policy, Target::Run)?;
+    let mut engine = SqlDiff::stage(
+        run.store(),
+        settings,
+        policy,
+        Target::Run,
+        opts.retry_rejects,
+    )?;
     let staged = t0.elapsed();
     if stop.is_raised() {
         return Err(RunError::Interrupted);

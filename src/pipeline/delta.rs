@@ -14,7 +14,7 @@ use crate::core::pack::RowRef;
 use crate::core::run::Counts;
 use crate::core::value::Value;
 use crate::snapshot::LooseReject;
-use crate::state::Sink;
+use crate::state::{OpenRejects, Rejected, Sink};
 
 pub struct Apply<'a> {
     pub plan: &'a ColumnPlan,
@@ -26,6 +26,8 @@ pub struct Apply<'a> {
     /// The database mode: row keys are the key text (the key columns as JSON, already what
     /// people read), and rows have no line (a duplicate's reason lists none).
     pub text_keys: bool,
+    /// Open rejects under this run's rules: a row that matches its own is still rejected.
+    pub open: OpenRejects,
 }
 
 impl<'a> Apply<'a> {
@@ -47,6 +49,7 @@ impl<'a> Apply<'a> {
             rules: rules(settings),
             defer_removals: loose && settings.plan.has_key(),
             text_keys: settings.warehouse.is_some(),
+            open: OpenRejects::new(),
         }
     }
 
@@ -62,6 +65,7 @@ impl<'a> Apply<'a> {
             rules: rules(settings),
             defer_removals: true,
             text_keys: false,
+            open: OpenRejects::new(),
         }
     }
 }
@@ -108,6 +112,37 @@ impl Apply<'_> {
         display_key(key, self.plan.key_names())
     }
 
+    /// Whether the row is its open reject's row still; if so, it is counted and told to the
+    /// sink, and nothing else happens to it.
+    fn still<S: Sink>(
+        &self,
+        row: &SnapRow,
+        sink: &mut S,
+        counts: &mut Counts,
+    ) -> Result<bool, S::Error> {
+        if self.open.get(&row.key) != Some(&row.hash) {
+            return Ok(false);
+        }
+        sink.still_rejected(&row.key)?;
+        counts.still_rejected += 1;
+        Ok(true)
+    }
+
+    fn reject_row<S: Sink>(
+        &self,
+        row: &SnapRow,
+        rej: &Reject,
+        sink: &mut S,
+    ) -> Result<(), S::Error> {
+        let key = self.key_of(&row.key);
+        let at = Rejected {
+            key: Some(&key),
+            row: Some((&row.key, row.hash)),
+            line: Some(row.line),
+        };
+        sink.reject(at, rej)
+    }
+
     pub fn loose<S: Sink>(
         &self,
         loose: &[LooseReject],
@@ -115,7 +150,11 @@ impl Apply<'_> {
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
         for l in loose {
-            sink.reject(None, Some(l.line), &l.reject)?;
+            let at = Rejected {
+                line: Some(l.line),
+                ..Rejected::default()
+            };
+            sink.reject(at, &l.reject)?;
             counts.rejected += 1;
         }
         Ok(())
@@ -145,7 +184,7 @@ impl Apply<'_> {
                 counts.events += 1;
             }
             Err(rej) => {
-                sink.reject(Some(&self.key_of(&row.key)), Some(row.line), &rej)?;
+                self.reject_row(row, &rej, sink)?;
                 counts.rejected += 1;
                 keep(sink, base)?;
             }
@@ -163,6 +202,11 @@ impl Apply<'_> {
     ) -> Result<(), S::Error> {
         let (wants, write) = decide(&delta, self.policy);
         match delta {
+            Delta::Added { row, .. } | Delta::Changed { row, .. }
+                if self.still(&row, sink, counts)? =>
+            {
+                keep(sink, base)?;
+            }
             Delta::Added { row, reentry } => {
                 counts.added += 1;
                 counts.reentered += reentry as u64;
@@ -210,14 +254,23 @@ impl Apply<'_> {
                 let rej = Reject::new(None, "duplicate_key", reason);
                 let key = self.key_of(&rows[0].key);
                 for r in &rows {
-                    sink.reject(Some(&key), Some(r.line), &rej)?;
+                    // Not open: which of the rows would be the reject's cannot be said.
+                    let at = Rejected {
+                        key: Some(&key),
+                        row: None,
+                        line: Some(r.line),
+                    };
+                    sink.reject(at, &rej)?;
                     counts.rejected += 1;
                 }
                 keep(sink, base)?;
             }
             Delta::Bad { row, .. } => {
+                if self.still(&row, sink, counts)? {
+                    return keep(sink, base);
+                }
                 let rej = row.bad.clone().expect("a bad row carries its reject");
-                sink.reject(Some(&self.key_of(&row.key)), Some(row.line), &rej)?;
+                self.reject_row(&row, &rej, sink)?;
                 counts.rejected += 1;
                 keep(sink, base)?;
             }

@@ -82,6 +82,8 @@ impl RunError {
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub force: bool,
+    /// `--retry-rejects`: every open reject is tried again once, as if new.
+    pub retry_rejects: bool,
     pub initial: Option<Initial>,
     pub max_requests: Option<u64>,
     pub max_duration: Option<Duration>,

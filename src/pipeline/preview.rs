@@ -11,10 +11,10 @@ use crate::core::diff::BaseRow;
 use crate::core::encode::RowHash;
 use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, RowRef};
-use crate::core::run::{check_guards, Guards};
+use crate::core::run::check_guards;
 use crate::ship::StopFlag;
 use crate::snapshot::Payloads;
-use crate::state::{Outbox, Pending, Sink, StateStore};
+use crate::state::{OpenRejects, Outbox, Pending, Rejected, Sink, StateStore};
 use crate::store::Store;
 use crate::ui::Ui;
 use std::convert::Infallible;
@@ -28,6 +28,8 @@ pub struct PlanSummary {
     pub removed: u64,
     pub unchanged: u64,
     pub rejected: u64,
+    /// Rows still rejected (unchanged since their open reject): not sent, not counted above.
+    pub still_rejected: u64,
     /// Events a run would send now: the new ones and those pending from earlier runs.
     pub events: u64,
     pub new_events: u64,
@@ -80,15 +82,14 @@ impl Sink for Samples {
         }
         Ok(())
     }
-    fn reject(
-        &mut self,
-        key: Option<&str>,
-        line: Option<u64>,
-        r: &Reject,
-    ) -> Result<(), Infallible> {
+    fn reject(&mut self, at: Rejected<'_>, r: &Reject) -> Result<(), Infallible> {
         if self.rejects.len() < SAMPLE {
-            self.rejects.push(serde_json::json!({ "key": key, "line": line, "column": r.column, "rule": r.rule, "reason": r.reason }));
+            let key = at.key.map(crate::state::key_json);
+            self.rejects.push(serde_json::json!({ "key": key, "line": at.line, "column": r.column, "rule": r.rule, "reason": r.reason }));
         }
+        Ok(())
+    }
+    fn still_rejected(&mut self, _: &[u8]) -> Result<(), Infallible> {
         Ok(())
     }
 }
@@ -110,6 +111,10 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
         Some(s) => s.pending()?,
         None => Pending::default(),
     };
+    let open = match &store {
+        Some(s) if !opts.retry_rejects => s.open_rejects(&settings.rules_identity())?,
+        _ => OpenRejects::new(),
+    };
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let stop = StopFlag::default();
     let snap = diff::read_snapshot(settings, &stop, ui, diff::payloads(first_run, initial))?;
@@ -117,7 +122,7 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
     };
-    summarize(&mut engine, settings, opts, first_run, pending)
+    summarize(&mut engine, settings, opts, first_run, pending, open)
 }
 
 /// `plan` in the database mode: the run's transaction (stage, counts, fetch, map), rolled
@@ -135,8 +140,16 @@ fn plan_database(settings: &Settings, opts: &RunOptions) -> Result<PlanSummary, 
         settings,
         policy,
         crate::warehouse::diff::Target::Plan,
+        opts.retry_rejects,
     )?;
-    let summary = summarize(&mut engine, settings, opts, first_run, pending);
+    let summary = summarize(
+        &mut engine,
+        settings,
+        opts,
+        first_run,
+        pending,
+        OpenRejects::new(),
+    );
     drop(engine);
     store.db.settle()?;
     summary
@@ -149,17 +162,16 @@ fn summarize(
     opts: &RunOptions,
     first_run: bool,
     pending: Pending,
+    open: OpenRejects,
 ) -> Result<PlanSummary, RunError> {
     let initial = opts.initial.unwrap_or(settings.sync.initial);
-    let apply = Apply::for_run(settings, first_run, initial, !engine.loose().is_empty());
+    let mut apply = Apply::for_run(settings, first_run, initial, !engine.loose().is_empty());
+    apply.open = open;
     let stop = StopFlag::default();
     let mut samples = Samples::default();
     let diffed = diff::apply(engine, &apply, &mut samples, &stop)?;
     let counts = diffed.counts;
-    let guards = Guards {
-        max_added: settings.sync.max_added,
-        max_removed: settings.sync.max_removed,
-    };
+    let guards = settings.sync.guards();
     let guard = check_guards(guards, &counts, diffed.baseline_rows, first_run, opts.force)
         .err()
         .map(|g| g.to_string());
@@ -170,6 +182,7 @@ fn summarize(
         removed: counts.removed,
         unchanged: counts.unchanged,
         rejected: counts.rejected,
+        still_rejected: counts.still_rejected,
         events: if guard.is_some() {
             pending.events
         } else {

@@ -15,7 +15,7 @@ use super::delta::Apply;
 use super::diff::{self, DiffEngine};
 use super::{RunError, RunOptions};
 use crate::config::Settings;
-use crate::core::run::{check_guards, status, Guards, RunStatus, RunSummary};
+use crate::core::run::{check_guards, status, RunStatus, RunSummary};
 use crate::ship::client::{Client, Credentials};
 use crate::ship::{Halt, Progress, ShipOptions, StopFlag};
 use crate::state::{Commit, StateStore};
@@ -172,19 +172,20 @@ impl<'a, S: StateStore> Run<'a, S> {
         let settings = self.settings;
         let first_run = self.first_run()?;
         let initial = self.opts.initial.unwrap_or(settings.sync.initial);
-        let apply = Apply::for_run(settings, first_run, initial, !engine.loose().is_empty());
+        let rules = settings.rules_identity();
+        let mut apply = Apply::for_run(settings, first_run, initial, !engine.loose().is_empty());
+        if !self.opts.retry_rejects {
+            apply.open = self.store.open_rejects(&rules)?;
+        }
         if apply.defer_removals {
             tracing::warn!(rows = engine.loose().len(), "some rows could not be read far enough to know their key: removals are not recorded this run");
         }
         self.summary.counts.rows = engine.rows();
-        let mut writer = self
-            .store
-            .begin_run(&self.summary.started_at, self.summary.run_id)?;
+        let mut writer =
+            self.store
+                .begin_run(&self.summary.started_at, self.summary.run_id, &rules)?;
         let diffed = diff::apply(engine, &apply, &mut writer, self.stop)?;
-        let guards = Guards {
-            max_added: settings.sync.max_added,
-            max_removed: settings.sync.max_removed,
-        };
+        let guards = settings.sync.guards();
         check_guards(
             guards,
             &diffed.counts,

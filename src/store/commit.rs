@@ -19,7 +19,7 @@ use crate::core::encode::RowHash;
 use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::run::{Counts, RunStatus};
-use crate::state::{Commit, Sink};
+use crate::state::{Commit, Rejected, Sink};
 use rusqlite::{params, Transaction, TransactionBehavior};
 
 pub use crate::state::Committed;
@@ -30,6 +30,8 @@ pub struct RunWriter<'a> {
     run_id: i64,
     events: u64,
     layer: Option<LayerWriter>,
+    /// The mapping and rules this run's rejects and requests are recorded under.
+    rules: String,
 }
 
 pub fn request_id(run_id: i64, seq: u64) -> String {
@@ -43,6 +45,7 @@ impl Store {
         &self,
         started_at: &str,
         existing: Option<i64>,
+        rules: &str,
     ) -> Result<RunWriter<'_>> {
         let p = &self.path;
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
@@ -52,11 +55,16 @@ impl Store {
             run_id: 0,
             events: 0,
             layer: None,
+            rules: rules.to_string(),
         };
+        // run_open: the keys whose reject is open after this run (still rejected, or
+        // rejected now with their hash and reject record); every other open reject closes.
         self.conn
             .execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS new_event (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT NOT NULL, row TEXT NOT NULL);
-                 DELETE FROM temp.new_event;",
+                 DELETE FROM temp.new_event;
+                 CREATE TEMP TABLE IF NOT EXISTS run_open (key BLOB PRIMARY KEY, hash BLOB, reject_id INTEGER, still INTEGER NOT NULL) WITHOUT ROWID;
+                 DELETE FROM temp.run_open;",
             )
             .ctx(p)?;
         match existing {
@@ -120,8 +128,8 @@ impl RunWriter<'_> {
         {
             let mut insert = conn
                 .prepare_cached(
-                    "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                    "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state, rules)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
                 )
                 .ctx(&p)?;
             let mut write = |r: Packed, seq: &mut u64| -> Result<()> {
@@ -135,7 +143,8 @@ impl RunWriter<'_> {
                         r.operations as i64,
                         r.events as i64,
                         r.body.as_bytes(),
-                        manifest
+                        manifest,
+                        self.rules
                     ])
                     .ctx(&p)?;
                 written.requests += 1;
@@ -168,6 +177,24 @@ impl RunWriter<'_> {
             }
         }
         conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
+        conn.execute_batch(
+            "DELETE FROM open_reject WHERE key NOT IN (SELECT key FROM temp.run_open);",
+        )
+        .ctx(&p)?;
+        conn.execute(
+            "UPDATE open_reject SET last_run = ?1 WHERE key IN (SELECT key FROM temp.run_open WHERE still = 1)",
+            [self.run_id],
+        )
+        .ctx(&p)?;
+        conn.execute(
+            "INSERT INTO open_reject (key, hash, rules, first_run, last_run, reject_id)
+             SELECT key, hash, ?2, ?1, ?1, reject_id FROM temp.run_open WHERE still = 0
+             ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, rules = excluded.rules,
+                 last_run = excluded.last_run, reject_id = excluded.reject_id",
+            params![self.run_id, self.rules],
+        )
+        .ctx(&p)?;
+        conn.execute("DELETE FROM temp.run_open", []).ctx(&p)?;
         let status = if written.requests > 0 {
             RunStatus::Shipping
         } else {
@@ -175,7 +202,7 @@ impl RunWriter<'_> {
         };
         conn.execute(
             "UPDATE run SET status = ?2, rows = ?3, added = ?4, changed = ?5, removed = ?6, rejected = ?7, events = ?8,
-                    events_pending = ?8, unchanged = ?9, reentered = ?10
+                    events_pending = ?8, unchanged = ?9, reentered = ?10, still_rejected = ?11
              WHERE id = ?1",
             params![
                 self.run_id,
@@ -187,7 +214,8 @@ impl RunWriter<'_> {
                 counts.rejected as i64,
                 written.events as i64,
                 counts.unchanged as i64,
-                counts.reentered as i64
+                counts.reentered as i64,
+                counts.still_rejected as i64
             ],
         )
         .ctx(&p)?;
@@ -245,15 +273,32 @@ impl Sink for RunWriter<'_> {
         Ok(())
     }
 
-    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<()> {
+    fn reject(&mut self, at: Rejected<'_>, r: &Reject) -> Result<()> {
+        let conn = &self.store.conn;
+        let p = &self.store.path;
+        conn.prepare_cached(
+            "INSERT INTO reject (run_id, key, line, column_name, rule, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'local')",
+        )
+        .and_then(|mut s| {
+            s.execute(params![self.run_id, at.key, at.line.map(|l| l as i64), r.column, r.rule, r.reason])
+        })
+        .ctx(p)?;
+        if let Some((key, hash)) = at.row {
+            let id = conn.last_insert_rowid();
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO temp.run_open (key, hash, reject_id, still) VALUES (?1, ?2, ?3, 0)",
+            )
+            .and_then(|mut s| s.execute(params![key, &hash.0[..], id]))
+            .ctx(p)?;
+        }
+        Ok(())
+    }
+
+    fn still_rejected(&mut self, key: &[u8]) -> Result<()> {
         self.store
             .conn
-            .prepare_cached(
-                "INSERT INTO reject (run_id, key, line, column_name, rule, reason, source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'local')",
-            )
-            .and_then(|mut s| {
-                s.execute(params![self.run_id, key, line.map(|l| l as i64), r.column, r.rule, r.reason])
-            })
+            .prepare_cached("INSERT OR REPLACE INTO temp.run_open (key, still) VALUES (?1, 1)")
+            .and_then(|mut s| s.execute([key]))
             .ctx(&self.store.path)?;
         Ok(())
     }

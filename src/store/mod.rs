@@ -18,7 +18,7 @@ pub use baseline::BaselineIter;
 
 use crate::core::encode::RowHash;
 use crate::core::run::{Counts, RunStatus, RunSummary};
-use crate::state::{RunLog, StateStore};
+use crate::state::{OpenRejects, RunLog, StateStore};
 use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{
     params, Connection, OpenFlags, OptionalExtension, Transaction, TransactionBehavior,
@@ -47,17 +47,7 @@ impl<T> Ctx<T> for std::result::Result<T, rusqlite::Error> {
     }
 }
 
-/// A reject as `rejects` shows it.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct RejectRecord {
-    pub run_id: i64,
-    pub key: Option<String>,
-    pub line: Option<u64>,
-    pub column: Option<String>,
-    pub rule: String,
-    pub reason: String,
-    pub source: String,
-}
+pub use crate::state::RejectRecord;
 
 pub fn now_rfc3339() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
@@ -234,7 +224,7 @@ impl Store {
             .prepare(
                 "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
                         events_pending, requests, retries, error, unchanged, reentered, resumed_requests, duration_ms,
-                        sent_nothing_reason
+                        sent_nothing_reason, still_rejected
                  FROM run ORDER BY id DESC LIMIT ?1",
             )
             .ctx(&self.path)?;
@@ -260,6 +250,7 @@ impl Store {
                         unchanged: n(15)?,
                         reentered: n(16)?,
                         resumed_requests: n(17)?,
+                        still_rejected: n(20)?,
                     },
                     error: r.get(14)?,
                     duration_ms: n(18)?,
@@ -283,6 +274,7 @@ impl Store {
         let rows = st
             .query_map(params![run, limit as i64], |r| {
                 Ok(RejectRecord {
+                    first_run_id: None,
                     run_id: r.get(0)?,
                     key: r.get(1)?,
                     line: r.get::<_, Option<i64>>(2)?.map(|l| l as u64),
@@ -290,6 +282,44 @@ impl Store {
                     rule: r.get(4)?,
                     reason: r.get(5)?,
                     source: r.get(6)?,
+                })
+            })
+            .ctx(&self.path)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .ctx(&self.path)?;
+        Ok(rows)
+    }
+
+    /// The rows rejected now: the open rejects, one per key (the run that first rejected it,
+    /// the latest that found it rejected, its latest reject's reason), and the rejects of the
+    /// last committed run that cannot stay open (rows sharing a key, rows whose key could not
+    /// be read): those are found again by every run until fixed.
+    pub fn open_reject_list(&self, limit: usize) -> Result<Vec<RejectRecord>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT first_run, last_run, key, line, column_name, rule, reason, source FROM (
+                   SELECT o.first_run, o.last_run, r.key, r.line, r.column_name, r.rule, r.reason, r.source, r.id
+                   FROM open_reject o JOIN reject r ON r.id = o.reject_id
+                   UNION ALL
+                   SELECT r.run_id, r.run_id, r.key, r.line, r.column_name, r.rule, r.reason, r.source, r.id
+                   FROM reject r
+                   WHERE r.run_id = (SELECT max(id) FROM run WHERE committed = 1) AND r.source = 'local'
+                     AND NOT EXISTS (SELECT 1 FROM open_reject o WHERE o.reject_id = r.id)
+                 ) ORDER BY first_run, id LIMIT ?1",
+            )
+            .ctx(&self.path)?;
+        let rows = st
+            .query_map([limit as i64], |r| {
+                Ok(RejectRecord {
+                    first_run_id: Some(r.get(0)?),
+                    run_id: r.get(1)?,
+                    key: r.get(2)?,
+                    line: r.get::<_, Option<i64>>(3)?.map(|l| l as u64),
+                    column: r.get(4)?,
+                    rule: r.get(5)?,
+                    reason: r.get(6)?,
+                    source: r.get(7)?,
                 })
             })
             .ctx(&self.path)?
@@ -337,9 +367,10 @@ impl FromSql for RunStatus {
 /// The columns of a run record that its summary sets, in the order of [`summary_params`].
 const SUMMARY_COLUMNS: &str = "finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
     rejected = ?8, events = ?9, events_sent = ?10, events_pending = ?11, requests = ?12, retries = ?13, error = ?14,
-    unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19";
+    unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19,
+    still_rejected = ?20";
 
-fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 19] {
+fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 20] {
     use rusqlite::types::Value as V;
     let n = |v: u64| V::Integer(v as i64);
     let t = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
@@ -364,6 +395,7 @@ fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 19] {
         n(c.resumed_requests),
         n(s.duration_ms),
         t(&s.sent_nothing_reason),
+        n(c.still_rejected),
     ]
 }
 
@@ -443,8 +475,33 @@ impl StateStore for Store {
             .ctx(&self.path)
     }
 
-    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<commit::RunWriter<'_>> {
-        self.open_run(started_at, existing)
+    fn open_rejects(&self, rules: &str) -> Result<OpenRejects> {
+        let mut st = self
+            .conn
+            .prepare("SELECT key, hash FROM open_reject WHERE rules = ?1")
+            .ctx(&self.path)?;
+        let rows = st
+            .query_map([rules], |r| {
+                let key: Vec<u8> = r.get(0)?;
+                let hash: Vec<u8> = r.get(1)?;
+                let mut h = RowHash::default();
+                let n = hash.len().min(16);
+                h.0[..n].copy_from_slice(&hash[..n]);
+                Ok((key, h))
+            })
+            .ctx(&self.path)?
+            .collect::<rusqlite::Result<OpenRejects>>()
+            .ctx(&self.path)?;
+        Ok(rows)
+    }
+
+    fn begin_run(
+        &self,
+        started_at: &str,
+        existing: Option<i64>,
+        rules: &str,
+    ) -> Result<commit::RunWriter<'_>> {
+        self.open_run(started_at, existing, rules)
     }
 }
 
@@ -564,6 +621,7 @@ mod tests {
             requests: 11,
             retries: 12,
             resumed_requests: 13,
+            still_rejected: 14,
         };
         s.finish_run(id, &summary).unwrap();
         assert_eq!(s.runs(1).unwrap(), vec![summary]);
@@ -592,7 +650,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         {
-            let mut w = s.begin_run("x", None).unwrap();
+            let mut w = s.begin_run("x", None, "r").unwrap();
             w.put(b"k", RowHash([1; 16])).unwrap();
             // Dropped without a commit: rolled back.
         }
@@ -604,7 +662,7 @@ mod tests {
         assert!(s.runs(10).unwrap().is_empty());
 
         // A COMMIT that fails (here a deferred foreign key) rolls back too.
-        let mut w = s.begin_run("x", None).unwrap();
+        let mut w = s.begin_run("x", None, "r").unwrap();
         w.put(b"k", RowHash([1; 16])).unwrap();
         s.conn
             .execute_batch(
@@ -620,6 +678,6 @@ mod tests {
             "the failed commit's transaction is closed"
         );
         assert!(!s.has_baseline().unwrap());
-        s.begin_run("y", None).unwrap();
+        s.begin_run("y", None, "r").unwrap();
     }
 }

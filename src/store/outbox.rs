@@ -53,9 +53,22 @@ impl Store {
                 )
                 .and_then(|mut s| s.execute(params![run_id, row.key, column, rule, reason, req.id]))
                 .ctx(p)?;
+            let reject_id = self.conn.last_insert_rowid();
             let (Some(key), Some(hash)) = (unhex(&row.k), unhex(&row.h)) else {
                 continue;
             };
+            // Open under the rules its event was built with: the row, unchanged, is not sent
+            // again (DESIGN.md "Rows that stay rejected").
+            if let Some(rules) = &req.rules {
+                self.conn
+                    .prepare_cached(
+                        "INSERT INTO open_reject (key, hash, rules, first_run, last_run, reject_id) VALUES (?1, ?2, ?3, ?4, ?4, ?5)
+                         ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, rules = excluded.rules,
+                             last_run = excluded.last_run, reject_id = excluded.reject_id",
+                    )
+                    .and_then(|mut s| s.execute(params![key, hash, rules, run_id, reject_id]))
+                    .ctx(p)?;
+            }
             let held = self.baseline_get(&key)?;
             if held.is_none_or(|(h, _)| h.0[..] != hash[..]) {
                 continue; // a later run changed the entry since: leave it
@@ -102,7 +115,7 @@ impl Outbox for Store {
         let row = self
             .conn
             .query_row(
-                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM request
+                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts, rules FROM request
                  WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT 1",
                 [after.unwrap_or("")],
                 |r| {
@@ -115,12 +128,14 @@ impl Outbox for Store {
                         r.get::<_, Vec<u8>>(5)?,
                         r.get::<_, Vec<u8>>(6)?,
                         r.get::<_, i64>(7)?,
+                        r.get::<_, Option<String>>(8)?,
                     ))
                 },
             )
             .optional()
             .ctx(p)?;
-        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts)) = row else {
+        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts, rules)) = row
+        else {
             return Ok(None);
         };
         let endpoint = Endpoint::parse(&endpoint)
@@ -136,6 +151,7 @@ impl Outbox for Store {
             body,
             manifest,
             attempts: attempts as u32,
+            rules,
         }))
     }
 
@@ -212,8 +228,8 @@ impl Outbox for Store {
                 let events: usize = manifest.iter().map(Vec::len).sum();
                 s.conn
                     .execute(
-                        "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending')",
+                        "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state, rules)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
                         params![
                             id,
                             req.run_id,
@@ -221,7 +237,8 @@ impl Outbox for Store {
                             manifest.len() as i64,
                             events as i64,
                             body.as_bytes(),
-                            serde_json::to_vec(manifest).expect("manifest serialises")
+                            serde_json::to_vec(manifest).expect("manifest serialises"),
+                            req.rules
                         ],
                     )
                     .ctx(&s.path)?;

@@ -108,6 +108,21 @@ pub const MIGRATIONS: &[&str] = &[
     WHEN NEW.status NOT IN ('committing', 'shipping', 'committed', 'completed', 'partial', 'failed', 'interrupted')
     BEGIN SELECT RAISE(ABORT, 'run.status must be a RunStatus'); END;
     "#,
+    // 4: rows that stay rejected (DESIGN.md): the open rejects, one per key, with the hash and
+    // the rules it was rejected under and its latest reject record; requests keep the rules
+    // their events were built under (rows Batch drops become open rejects under them).
+    r#"
+    ALTER TABLE run ADD COLUMN still_rejected INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE request ADD COLUMN rules TEXT;
+    CREATE TABLE open_reject (
+        key       BLOB PRIMARY KEY,
+        hash      BLOB NOT NULL,
+        rules     TEXT NOT NULL,
+        first_run INTEGER NOT NULL,
+        last_run  INTEGER NOT NULL,
+        reject_id INTEGER NOT NULL REFERENCES reject(id)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// A migration's data step, run after its SQL in the same transaction.

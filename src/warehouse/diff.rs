@@ -117,11 +117,13 @@ fn read_error(e: StoreError) -> RunError {
 
 impl SqlDiff {
     /// Opens the run's transaction and stages the delta; the counts are known on return.
+    /// `retry_rejects`: rows still rejected are tried again (`run --retry-rejects`).
     pub fn stage(
         store: &DbStore,
         settings: &Settings,
         policy: Policy,
         target: Target,
+        retry_rejects: bool,
     ) -> Result<SqlDiff, RunError> {
         let db = store.db.clone();
         let src = match &settings.source {
@@ -173,6 +175,10 @@ impl SqlDiff {
         let h = sql::hash_expr(&cols);
         let t = &db.tables;
         let baseline = t.baseline();
+        let open = t.open_rejects();
+        // Rows whose key and hash are those of their open reject under these rules stay
+        // rejected (DESIGN.md "Rows that stay rejected"); no rules match under --retry-rejects.
+        let rules: Option<String> = (!retry_rejects).then(|| settings.rules_identity());
 
         db.begin()?;
         let delta = match target {
@@ -194,14 +200,16 @@ impl SqlDiff {
              ) AS u),
              g AS (SELECT k, (array_agg(h))[1] AS h, count(*) AS n FROM s GROUP BY k),
              j AS (
-               SELECT g.k AS gk, g.h, g.n, b.k AS bk, b.hash AS bh, b.present AS bp
+               SELECT g.k AS gk, g.h, g.n, b.k AS bk, b.hash AS bh, b.present AS bp, o.hash AS oh
                FROM g FULL JOIN {baseline} AS b ON b.k = g.k
+               LEFT JOIN {open} AS o ON o.k = g.k AND o.rules = $1::text
              ),
              x AS (
                SELECT coalesce(gk, bk) AS k, h, n, bh, bp,
                  CASE WHEN n IS NULL THEN 'removed'
                       WHEN gk IS NULL THEN 'null_key'
                       WHEN n > 1 THEN 'duplicate'
+                      WHEN oh = h THEN 'still_rejected'
                       WHEN bk IS NULL THEN 'added'
                       WHEN NOT bp THEN 'reentered'
                       ELSE 'changed' END AS kind
@@ -212,7 +220,7 @@ impl SqlDiff {
              INSERT INTO {delta} (seq, kind, k, hash, old_hash, old_present, n)
              SELECT row_number() OVER (ORDER BY k COLLATE \"C\" NULLS FIRST), kind, k, h, bh, bp, n FROM x"
         );
-        db.execute(&stage, &[]).map_err(read_error)?;
+        db.execute(&stage, &[&rules]).map_err(read_error)?;
         crate::crash::point("after_read");
 
         let mut by_kind = std::collections::HashMap::new();
@@ -240,8 +248,10 @@ impl SqlDiff {
         );
         let (_, dup_rows, dup_present) = count("duplicate");
         let (_, null_rows, _) = count("null_key");
-        let unchanged = present.saturating_sub(changed + removed + dup_present);
-        let rows = unchanged + changed + added + reentered + dup_rows + null_rows;
+        // A row still rejected is in the baseline (present) when it was a rejected change.
+        let (still, _, still_present) = count("still_rejected");
+        let unchanged = present.saturating_sub(changed + removed + dup_present + still_present);
+        let rows = unchanged + changed + added + reentered + dup_rows + null_rows + still;
 
         let mut settled = Diffed {
             baseline_rows: present,
@@ -249,6 +259,7 @@ impl SqlDiff {
         };
         settled.counts.unchanged = unchanged;
         settled.counts.removed = removed;
+        settled.counts.still_rejected = still;
         let mut fetch = Vec::new();
         let mut candidates = 0;
         for (kind, n) in [

@@ -291,7 +291,8 @@ fn table_defs(t: &Tables) -> Vec<(String, String)> {
               attempts integer NOT NULL DEFAULT 0,
               last_error text,
               answered_at text,
-              delivered_events bigint)"
+              delivered_events bigint,
+              rules text)"
                 .into(),
         ),
         (
@@ -305,6 +306,16 @@ fn table_defs(t: &Tables) -> Vec<(String, String)> {
               reason text NOT NULL,
               source text NOT NULL,
               request_id text)"
+                .into(),
+        ),
+        (
+            "open_rejects",
+            "(k text COLLATE \"C\" PRIMARY KEY,
+              hash bytea NOT NULL,
+              rules text NOT NULL,
+              first_run bigint NOT NULL,
+              last_run bigint NOT NULL,
+              reject_id bigint NOT NULL)"
                 .into(),
         ),
     ];

@@ -71,6 +71,9 @@ impl Tables {
     pub fn rejects(&self) -> String {
         self.table("rejects")
     }
+    pub fn open_rejects(&self) -> String {
+        self.table("open_rejects")
+    }
     /// For messages: `schema.name`, unquoted.
     pub fn describe(&self) -> String {
         format!("{}.{}_*", self.schema, self.name)

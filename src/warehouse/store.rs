@@ -21,8 +21,8 @@ use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{
-    Commit, Committed, Outbox, Pending, PendingRequest, Result, RunLog, Sink, StateStore,
-    StoreError,
+    Commit, Committed, OpenRejects, Outbox, Pending, PendingRequest, Rejected, Result, RunLog,
+    Sink, StateStore, StoreError,
 };
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;
@@ -109,6 +109,7 @@ impl DbStore {
         Ok(rows
             .iter()
             .map(|r| crate::store::RejectRecord {
+                first_run_id: None,
                 run_id: r.get(0),
                 key: r.get(1),
                 line: r.get::<_, Option<i64>>(2).map(|l| l as u64),
@@ -116,6 +117,42 @@ impl DbStore {
                 rule: r.get(4),
                 reason: r.get(5),
                 source: r.get(6),
+            })
+            .collect())
+    }
+
+    /// The rows rejected now, one per key (see the local store's).
+    pub fn open_reject_list(&self, limit: usize) -> Result<Vec<crate::store::RejectRecord>> {
+        self.db.settle()?;
+        let t = &self.db.tables;
+        let rows = self.db.query(
+            &format!(
+                "SELECT first_run, last_run, k, line, column_name, rule, reason, source FROM (
+                   SELECT o.first_run, o.last_run, r.k, r.line, r.column_name, r.rule, r.reason, r.source, r.id
+                   FROM {open} o JOIN {rejects} r ON r.id = o.reject_id
+                   UNION ALL
+                   SELECT r.run_id, r.run_id, r.k, r.line, r.column_name, r.rule, r.reason, r.source, r.id
+                   FROM {rejects} r
+                   WHERE r.run_id = (SELECT max(run_id) FROM {runs} WHERE committed) AND r.source = 'local'
+                     AND NOT EXISTS (SELECT 1 FROM {open} o WHERE o.reject_id = r.id)
+                 ) AS x ORDER BY first_run, id LIMIT $1",
+                open = t.open_rejects(),
+                rejects = t.rejects(),
+                runs = t.runs()
+            ),
+            &[&(limit as i64)],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| crate::store::RejectRecord {
+                first_run_id: Some(r.get(0)),
+                run_id: r.get(1),
+                key: r.get(2),
+                line: r.get::<_, Option<i64>>(3).map(|l| l as u64),
+                column: r.get(4),
+                rule: r.get(5),
+                reason: r.get(6),
+                source: r.get(7),
             })
             .collect())
     }
@@ -181,13 +218,27 @@ impl DbStore {
         let t = &db.tables;
         for row in rows {
             let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
-            db.execute(
-                &format!("INSERT INTO {} (run_id, k, column_name, rule, reason, source, request_id) VALUES ($1, $2, $3, $4, $5, 'batch', $6)", t.rejects()),
-                &[&run_id, &row.key, &column, &rule, &reason, &req.id],
-            )?;
+            let reject_id: i64 = db
+                .query_one(
+                    &format!("INSERT INTO {} (run_id, k, column_name, rule, reason, source, request_id) VALUES ($1, $2, $3, $4, $5, 'batch', $6) RETURNING id", t.rejects()),
+                    &[&run_id, &row.key, &column, &rule, &reason, &req.id],
+                )?
+                .get(0);
             let (Some(k), Some(hash)) = (k, unhex(&row.h)) else {
                 continue;
             };
+            // Open under the rules its event was built with: unchanged, it is not sent again.
+            if let Some(rules) = &req.rules {
+                db.execute(
+                    &format!(
+                        "INSERT INTO {} (k, hash, rules, first_run, last_run, reject_id) VALUES ($1, $2, $3, $4, $4, $5)
+                         ON CONFLICT (k) DO UPDATE SET hash = excluded.hash, rules = excluded.rules,
+                             last_run = excluded.last_run, reject_id = excluded.reject_id",
+                        t.open_rejects()
+                    ),
+                    &[&k, &hash, rules, &run_id, &reject_id],
+                )?;
+            }
             // Only where the baseline still holds what the sending run wrote.
             match &row.prev {
                 None => {
@@ -310,7 +361,7 @@ impl Outbox for DbStore {
         self.db.settle()?;
         let Some(r) = self.db.query_opt(
             &format!(
-                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts FROM {}
+                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts, rules FROM {}
                  WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT 1",
                 self.db.tables.outbox()
             ),
@@ -333,6 +384,7 @@ impl Outbox for DbStore {
             body: r.get::<_, Vec<u8>>(5),
             manifest,
             attempts: r.get::<_, i32>(7) as u32,
+            rules: r.get(8),
             id,
         }))
     }
@@ -403,8 +455,8 @@ impl Outbox for DbStore {
                 let events: usize = manifest.iter().map(Vec::len).sum();
                 db.execute(
                     &format!(
-                        "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state)
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+                        "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state, rules)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
                         db.tables.outbox()
                     ),
                     &[
@@ -415,6 +467,7 @@ impl Outbox for DbStore {
                         &(events as i64),
                         &body.as_bytes(),
                         &serde_json::to_vec(manifest).expect("manifest serialises"),
+                        &req.rules,
                     ],
                 )?;
             }
@@ -462,8 +515,18 @@ impl StateStore for DbStore {
         Ok(self.meta("last_commit")?.is_some())
     }
 
+    /// None here: the stage statement matches rows with their open rejects in SQL.
+    fn open_rejects(&self, _rules: &str) -> Result<OpenRejects> {
+        Ok(OpenRejects::new())
+    }
+
     /// Continues the transaction the diff opened (or opens one): the run record is written in it.
-    fn begin_run(&self, started_at: &str, existing: Option<i64>) -> Result<DbCommit<'_>> {
+    fn begin_run(
+        &self,
+        started_at: &str,
+        existing: Option<i64>,
+        rules: &str,
+    ) -> Result<DbCommit<'_>> {
         let db = &self.db;
         if !db.in_tx() {
             db.begin()?;
@@ -495,6 +558,8 @@ impl StateStore for DbStore {
             seq: 0,
             written: Committed::default(),
             rejected_seqs: Vec::new(),
+            open: (Vec::new(), Vec::new(), Vec::new()),
+            rules: rules.to_string(),
             puts: 0,
             done: false,
         })
@@ -512,6 +577,9 @@ pub struct DbCommit<'a> {
     written: Committed,
     /// Delta rows (by `seq`) this run rejected: their baseline entries stay as they were.
     rejected_seqs: Vec<i64>,
+    /// The rows this run rejected that stay open: key texts, hashes, reject records.
+    open: (Vec<String>, Vec<Vec<u8>>, Vec<i64>),
+    rules: String,
     /// Rows `Apply` put: checked against what the baseline statement writes for fetched rows.
     puts: u64,
     done: bool,
@@ -524,8 +592,8 @@ impl DbCommit<'_> {
         let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
         db.execute(
             &format!(
-                "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending')",
+                "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state, rules)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'pending', $8)",
                 db.tables.outbox()
             ),
             &[
@@ -536,6 +604,7 @@ impl DbCommit<'_> {
                 &(r.events as i64),
                 &r.body.as_bytes(),
                 &manifest,
+                &self.rules,
             ],
         )?;
         self.written.requests += 1;
@@ -588,19 +657,32 @@ impl Sink for DbCommit<'_> {
         Ok(())
     }
 
-    /// `line` is the delta row's `seq` (the database mode's rows have no line of their own).
-    fn reject(&mut self, key: Option<&str>, line: Option<u64>, r: &Reject) -> Result<()> {
+    /// `at.line` is the delta row's `seq` (the database mode's rows have no line of their own).
+    fn reject(&mut self, at: Rejected<'_>, r: &Reject) -> Result<()> {
         let db = &self.store.db;
-        db.execute(
-            &format!(
-                "INSERT INTO {} (run_id, k, column_name, rule, reason, source) VALUES ($1, $2, $3, $4, $5, 'local')",
-                db.tables.rejects()
-            ),
-            &[&self.run_id, &key, &r.column, &r.rule, &r.reason],
-        )?;
-        if let Some(seq) = line.filter(|l| *l > 0) {
+        let id: i64 = db
+            .query_one(
+                &format!(
+                    "INSERT INTO {} (run_id, k, column_name, rule, reason, source) VALUES ($1, $2, $3, $4, $5, 'local') RETURNING id",
+                    db.tables.rejects()
+                ),
+                &[&self.run_id, &at.key, &r.column, &r.rule, &r.reason],
+            )?
+            .get(0);
+        if let Some(seq) = at.line.filter(|l| *l > 0) {
             self.rejected_seqs.push(seq as i64);
         }
+        if let Some((k, hash)) = at.row {
+            self.open.0.push(String::from_utf8_lossy(k).into_owned());
+            self.open.1.push(hash.0.to_vec());
+            self.open.2.push(id);
+        }
+        Ok(())
+    }
+
+    /// Never asked here: the stage statement finds the rows still rejected, and the commit
+    /// keeps their open rejects from the delta table.
+    fn still_rejected(&mut self, _: &[u8]) -> Result<()> {
         Ok(())
     }
 }
@@ -641,6 +723,29 @@ impl Commit for DbCommit<'_> {
                 b = t.baseline()
             ),
             &[&self.run_id, &kinds, &self.rejected_seqs],
+        )?;
+        // Open rejects: the rows still rejected keep theirs, the rows rejected now open (or
+        // renew) one; every other closes (the row changed, was fixed, or left).
+        let open = t.open_rejects();
+        db.execute(
+            &format!(
+                "DELETE FROM {open} WHERE k NOT IN (SELECT k FROM {delta} WHERE kind = 'still_rejected')
+                   AND NOT (k = ANY($1))"
+            ),
+            &[&self.open.0],
+        )?;
+        db.execute(
+            &format!("UPDATE {open} SET last_run = $1 WHERE k IN (SELECT k FROM {delta} WHERE kind = 'still_rejected')"),
+            &[&self.run_id],
+        )?;
+        db.execute(
+            &format!(
+                "INSERT INTO {open} (k, hash, rules, first_run, last_run, reject_id)
+                 SELECT k, hash, $4, $5, $5, id FROM unnest($1::text[], $2::bytea[], $3::bigint[]) AS n(k, hash, id)
+                 ON CONFLICT (k) DO UPDATE SET hash = excluded.hash, rules = excluded.rules,
+                     last_run = excluded.last_run, reject_id = excluded.reject_id"
+            ),
+            &[&self.open.0, &self.open.1, &self.open.2, &self.rules, &self.run_id],
         )?;
         let status = if self.written.requests > 0 {
             RunStatus::Shipping

@@ -309,14 +309,14 @@ fn a_forced_truncation_turns_the_next_good_run_into_re_entry_events_which_max_ad
 
 #[test]
 fn a_doubled_segment_is_refused_by_max_added_and_accepted_with_force() {
-    let (em, d) = baseline_of(100);
+    let (em, d) = baseline_of(150);
     let before = dump(&d.state());
-    write_orders(&d, 0..200, Customers::Unique);
+    write_orders(&d, 0..300, Customers::Unique);
     let refused = run_bin(&d, &["run", "--json"], None);
     refused.expect_code(1, "a run over a doubled segment");
     for needle in [
-        "100 rows added",
-        "baseline of 100 rows",
+        "150 rows added",
+        "baseline of 150 rows",
         "max_added",
         "--force",
     ] {
@@ -326,7 +326,7 @@ fn a_doubled_segment_is_refused_by_max_added_and_accepted_with_force() {
             refused.stderr
         );
     }
-    assert_eq!(em.received().len(), 100, "nothing sent");
+    assert_eq!(em.received().len(), 150, "nothing sent");
     assert_eq!(
         dump(&d.state()),
         before,
@@ -335,11 +335,11 @@ fn a_doubled_segment_is_refused_by_max_added_and_accepted_with_force() {
 
     let forced = sync(&d, &["--force"]);
     forced.expect_code(0, "the same run with --force");
-    assert_eq!(forced.json()["events_sent"], 100);
+    assert_eq!(forced.json()["events_sent"], 150);
     let got = em.received();
     assert_eq!(duplicates(&got), 0);
-    let ids: Vec<String> = got[100..].iter().map(|r| r.custom_id.clone()).collect();
-    let want: Vec<String> = (100..200)
+    let ids: Vec<String> = got[150..].iter().map(|r| r.custom_id.clone()).collect();
+    let want: Vec<String> = (150..300)
         .map(|i| format!("user{i:06}@example.com"))
         .collect();
     assert_eq!(ids, want, "exactly the added rows");

@@ -3,6 +3,7 @@
 
 use crate::common::*;
 use batchsync::emulate::{Faults, Scripted};
+use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
 fn day1(dir: &Dir, endpoint: &str) {
@@ -44,8 +45,11 @@ fn partial_errors_become_rejects_with_batchs_reason_and_are_retried_once_fixed()
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
     let rejects = rejects.as_array().unwrap();
     assert_eq!(rejects.len(), 2);
-    let keys: Vec<&str> = rejects.iter().map(|r| r["key"].as_str().unwrap()).collect();
-    assert_eq!(keys, vec!["{\"order_id\":1001}", "{\"order_id\":1004}"]);
+    let keys: Vec<&Value> = rejects.iter().map(|r| &r["key"]).collect();
+    assert_eq!(
+        keys,
+        vec![&json!({"order_id": 1001}), &json!({"order_id": 1004})]
+    );
     assert!(
         rejects
             .iter()
@@ -54,12 +58,42 @@ fn partial_errors_become_rejects_with_batchs_reason_and_are_retried_once_fixed()
     );
     assert_eq!(emu.received().len(), 10);
 
-    // Once Batch takes them, the same rows go out: the baseline was put back.
+    // Unchanged, they are still rejected: not sent again, not new rejects (exit 0).
     emu.set_faults(Faults::default());
     let (code, s) = dir.sync();
     assert_eq!(code, 0, "{s}");
+    assert_eq!(
+        (
+            s["events_sent"].as_u64(),
+            s["rejected"].as_u64(),
+            s["still_rejected"].as_u64(),
+            s["added"].as_u64()
+        ),
+        (Some(0), Some(0), Some(2), Some(0)),
+        "{s}"
+    );
+    assert_eq!(emu.received().len(), 10);
+    let (_, open) = json_of(dir.run(&["rejects", "--json"]));
+    assert_eq!(open.as_array().unwrap().len(), 2, "{open}");
+    assert_eq!(
+        (open[0]["first_run_id"].as_i64(), open[0]["run_id"].as_i64()),
+        (Some(1), Some(2)),
+        "{open}"
+    );
+
+    // --retry-rejects tries them once more; Batch takes them now: the baseline was put back.
+    let (code, s) = dir.sync_with(&["--retry-rejects"]);
+    assert_eq!(code, 0, "{s}");
     assert_eq!(s["events_sent"], 2);
     assert!(multiplicity(&emu).values().all(|&n| n == 1));
+    let (_, open) = json_of(dir.run(&["rejects", "--json"]));
+    assert_eq!(open, json!([]));
+    let (_, all) = json_of(dir.run(&["rejects", "--json", "--all"]));
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        2,
+        "the history keeps them: {all}"
+    );
 }
 
 #[test]
@@ -223,7 +257,7 @@ fn a_400_on_a_request_is_split_to_isolate_the_bad_operation() {
         (Some(11), Some(1), Some(0))
     );
     let (_, rejects) = json_of(dir.run(&["rejects", "--json"]));
-    assert_eq!(rejects[0]["key"], "{\"order_id\":1002}");
+    assert_eq!(rejects[0]["key"], json!({"order_id": 1002}));
     assert_eq!(rejects[0]["source"], "batch");
     assert!(multiplicity(&emu).values().all(|&n| n == 1));
     assert!(!emu

@@ -375,7 +375,7 @@ fn bad_rows_are_rejected_with_line_column_and_rule_and_the_rest_is_sent() {
     let nan = &find("type")[..];
     assert!(
         nan.iter()
-            .any(|r| r["column"] == "amount" && r["key"] == "{\"order_id\":1001}"),
+            .any(|r| r["column"] == "amount" && r["key"] == serde_json::json!({"order_id": 1001})),
         "{rejects:?}"
     );
     assert!(nan.iter().any(|r| r["column"] == "gift"), "{rejects:?}");
@@ -666,10 +666,20 @@ fn the_baseline_stays_exact_through_many_runs_and_compactions() {
         let (csv, bad) = evolving_segment(version);
         dir.write("orders.csv", &csv);
         let (code, s) = dir.sync_with(&["--initial", "baseline"]);
-        // Rejects make a run partial (exit 3).
+        // New rejects make a run partial (exit 3); rows rejected as they were last time are
+        // still rejected, counted apart.
+        let new_rejects = s["rejected"].as_u64().unwrap();
+        assert_eq!(
+            code,
+            if new_rejects > 0 { 3 } else { 0 },
+            "version {version}: {s}"
+        );
+        assert_eq!(
+            new_rejects + s["still_rejected"].as_u64().unwrap(),
+            bad.len() as u64,
+            "{s}"
+        );
         let partial = if bad.is_empty() { 0 } else { 3 };
-        assert_eq!(code, partial, "version {version}: {s}");
-        assert_eq!(s["rejected"].as_u64(), Some(bad.len() as u64), "{s}");
 
         // What the good rows hash to: a fresh store's first run over the same file.
         let fresh = Dir::new();
@@ -741,4 +751,101 @@ fn status_shows_a_run_whose_process_died_while_shipping_as_interrupted() {
     assert_eq!(v["events_sent"], 12);
     let (_, s) = json_of(dir.run(&["status", "--json"]));
     assert_eq!(s["runs"][1]["status"], "interrupted");
+}
+
+#[test]
+fn rows_that_stay_rejected_are_not_added_again_nor_counted_by_the_guards_nor_a_reason_for_exit_3() {
+    let emu = emulator();
+    let dir = Dir::new();
+    dir.orders_config(&emu.endpoint());
+    let head = "order_id,customer_email,ordered_at,amount,currency,gift,campaign,status\n";
+    let good = "1001,ada@example.com,2026-11-20T09:15:00Z,42.50,EUR,false,,paid\n";
+    let bad_amount = "1002,grace@example.com,2026-11-20T10:02:11Z,twelve,EUR,true,,paid\n";
+    let no_id = "1003,,2026-11-20T11:00:00Z,7.00,EUR,false,,paid\n";
+    dir.write("orders.csv", format!("{head}{good}{bad_amount}{no_id}"));
+    let (code, first) = dir.sync();
+    assert_eq!(code, 3, "{first}");
+    assert_eq!(
+        (first["rejected"].as_u64(), first["events_sent"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+
+    // One good row appended: the two rejected rows are still rejected, not "2 added" against a
+    // baseline of 1 (which max_added = 50% would refuse), and not a reason for exit 3.
+    let more = "1004,alan@example.com,2026-11-20T12:00:00Z,3.00,EUR,false,,paid\n";
+    dir.write(
+        "orders.csv",
+        format!("{head}{good}{bad_amount}{no_id}{more}"),
+    );
+    let (code, second) = dir.sync();
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(
+        (
+            second["added"].as_u64(),
+            second["rejected"].as_u64(),
+            second["still_rejected"].as_u64(),
+            second["events_sent"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2), Some(1)),
+        "{second}"
+    );
+    let out = dir.run(&["run"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("2 rows are still rejected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // `rejects` shows one line per row rejected now, with the run that first rejected it.
+    let (_, open) = json_of(dir.run(&["rejects", "--json"]));
+    let open = open.as_array().unwrap().clone();
+    assert_eq!(open.len(), 2, "{open:?}");
+    assert_eq!(open[0]["key"], serde_json::json!({"order_id": 1002}));
+    assert_eq!(
+        (open[0]["first_run_id"].as_i64(), open[0]["run_id"].as_i64()),
+        (Some(1), Some(3))
+    );
+    let table = String::from_utf8_lossy(&dir.run(&["rejects"]).stdout).into_owned();
+    assert!(table.lines().next().unwrap().starts_with("key "), "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+
+    // Fixing one makes it new again: added and sent; the other stays rejected.
+    let fixed = bad_amount.replace("twelve", "12.00");
+    dir.write("orders.csv", format!("{head}{good}{fixed}{no_id}{more}"));
+    let (code, third) = dir.sync();
+    assert_eq!(code, 0, "{third}");
+    assert_eq!(
+        (
+            third["added"].as_u64(),
+            third["still_rejected"].as_u64(),
+            third["events_sent"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{third}"
+    );
+
+    // Other rules make the last one new again: rejected anew (exit 3).
+    dir.edit_config(
+        "late_events = \"send\"",
+        "late_events = \"send_without_time\"",
+    );
+    let (code, fourth) = dir.sync();
+    assert_eq!(code, 3, "{fourth}");
+    assert_eq!(
+        (
+            fourth["rejected"].as_u64(),
+            fourth["still_rejected"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{fourth}"
+    );
+    let (_, open) = json_of(dir.run(&["rejects", "--json"]));
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(
+        open[0]["first_run_id"].as_i64(),
+        Some(1),
+        "still the run that first rejected it: {open}"
+    );
+    assert_eq!(emu.received().len(), 3);
 }

@@ -76,22 +76,30 @@ impl Sync {
 
     /// Every row of every table of the sync, as text: what "changes nothing" compares.
     fn dump(&self) -> String {
-        ["meta", "runs", "baseline", "delta", "outbox", "rejects"]
-            .iter()
-            .map(|s| {
-                let rows = self
-                    .pg
-                    .rt
-                    .block_on(self.pg.client.query(
-                        &format!("SELECT t::text FROM {} t ORDER BY 1", self.table_of(s)),
-                        &[],
-                    ))
-                    .unwrap();
-                let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-                format!("{s}: {}", rows.join("\n"))
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        [
+            "meta",
+            "runs",
+            "baseline",
+            "delta",
+            "outbox",
+            "rejects",
+            "open_rejects",
+        ]
+        .iter()
+        .map(|s| {
+            let rows = self
+                .pg
+                .rt
+                .block_on(self.pg.client.query(
+                    &format!("SELECT t::text FROM {} t ORDER BY 1", self.table_of(s)),
+                    &[],
+                ))
+                .unwrap();
+            let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+            format!("{s}: {}", rows.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
     }
 
     fn setup(&self) {
@@ -159,7 +167,7 @@ fn setup_says_what_it_created_and_check_verifies_without_writing() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(created.len(), 7, "{first}");
+    assert_eq!(created.len(), 8, "{first}");
     assert!(created[0].starts_with("schema "), "{first}");
     assert!(
         created.iter().any(|c| c.ends_with("\"orders_outbox\"")),
@@ -168,7 +176,7 @@ fn setup_says_what_it_created_and_check_verifies_without_writing() {
     let (code, second) = json_of(s.dir.run(&["setup", "--json"]));
     assert_eq!(code, 0);
     assert_eq!(second["created"], Value::Array(vec![]), "{second}");
-    assert_eq!(second["existing"].as_array().unwrap().len(), 6);
+    assert_eq!(second["existing"].as_array().unwrap().len(), 7);
 
     let before = s.dump();
     let (code, check) = json_of(s.dir.run(&["check", "--json"]));
@@ -328,7 +336,8 @@ fn plan_in_the_database_mode_maps_the_delta_and_writes_nothing() {
         "{plan}"
     );
     assert_eq!(
-        plan["rejects_sample"][0]["key"], "{\"order_id\":12}",
+        plan["rejects_sample"][0]["key"],
+        serde_json::json!({"order_id": 12}),
         "{plan}"
     );
     assert_eq!(plan["rejects_sample"][0]["column"], "email", "{plan}");
@@ -344,7 +353,11 @@ fn plan_in_the_database_mode_maps_the_delta_and_writes_nothing() {
         "{run}"
     );
     let (_, rejects) = json_of(s.dir.run(&["rejects", "--json"]));
-    assert_eq!(rejects[0]["key"], "{\"order_id\":12}", "{rejects}");
+    assert_eq!(
+        rejects[0]["key"],
+        serde_json::json!({"order_id": 12}),
+        "{rejects}"
+    );
     assert_eq!(rejects[0]["rule"], "custom_id_empty", "{rejects}");
     // The rejected row did not enter the baseline: it is tried again once fixed.
     assert_eq!(s.count("baseline", "WHERE k = '{\"order_id\":12}'"), 0);
@@ -527,7 +540,11 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     );
     let (_, rejects) = json_of(s.dir.run(&["rejects", "--json"]));
     assert_eq!(rejects[0]["source"], "batch", "{rejects}");
-    assert_eq!(rejects[0]["key"], "{\"order_id\":3}", "{rejects}");
+    assert_eq!(
+        rejects[0]["key"],
+        serde_json::json!({"order_id": 3}),
+        "{rejects}"
+    );
     // A new key Batch dropped leaves the baseline: the next run adds it again.
     assert_eq!(s.count("baseline", "WHERE k = '{\"order_id\":3}'"), 0);
 
@@ -553,9 +570,14 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     ));
     let (code, second) = s.dir.sync();
     assert_eq!(code, 3, "{second}");
+    // o3 is still rejected (unchanged since Batch dropped it): not sent again.
     assert_eq!(
-        (second["changed"].as_u64(), second["rejected"].as_u64()),
-        (Some(1), Some(2)),
+        (
+            second["changed"].as_u64(),
+            second["rejected"].as_u64(),
+            second["still_rejected"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
         "{second}"
     );
     assert_eq!(
@@ -565,7 +587,19 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     );
 
     emu.set_faults(Faults::default());
-    let (code, third) = s.dir.sync();
+    // Unchanged, both stay rejected; --retry-rejects sends them once more.
+    let (code, still) = s.dir.sync();
+    assert_eq!(code, 0, "{still}");
+    assert_eq!(
+        (
+            still["still_rejected"].as_u64(),
+            still["events_sent"].as_u64(),
+            still["rejected"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0)),
+        "{still}"
+    );
+    let (code, third) = s.dir.sync_with(&["--retry-rejects"]);
     assert_eq!(code, 0, "{third}");
     assert_eq!(
         (
