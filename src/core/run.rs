@@ -412,6 +412,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[rstest]
     #[case::under(Guard::Percent(50.0), 50, 0, 0, 200, false, false, true)]
     #[case::over_percent(Guard::Percent(50.0), 101, 0, 0, 200, false, false, false)]
@@ -434,7 +435,6 @@ mod tests {
     #[case::removals(Guard::Off, 0, 101, 0, 150, false, false, false)]
     #[case::small_removals(Guard::Off, 0, 6, 0, 10, false, false, true)]
     #[case::changes(Guard::Off, 0, 0, 101, 150, false, false, false)]
-    #[allow(clippy::too_many_arguments)]
     fn the_guards_refuse_a_delta_larger_than_they_allow(
         #[case] max_added: Guard,
         #[case] added: u64,
