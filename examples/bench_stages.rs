@@ -215,7 +215,10 @@ impl Sink for Nothing {
         std::hint::black_box(e);
         Ok(())
     }
-    fn reject(&mut self, _: Option<&str>, _: Option<u64>, _: &Reject) -> Result<(), Self::Error> {
+    fn still_rejected(&mut self, _: &[u8]) -> Result<(), Self::Error> {
+        Ok(())
+    }
+    fn reject(&mut self, _: batchsync::state::Rejected<'_>, _: &Reject) -> Result<(), Self::Error> {
         Ok(())
     }
 }
@@ -258,7 +261,7 @@ fn write(s: &Settings) -> Res<Timed> {
     let first_run = !store.has_baseline()?;
     let a = Apply::for_run(s, first_run, s.sync.initial, !snap.loose.is_empty());
     let reader = store.reader()?;
-    let mut writer = store.begin_run(&batchsync::store::now_rfc3339(), None)?;
+    let mut writer = store.begin_run(&batchsync::store::now_rfc3339(), None, "bench")?;
     let mut engine = LocalDiff::new(snap, reader.baseline_iter());
     let diffed = pipeline::diff::apply(&mut engine, &a, &mut writer, &StopFlag::default())?;
     let ms = since(t);
