@@ -412,34 +412,22 @@ mod tests {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     #[rstest]
-    #[case::under(Guard::Percent(50.0), 50, 0, 0, 200, false, false, true)]
-    #[case::over_percent(Guard::Percent(50.0), 101, 0, 0, 200, false, false, false)]
-    #[case::a_small_delta_never_trips_a_percentage(
-        Guard::Percent(50.0),
-        100,
-        0,
-        0,
-        10,
-        false,
-        false,
-        true
-    )]
-    #[case::over_count(Guard::Count(5), 6, 0, 0, 1000, false, false, false)]
-    #[case::exact_count(Guard::Count(5), 5, 0, 0, 1000, false, false, true)]
-    #[case::a_count_is_exact_even_when_small(Guard::Count(1), 2, 0, 0, 1000, false, false, false)]
-    #[case::off(Guard::Off, 1000, 0, 0, 1, false, false, true)]
-    #[case::first_run(Guard::Count(0), 100, 0, 0, 0, true, false, true)]
-    #[case::forced(Guard::Count(0), 100, 0, 0, 10, false, true, true)]
-    #[case::removals(Guard::Off, 0, 101, 0, 150, false, false, false)]
-    #[case::small_removals(Guard::Off, 0, 6, 0, 10, false, false, true)]
-    #[case::changes(Guard::Off, 0, 0, 101, 150, false, false, false)]
+    #[case::under(Guard::Percent(50.0), (50, 0, 0), 200, false, false, true)]
+    #[case::over_percent(Guard::Percent(50.0), (101, 0, 0), 200, false, false, false)]
+    #[case::small_deltas_never_trip_a_percentage(Guard::Percent(50.0), (100, 0, 0), 10, false, false, true)]
+    #[case::over_count(Guard::Count(5), (6, 0, 0), 1000, false, false, false)]
+    #[case::exact_count(Guard::Count(5), (5, 0, 0), 1000, false, false, true)]
+    #[case::a_count_is_exact_even_when_small(Guard::Count(1), (2, 0, 0), 1000, false, false, false)]
+    #[case::off(Guard::Off, (1000, 0, 0), 1, false, false, true)]
+    #[case::first_run(Guard::Count(0), (100, 0, 0), 0, true, false, true)]
+    #[case::forced(Guard::Count(0), (100, 0, 0), 10, false, true, true)]
+    #[case::removals(Guard::Off, (0, 101, 0), 150, false, false, false)]
+    #[case::small_removals(Guard::Off, (0, 6, 0), 10, false, false, true)]
+    #[case::changes(Guard::Off, (0, 0, 101), 150, false, false, false)]
     fn the_guards_refuse_a_delta_larger_than_they_allow(
         #[case] max_added: Guard,
-        #[case] added: u64,
-        #[case] removed: u64,
-        #[case] changed: u64,
+        #[case] (added, removed, changed): (u64, u64, u64),
         #[case] baseline: u64,
         #[case] first_run: bool,
         #[case] force: bool,
