@@ -12,6 +12,7 @@
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
 //! - `layout`: this binary holds every test file.
+//! - `tls`: TLS to PostgreSQL and MariaDB servers the tests start, with certificates they make.
 
 mod common;
 
@@ -23,3 +24,4 @@ mod emulator;
 mod layout;
 mod ship;
 mod sync;
+mod tls;
