@@ -578,7 +578,11 @@ mod tests {
         &[("sslrootcert", "/etc/ca x.pem")],
         "mysql://u@h/db?a=1&b=2"
     )]
-    #[case("postgres://u@h/db?sslmode=prefer&sslmode=disable", &[("sslmode", "prefer"), ("sslmode", "disable")], "postgres://u@h/db")]
+    #[case(
+        "postgres://u@h/db?sslmode=prefer&sslmode=disable",
+        &[("sslmode", "prefer"), ("sslmode", "disable")],
+        "postgres://u@h/db"
+    )]
     fn url_parameters_are_taken_out_decoded(
         #[case] url: &str,
         #[case] taken: &[(&str, &str)],

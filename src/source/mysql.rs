@@ -13,10 +13,11 @@
 //!     the PEM file `sslrootcert=FILE` names, else the Mozilla roots, and the name against the
 //!     host. Never a fallback.
 //!
-//!   MySQL's URI spellings are read too: `ssl-mode=DISABLED|PREFERRED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY`
-//!   (`REQUIRED` checks the certificate here, as `require` does) and `ssl-ca=FILE`. The
-//!   driver's own TLS switches (`require_ssl`, `verify_ca`, `verify_identity`,
-//!   `built_in_roots`) are refused: they can check half a certificate.
+//!   MySQL's URI spellings are read too:
+//!   `ssl-mode=DISABLED|PREFERRED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY` (`REQUIRED` checks the
+//!   certificate here, as `require` does) and `ssl-ca=FILE`. The driver's own TLS switches
+//!   (`require_ssl`, `verify_ca`, `verify_identity`, `built_in_roots`) are refused: they can
+//!   check half a certificate.
 //! - batchsync connects where the URL says: over TCP to its host and port, or through the
 //!   Unix socket `socket=PATH` names (no TLS there: the bytes stay on the machine).
 //!   mysql_async would otherwise move to the socket path the server reports

@@ -9,8 +9,9 @@
 //!   names, else from `PGPASSWORD`. Without a user, `PGUSER`, then `USER`, as libpq does.
 //! - Hosts are tried in order (`host=a,b`, `hostaddr`, one port or one per host,
 //!   `load_balance_hosts=random`, `target_session_attrs`), each address a name resolves to in
-//!   turn, as libpq does; the error lists every attempt. A Unix-socket host (`host=/run/postgresql`)
-//!   works, without TLS: PostgreSQL never offers it there.
+//!   turn, as libpq does; the error lists every attempt. A Unix-socket host
+//!   (`host=/run/postgresql`) works, without TLS: PostgreSQL never offers it there, so
+//!   `prefer` goes plain and `require` fails.
 //! - `sslmode` (rustls; see `db::Tls` for the rule and why):
 //!   - `disable`: plain TCP.
 //!   - `prefer`, the default when the URL says nothing, as in libpq: TLS when the server offers
@@ -632,7 +633,12 @@ impl Job {
             }
         }
         drop(client);
-        tracing::debug!(source = %self.what, rows = feed.rows(), bytes_received = target.received(), "query read");
+        tracing::debug!(
+            source = %self.what,
+            rows = feed.rows(),
+            bytes_received = target.received(),
+            "query read"
+        );
         feed.done();
     }
 }
