@@ -1,6 +1,7 @@
 //! What the database sources share: the settings of one query, the thread that runs a driver
 //! beside the pipeline, the bounded channel that hands its rows to [`Source::next_row`],
-//! resolving the plan's columns against the result, and the password from the environment.
+//! resolving the plan's columns against the result, the password from the environment, and
+//! how `sslmode` is read and a refused certificate explained.
 //!
 //! Invariants:
 //! - Bounded memory: at most `DEPTH` batches of [`BATCH`] rows wait between the driver's
@@ -15,12 +16,17 @@
 //!   connection closes with it.
 //! - No password reaches a message: sources describe themselves from parsed connection
 //!   settings (user, host, port, database), never from the URL's text.
+//! - A server's certificate is checked in full (its chain against the roots, its names against
+//!   the host) or not relied on at all ([`Tls`]): no mode checks one half of it.
 
 use super::{Read, Source, SourceError};
 use crate::core::value::Cell;
 use chrono_tz::Tz;
+use rustls::pki_types::{pem::PemObject, CertificateDer};
 use std::env::VarError;
+use std::error::Error as StdError;
 use std::panic::AssertUnwindSafe;
+use std::path::Path;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::time::Duration;
 
@@ -257,10 +263,171 @@ pub fn idle_limit(timeout: Duration) -> Duration {
     timeout + Duration::from_secs(5)
 }
 
+/// How a connection uses TLS: libpq's `sslmode` words, which both database sources take.
+///
+/// `prefer` does not check the certificate, and that is not half-trusting it: the server's
+/// answer to "do you speak TLS?" is itself unauthenticated, so whoever could present a forged
+/// certificate could as well answer "no" and get plain TCP. Under `prefer` the connection is
+/// encrypted against eavesdroppers and trusts the server exactly as much as plain TCP does;
+/// checking the certificate there would protect against no one, while refusing the
+/// self-signed certificates that servers ship with (Debian's snakeoil). Trust in the server
+/// comes only from `require` and the `verify-*` modes, which check all of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tls {
+    /// `disable`: plain TCP.
+    Off,
+    /// `prefer`, the default: TLS when the server offers it, the certificate unchecked; plain
+    /// TCP only when the server answers that it has no TLS.
+    Opportunistic,
+    /// `require`, `verify-ca`, `verify-full`: TLS or no connection, the certificate's chain
+    /// checked against the roots (`sslrootcert=FILE`, else the Mozilla roots) and its names
+    /// against the host. `require` and `verify-ca` check more than libpq's do, never less.
+    Verified,
+}
+
+impl Tls {
+    /// The mode libpq's `sslmode` word names; `None` for a word batchsync does not take
+    /// (`allow`, whose plain-first attempt no one needs from a batch job).
+    pub fn from_sslmode(word: &str) -> Option<Tls> {
+        match word {
+            "disable" => Some(Tls::Off),
+            "prefer" => Some(Tls::Opportunistic),
+            "require" | "verify-ca" | "verify-full" => Some(Tls::Verified),
+            _ => None,
+        }
+    }
+
+    /// `sslrootcert` under a mode that checks no certificate: the user expects a check that
+    /// would not happen, so it is a config error rather than a file silently ignored.
+    pub fn check_rootcert(self, what: &str, rootcert: Option<&Path>) -> Result<(), SourceError> {
+        match (self, rootcert) {
+            (Tls::Off | Tls::Opportunistic, Some(path)) => Err(SourceError::Config {
+                what: what.to_string(),
+                message: format!(
+                    "sslrootcert={} names a CA to check the server's certificate against, but \
+                     sslmode {} checks no certificate: add sslmode=verify-full to the URL",
+                    path.display(),
+                    if self == Tls::Off {
+                        "disable"
+                    } else {
+                        "prefer (the default)"
+                    }
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The certificates of the PEM file `sslrootcert` names (relative to the working directory,
+/// as libpq reads it): at least one, else a config error.
+pub fn root_certificates(
+    what: &str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, SourceError> {
+    let bad = |message: String| SourceError::Config {
+        what: what.to_string(),
+        message: format!("sslrootcert {}: {message}", path.display()),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("holds no PEM certificate".into()));
+    }
+    Ok(certs)
+}
+
+/// Why the server's certificate was refused, with what to do about it, when `e` is or wraps
+/// the certificate error rustls raised (drivers wrap it in an `io::Error`, whose `source`
+/// skips it, hence the `get_ref`).
+pub fn certificate_refusal(e: &(dyn StdError + 'static)) -> Option<String> {
+    let mut at = Some(e);
+    while let Some(err) = at {
+        let refused = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::InvalidCertificate(c)) = refused {
+            use rustls::CertificateError as C;
+            let hint = match c {
+                C::UnknownIssuer => {
+                    "; it is not signed by a CA batchsync trusts: name the PEM file of the CA \
+                     that signed it with sslrootcert=FILE in the URL"
+                }
+                C::NotValidForName | C::NotValidForNameContext { .. } => {
+                    "; connect by a host name (or IP address) the certificate names"
+                }
+                C::NotValidYet | C::NotValidYetContext { .. } => "; check this machine's clock",
+                _ => "",
+            };
+            return Some(format!(
+                "the server's TLS certificate is refused ({}){hint}",
+                rustls::Error::InvalidCertificate(c.clone())
+            ));
+        }
+        at = err.source();
+    }
+    None
+}
+
+/// The URL's query parameters named in `keys`, taken out of it (in the URL's order,
+/// percent-decoded), and the URL without them, for the options a driver does not parse.
+pub fn take_url_params(url: &str, keys: &[&str]) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), Vec::new());
+    };
+    let mut taken = Vec::new();
+    let mut kept = Vec::new();
+    for param in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        let key = percent_decode(key);
+        if keys.contains(&key.as_str()) {
+            taken.push((key, percent_decode(value)));
+        } else {
+            kept.push(param);
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    (url, taken)
+}
+
+/// `%XX` escapes decoded (a malformed one is kept as written).
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match (
+            b[i],
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) {
+            (b'%', Some(hi), Some(lo)) => {
+                out.push(hi << 4 | lo);
+                i += 3;
+            }
+            (c, _, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::value::Value;
+    use rstest::rstest;
 
     fn int(i: i64) -> Cell {
         Cell::Typed(Value::Int(i))
@@ -401,5 +568,57 @@ mod tests {
         assert!(err
             .to_string()
             .contains("BATCHSYNC_TEST_SURELY_UNSET_PASSWORD_VAR"));
+    }
+
+    #[rstest]
+    #[case("mysql://u@h/db", &[], "mysql://u@h/db")]
+    #[case("mysql://u@h/db?sslmode=require", &[("sslmode", "require")], "mysql://u@h/db")]
+    #[case(
+        "mysql://u@h/db?a=1&sslrootcert=%2Fetc%2Fca%20x.pem&b=2",
+        &[("sslrootcert", "/etc/ca x.pem")],
+        "mysql://u@h/db?a=1&b=2"
+    )]
+    #[case(
+        "postgres://u@h/db?sslmode=prefer&sslmode=disable",
+        &[("sslmode", "prefer"), ("sslmode", "disable")],
+        "postgres://u@h/db"
+    )]
+    fn url_parameters_are_taken_out_decoded(
+        #[case] url: &str,
+        #[case] taken: &[(&str, &str)],
+        #[case] rest: &str,
+    ) {
+        let (got_rest, got) = take_url_params(url, &["sslmode", "sslrootcert"]);
+        assert_eq!(got_rest, rest);
+        let want: Vec<(String, String)> = taken
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_root_certificate_under_a_mode_that_checks_none_is_a_config_error() {
+        let ca = Some(Path::new("ca.pem"));
+        for mode in [Tls::Off, Tls::Opportunistic] {
+            let err = mode.check_rootcert("db", ca).unwrap_err();
+            assert!(err.is_config(), "{err}");
+            assert!(err.to_string().contains("sslmode=verify-full"), "{err}");
+        }
+        assert!(Tls::Verified.check_rootcert("db", ca).is_ok());
+        assert!(Tls::Opportunistic.check_rootcert("db", None).is_ok());
+    }
+
+    #[test]
+    fn a_certificate_refusal_is_found_inside_an_io_error_and_says_what_to_do() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
+        );
+        let said = certificate_refusal(&io).expect("a refusal");
+        assert!(said.contains("UnknownIssuer"), "{said}");
+        assert!(said.contains("sslrootcert=FILE"), "{said}");
+        let other = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(certificate_refusal(&other), None);
     }
 }

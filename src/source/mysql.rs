@@ -5,10 +5,30 @@
 //! Connection:
 //! - `url` is `mysql://user@host:3306/db`. The password comes from the URL if it holds one,
 //!   else from the variable `password_env` names, else from `MYSQL_PWD`.
+//! - `sslmode` takes libpq's words, applied as for PostgreSQL (rustls; `db::Tls` says why):
+//!   - `disable`: plain TCP.
+//!   - `prefer`, the default (MySQL's own client prefers TLS too): TLS when the server offers
+//!     it, plain TCP only when its greeting says it has none. The certificate is not checked.
+//!   - `require`, `verify-ca`, `verify-full`: TLS or no connection, the chain checked against
+//!     the PEM file `sslrootcert=FILE` names, else the Mozilla roots, and the name against the
+//!     host. Never a fallback.
+//!
+//!   MySQL's URI spellings are read too:
+//!   `ssl-mode=DISABLED|PREFERRED|REQUIRED|VERIFY_CA|VERIFY_IDENTITY` (`REQUIRED` checks the
+//!   certificate here, as `require` does) and `ssl-ca=FILE`. The driver's own TLS switches
+//!   (`require_ssl`, `verify_ca`, `verify_identity`, `built_in_roots`) are refused: they can
+//!   check half a certificate.
+//! - batchsync connects where the URL says: over TCP to its host and port, or through the
+//!   Unix socket `socket=PATH` names (no TLS there: the bytes stay on the machine).
+//!   mysql_async would otherwise move to the socket path the server reports
+//!   (`prefer_socket`), unchecked: on another machine that path may be another server's,
+//!   and the move drops TLS. `prefer_socket=true` is refused.
 //! - The session's `time_zone` is set to `+00:00`, so `TIMESTAMP` values arrive in UTC.
 //! - `source.timeout` bounds connecting, and is the session's statement time limit
 //!   (`max_statement_time` on MariaDB, `max_execution_time` on MySQL); a server that sends
 //!   nothing for longer than that (plus a margin) is given up on.
+//! - Bytes received are not counted here, unlike PostgreSQL: mysql_async opens its sockets
+//!   itself and lends them to no one.
 //!
 //! Types, by the result column's type (`[mapping] types` then converts as for any source):
 //!
@@ -34,7 +54,7 @@
 //!   carrying the server's message, never as the end of the result.
 //! - The source describes itself as `mysql://user@host:port/db`: never a password.
 
-use super::db::{self, FedSource, Feed, Query};
+use super::db::{self, FedSource, Feed, Query, Tls};
 use super::sqltypes;
 use super::SourceError;
 use crate::core::value::{Cell, Value};
@@ -42,23 +62,15 @@ use chrono::NaiveDate;
 use chrono_tz::Tz;
 use mysql_async::consts::ColumnType;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, OptsBuilder};
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, SslOpts};
+use rustls::pki_types::CertificateDer;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Opens the query: connects, prepares it and resolves the plan's columns before returning.
 pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
-    let opts = Opts::from_url(q.url).map_err(|e| SourceError::Config {
-        what: "source.url".into(),
-        message: format!("not a MySQL connection URL: {}", crate::errors::chain(&e)),
-    })?;
-    let what = describe(&opts);
-    let opts = match opts.pass() {
-        Some(_) => opts,
-        None => match db::password(&what, q.password_env, "MYSQL_PWD")? {
-            Some(p) => OptsBuilder::from_opts(opts).pass(Some(p)).into(),
-            None => opts,
-        },
-    };
+    let link = Link::new(q.url, q.password_env)?;
+    let what = link.what.clone();
     let job = Job {
         what: what.clone(),
         query: q.query.to_string(),
@@ -71,10 +83,168 @@ pub fn open(q: &Query<'_>) -> Result<FedSource, SourceError> {
         q.columns.len(),
         "batchsync-mysql",
         move |feed| match db::runtime(&job.what) {
-            Ok(rt) => rt.block_on(job.run(feed, opts)),
+            Ok(rt) => rt.block_on(job.run(feed, link)),
             Err(e) => feed.fail(e),
         },
     )
+}
+
+/// The server to connect to: the URL's settings, the password from the environment, and
+/// TLS as `sslmode` asks.
+struct Link {
+    /// `mysql://user@host:port/db`: never a password.
+    what: String,
+    /// Without TLS settings, and never moving to the server's socket.
+    opts: Opts,
+    tls: Tls,
+    /// The certificates `sslrootcert` names; empty for the Mozilla roots.
+    roots: Vec<CertificateDer<'static>>,
+}
+
+/// The TLS settings of the URL, which batchsync reads and mysql_async must not see.
+struct TlsParams {
+    tls: Tls,
+    rootcert: Option<PathBuf>,
+}
+
+/// Takes `sslmode` (or MySQL's `ssl-mode`; the last one wins), `sslrootcert` (or `ssl-ca`)
+/// and `prefer_socket` out of the URL; refuses the driver's own TLS switches.
+fn tls_params(url: &str) -> Result<(String, TlsParams), String> {
+    const DRIVERS: [&str; 4] = [
+        "require_ssl",
+        "verify_ca",
+        "verify_identity",
+        "built_in_roots",
+    ];
+    let keys = [
+        "sslmode",
+        "ssl-mode",
+        "sslrootcert",
+        "ssl-ca",
+        "prefer_socket",
+    ];
+    let (rest, params) = db::take_url_params(url, &[&keys[..], &DRIVERS[..]].concat());
+    let mut taken = TlsParams {
+        tls: Tls::Opportunistic,
+        rootcert: None,
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "sslmode" => {
+                taken.tls = Tls::from_sslmode(&value).ok_or_else(|| {
+                    format!(
+                        "sslmode={value} is not one batchsync takes: disable, prefer, require, \
+                         verify-ca or verify-full"
+                    )
+                })?
+            }
+            "ssl-mode" => {
+                taken.tls = match value.to_ascii_uppercase().as_str() {
+                    "DISABLED" => Tls::Off,
+                    "PREFERRED" => Tls::Opportunistic,
+                    "REQUIRED" | "VERIFY_CA" | "VERIFY_IDENTITY" => Tls::Verified,
+                    _ => {
+                        return Err(format!(
+                            "ssl-mode={value} is not one of DISABLED, PREFERRED, REQUIRED, \
+                             VERIFY_CA, VERIFY_IDENTITY"
+                        ))
+                    }
+                }
+            }
+            "sslrootcert" | "ssl-ca" => taken.rootcert = Some(PathBuf::from(value)),
+            "prefer_socket" if value != "true" => {}
+            "prefer_socket" => {
+                return Err(
+                    "prefer_socket=true would move the connection to the socket path \
+                     the server reports, unchecked and without TLS: name the socket with \
+                     socket=PATH instead"
+                        .into(),
+                )
+            }
+            driver => {
+                return Err(format!(
+                    "{driver} is mysql_async's own TLS switch, which can check half a \
+                     certificate: say sslmode=disable, prefer, require or verify-full instead"
+                ))
+            }
+        }
+    }
+    Ok((rest, taken))
+}
+
+impl Link {
+    fn new(url: &str, password_env: Option<&str>) -> Result<Link, SourceError> {
+        let bad_url = |message: String| SourceError::Config {
+            what: "source.url".into(),
+            message: format!("not a MySQL connection URL: {message}"),
+        };
+        let (url, params) = tls_params(url).map_err(bad_url)?;
+        let opts = Opts::from_url(&url).map_err(|e| bad_url(crate::errors::chain(&e)))?;
+        let what = describe(&opts);
+        let mut builder = OptsBuilder::from_opts(opts.clone()).prefer_socket(false);
+        if opts.pass().is_none() {
+            if let Some(p) = db::password(&what, password_env, "MYSQL_PWD")? {
+                builder = builder.pass(Some(p));
+            }
+        }
+        params
+            .tls
+            .check_rootcert(&what, params.rootcert.as_deref())?;
+        let roots = match &params.rootcert {
+            Some(path) => db::root_certificates(&what, path)?,
+            None => Vec::new(),
+        };
+        // mysql_async builds its rustls config on the process's default provider. ring is the
+        // only one compiled in, so rustls would pick it anyway; installing it says so, and
+        // keeps that true should another crate ever bring aws-lc-rs in.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(Link {
+            what,
+            opts: builder.into(),
+            tls: params.tls,
+            roots,
+        })
+    }
+
+    async fn connect(&self) -> Result<Conn, mysql_async::Error> {
+        let with_tls = |ssl: SslOpts| -> Opts {
+            OptsBuilder::from_opts(self.opts.clone())
+                .ssl_opts(Some(ssl))
+                .into()
+        };
+        match self.tls {
+            Tls::Off => Conn::new(self.opts.clone()).await,
+            Tls::Opportunistic => {
+                let unchecked = SslOpts::default().with_danger_accept_invalid_certs(true);
+                match Conn::new(with_tls(unchecked)).await {
+                    // The server's greeting says it has no TLS: the one case that goes plain.
+                    Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer)) => {
+                        Conn::new(self.opts.clone()).await
+                    }
+                    other => other,
+                }
+            }
+            Tls::Verified => {
+                let roots = self.roots.iter().map(|c| c.to_vec().into()).collect();
+                let checked = SslOpts::default()
+                    .with_root_certs(roots)
+                    .with_disable_built_in_roots(!self.roots.is_empty());
+                Conn::new(with_tls(checked)).await
+            }
+        }
+    }
+}
+
+/// Why connecting failed, in words that say what to do where the driver's do not.
+fn connect_error(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer) => {
+            "the server offers no TLS, and sslmode asks for it (require, verify-ca and \
+             verify-full never fall back to plain TCP): enable TLS on the server"
+                .into()
+        }
+        _ => db::certificate_refusal(e).unwrap_or_else(|| crate::errors::chain(e)),
+    }
 }
 
 struct Job {
@@ -102,14 +272,14 @@ impl Job {
         }
     }
 
-    async fn run(self, mut feed: Feed, opts: Opts) {
-        let mut conn = match tokio::time::timeout(self.timeout, Conn::new(opts)).await {
+    async fn run(self, mut feed: Feed, link: Link) {
+        let mut conn = match tokio::time::timeout(self.timeout, link.connect()).await {
             Ok(Ok(conn)) => conn,
             Ok(Err(e)) => {
                 return feed.fail(SourceError::Io {
                     what: self.what.clone(),
-                    message: format!("cannot connect: {}", crate::errors::chain(&e)),
-                })
+                    message: format!("cannot connect: {}", connect_error(&e)),
+                });
             }
             Err(_) => {
                 return feed.fail(SourceError::Io {
@@ -382,6 +552,7 @@ fn describe(o: &Opts) -> String {
 mod tests {
     use super::*;
     use mysql_async::Value as V;
+    use rstest::rstest;
 
     fn column(kind: Kind, ty: &str) -> Column {
         Column {
@@ -396,6 +567,79 @@ mod tests {
     fn the_description_holds_no_password() {
         let o = Opts::from_url("mysql://ada:s3cret@db.example:3307/shop").unwrap();
         assert_eq!(describe(&o), "mysql://ada@db.example:3307/shop");
+    }
+
+    #[rstest]
+    #[case("mysql://u@h/db", Tls::Opportunistic, None, "mysql://u@h/db")]
+    #[case("mysql://u@h/db?sslmode=disable", Tls::Off, None, "mysql://u@h/db")]
+    #[case(
+        "mysql://u@h/db?sslmode=verify-full&sslrootcert=%2Fca.pem&stmt_cache_size=8",
+        Tls::Verified,
+        Some("/ca.pem"),
+        "mysql://u@h/db?stmt_cache_size=8"
+    )]
+    #[case(
+        "mysql://u@h/db?ssl-mode=required",
+        Tls::Verified,
+        None,
+        "mysql://u@h/db"
+    )]
+    #[case(
+        "mysql://u@h/db?ssl-mode=VERIFY_IDENTITY&ssl-ca=ca.pem",
+        Tls::Verified,
+        Some("ca.pem"),
+        "mysql://u@h/db"
+    )]
+    #[case(
+        "mysql://u@h/db?ssl-mode=PREFERRED",
+        Tls::Opportunistic,
+        None,
+        "mysql://u@h/db"
+    )]
+    #[case(
+        "mysql://u@h/db?prefer_socket=false",
+        Tls::Opportunistic,
+        None,
+        "mysql://u@h/db"
+    )]
+    fn tls_settings_are_taken_out_of_the_url(
+        #[case] url: &str,
+        #[case] tls: Tls,
+        #[case] rootcert: Option<&str>,
+        #[case] rest: &str,
+    ) {
+        let (got_rest, got) = tls_params(url).unwrap();
+        assert_eq!(
+            (got_rest.as_str(), got.tls, got.rootcert),
+            (rest, tls, rootcert.map(PathBuf::from))
+        );
+        assert!(Opts::from_url(&got_rest).is_ok(), "{got_rest}");
+    }
+
+    #[rstest]
+    #[case("mysql://u@h/db?require_ssl=true", "require_ssl")]
+    #[case("mysql://u@h/db?sslmode=require&verify_ca=false", "verify_ca")]
+    #[case("mysql://u@h/db?verify_identity=false", "verify_identity")]
+    #[case("mysql://u@h/db?sslmode=allow", "sslmode=allow")]
+    #[case("mysql://u@h/db?ssl-mode=sometimes", "ssl-mode=sometimes")]
+    #[case("mysql://u@h/db?prefer_socket=true", "socket=PATH")]
+    fn tls_settings_that_could_trust_half_a_certificate_are_refused(
+        #[case] url: &str,
+        #[case] says: &str,
+    ) {
+        let err = tls_params(url).map(|_| ()).unwrap_err();
+        assert!(err.contains(says), "{err}");
+    }
+
+    #[test]
+    fn the_connection_never_moves_to_the_servers_socket() {
+        let link = Link::new("mysql://u:p@db.example/shop", None).unwrap();
+        assert!(!link.opts.prefer_socket());
+        assert!(link.opts.ssl_opts().is_none());
+        let err = Link::new("mysql://u:p@db.example/shop?sslrootcert=ca.pem", None)
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.is_config(), "{err}");
     }
 
     #[test]

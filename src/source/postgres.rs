@@ -7,14 +7,29 @@
 //! - `url` is a libpq URL (`postgres://user@host:5432/db?sslmode=require`) or key-value string.
 //!   The password comes from the URL if it holds one, else from the variable `password_env`
 //!   names, else from `PGPASSWORD`. Without a user, `PGUSER`, then `USER`, as libpq does.
-//! - TLS (rustls) when `sslmode` is `require`, `verify-ca` or `verify-full`: always with
-//!   verify-full semantics, the chain checked against the Mozilla roots (webpki-roots), or the
-//!   PEM file `sslrootcert=FILE` names (relative to the working directory, as libpq), and the
-//!   name against the host. Any other `sslmode` (`prefer`, the default, or `disable`) connects
-//!   in plain TCP: batchsync never half-trusts a certificate.
-//! - `source.timeout` bounds connecting, and is the session's `statement_timeout`: the query,
-//!   including the time its rows take to stream, must finish within it. A server that sends
-//!   nothing for longer than that (plus a margin) is given up on.
+//! - Hosts are tried in order (`host=a,b`, `hostaddr`, one port or one per host,
+//!   `load_balance_hosts=random`, `target_session_attrs`), each address a name resolves to in
+//!   turn, as libpq does; the error lists every attempt. A Unix-socket host
+//!   (`host=/run/postgresql`) works, without TLS: PostgreSQL never offers it there, so
+//!   `prefer` goes plain and `require` fails.
+//! - `sslmode` (rustls; see `db::Tls` for the rule and why):
+//!   - `disable`: plain TCP.
+//!   - `prefer`, the default when the URL says nothing, as in libpq: TLS when the server offers
+//!     it, plain TCP only when it answers that it has none. The certificate is not checked:
+//!     the connection is encrypted against eavesdroppers, and the server trusted no more than
+//!     over plain TCP (anyone who could forge a certificate could as well answer "no TLS").
+//!   - `require`, `verify-ca`, `verify-full`: TLS or no connection, always with verify-full
+//!     semantics: the chain checked against the PEM file `sslrootcert=FILE` names (relative to
+//!     the working directory, as libpq), else the Mozilla roots (webpki-roots), and the name
+//!     against the host (an IP address against the certificate's IP names). Never a fallback.
+//!   - `sslrootcert` without one of these three is a config error: it asks for a check that
+//!     `prefer` and `disable` would not make. `allow` is not taken.
+//! - Bytes received from the server are counted on the socket, below TLS ([`Target::received`]),
+//!   for TCP and Unix sockets alike.
+//! - `source.timeout` bounds connecting (and each TCP connect, unless `connect_timeout` says
+//!   otherwise), and is the session's `statement_timeout`: the query, including the time its
+//!   rows take to stream, must finish within it. A server that sends nothing for longer than
+//!   that (plus a margin) is given up on.
 //!
 //! Types, by the result column's SQL type (`[mapping] types` then converts as for any source):
 //!
@@ -41,21 +56,29 @@
 //!   message, SQLSTATE), never as the end of the result.
 //! - The source describes itself as `postgres://user@host:port/db`: never a password.
 
-use super::db::{self, FedSource, Feed, Query};
+use super::db::{self, FedSource, Feed, Query, Tls};
 use super::sqltypes;
 use super::SourceError;
 use crate::core::value::{Cell, Value};
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use chrono_tz::Tz;
 use futures_util::StreamExt;
+use rand::seq::SliceRandom;
 use std::error::Error as StdError;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio_postgres::config::{Host, SslMode};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_postgres::config::{Host, LoadBalanceHosts, SslMode, TargetSessionAttrs};
 use tokio_postgres::error::{DbError, ErrorPosition};
-use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::types::{FromSql, Kind as PgKind, ToSql, Type};
-use tokio_postgres::{Client, Config, NoTls, Row, Socket};
+use tokio_postgres::{Client, Config, NoTls, Row, SimpleQueryMessage};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 mod tls;
@@ -88,8 +111,11 @@ pub(crate) struct Target {
     /// `postgres://user@host:port/db`: never a password.
     pub what: String,
     config: Config,
+    /// `None` for `sslmode=disable`; else the connector of the mode (`tls::connector`).
     tls: Option<MakeRustlsConnect>,
     timeout: Duration,
+    /// Bytes received on the sockets of every connection this target opened.
+    received: Arc<AtomicU64>,
 }
 
 impl Target {
@@ -100,16 +126,15 @@ impl Target {
         password_env: Option<&str>,
         timeout: Duration,
     ) -> Result<Target, SourceError> {
-        let (url, rootcert) = tls::options(url);
-        let mut config: Config =
-            url.parse()
-                .map_err(|e: tokio_postgres::Error| SourceError::Config {
-                    what: "source.url".into(),
-                    message: format!(
-                        "not a PostgreSQL connection URL: {}",
-                        crate::errors::chain(&e)
-                    ),
-                })?;
+        let bad_url = |message: String| SourceError::Config {
+            what: "source.url".into(),
+            message: format!("not a PostgreSQL connection URL: {message}"),
+        };
+        let options = tls::options(url).map_err(bad_url)?;
+        let mut config: Config = options
+            .url
+            .parse()
+            .map_err(|e: tokio_postgres::Error| bad_url(crate::errors::chain(&e)))?;
         if config.get_user().is_none() {
             if let Some(user) = std::env::var("PGUSER")
                 .ok()
@@ -130,32 +155,35 @@ impl Target {
         if config.get_application_name().is_none() {
             config.application_name("batchsync");
         }
-        let tls = match config.get_ssl_mode() {
-            SslMode::Require => Some(tls::connector(&what, rootcert.as_deref())?),
-            _ => None,
-        };
+        config.ssl_mode(match options.tls {
+            Tls::Off => SslMode::Disable,
+            Tls::Opportunistic => SslMode::Prefer,
+            Tls::Verified => SslMode::Require,
+        });
+        let tls = tls::connector(&what, options.tls, options.rootcert.as_deref())?;
+        endpoints(&config).map_err(|message| SourceError::Config {
+            what: what.clone(),
+            message,
+        })?;
         Ok(Target {
             what,
             config,
             tls,
             timeout,
+            received: Arc::default(),
         })
     }
 
     /// Connects within the timeout and runs the connection on the current runtime; the
-    /// error says why, in the server's words when it gave some.
+    /// error says why, in the server's words when it gave some. The connection runs over
+    /// batchsync's own socket, so the client's `cancel_token` cannot open one by itself:
+    /// cancel with `cancel_query_raw` over a new socket, or drop the client.
     pub async fn connect(&self) -> Result<(Client, ConnectionError), SourceError> {
-        let connecting = async {
-            match &self.tls {
-                Some(tls) => connect(&self.config, tls.clone()).await,
-                None => connect(&self.config, NoTls).await,
-            }
-        };
-        match tokio::time::timeout(self.timeout, connecting).await {
+        match tokio::time::timeout(self.timeout, self.connect_any()).await {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(SourceError::Io {
+            Ok(Err(message)) => Err(SourceError::Io {
                 what: self.what.clone(),
-                message: format!("cannot connect: {}", message(&e, None)),
+                message: format!("cannot connect: {message}"),
             }),
             Err(_) => Err(SourceError::Io {
                 what: self.what.clone(),
@@ -164,6 +192,329 @@ impl Target {
                     self.timeout
                 ),
             }),
+        }
+    }
+
+    /// Bytes received from the server so far, on the sockets of every connection this
+    /// target opened: what crossed the network (TLS records and protocol framing included),
+    /// not the rows' decoded size.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
+    /// Each endpoint, and each address a name resolves to, in turn (libpq's order), until
+    /// one connects and suits `target_session_attrs`; else every attempt's error.
+    async fn connect_any(&self) -> Result<(Client, ConnectionError), String> {
+        let random = self.config.get_load_balance_hosts() == LoadBalanceHosts::Random;
+        let mut endpoints = endpoints(&self.config)?;
+        if random {
+            endpoints.shuffle(&mut rand::thread_rng());
+        }
+        // (where, why) of each attempt.
+        let mut failures: Vec<(String, String)> = Vec::new();
+        for endpoint in &endpoints {
+            let mut addrs = match &endpoint.addr {
+                Addr::Tcp(host) => {
+                    let at = || format!("{host}:{}", endpoint.port);
+                    match tokio::net::lookup_host((host.as_str(), endpoint.port)).await {
+                        Ok(addrs) => {
+                            let addrs: Vec<Socket> = addrs.map(Socket::Tcp).collect();
+                            if addrs.is_empty() {
+                                failures.push((at(), "the name resolves to no address".into()));
+                            }
+                            addrs
+                        }
+                        Err(e) => {
+                            failures.push((at(), e.to_string()));
+                            continue;
+                        }
+                    }
+                }
+                #[cfg(unix)]
+                Addr::Unix(dir) => vec![Socket::Unix(
+                    dir.join(format!(".s.PGSQL.{}", endpoint.port)),
+                )],
+            };
+            if random {
+                addrs.shuffle(&mut rand::thread_rng());
+            }
+            for addr in addrs {
+                match self.connect_once(&addr, endpoint.name.as_deref()).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) => failures.push((addr.to_string(), e)),
+                }
+            }
+        }
+        Err(match failures.as_slice() {
+            // One attempt: `what` names the host already.
+            [(_, why)] => why.clone(),
+            _ => failures
+                .iter()
+                .map(|(at, why)| format!("{at}: {why}"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
+    }
+
+    async fn connect_once(
+        &self,
+        addr: &Socket,
+        name: Option<&str>,
+    ) -> Result<(Client, ConnectionError), String> {
+        let wire = Wire::open(addr, &self.config, self.received.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = match (&self.tls, name) {
+            (Some(tls), Some(name)) => {
+                let connect = MakeTlsConnect::<Wire>::make_tls_connect(&mut tls.clone(), name)
+                    .map_err(|e| format!("{name} cannot be checked against a certificate: {e}"))?;
+                start(&self.config, wire, connect).await
+            }
+            // A Unix socket: `prefer` goes plain, `require` hears "no TLS" and fails.
+            _ => start(&self.config, wire, NoTls).await,
+        };
+        let (client, lost) = started
+            .map_err(|e| db::certificate_refusal(&e).unwrap_or_else(|| message(&e, None)))?;
+        self.check_session(&client, &lost).await?;
+        Ok((client, lost))
+    }
+
+    /// `target_session_attrs`: whether the server is the kind asked for.
+    async fn check_session(&self, client: &Client, lost: &ConnectionError) -> Result<(), String> {
+        let want_writes = match self.config.get_target_session_attrs() {
+            TargetSessionAttrs::ReadWrite => true,
+            TargetSessionAttrs::ReadOnly => false,
+            _ => return Ok(()),
+        };
+        let answer = client
+            .simple_query("SHOW transaction_read_only")
+            .await
+            .map_err(|e| message(&e, Some(lost)))?;
+        let read_only = answer.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(row) => row.get(0).map(|v| v == "on"),
+            _ => None,
+        });
+        match (want_writes, read_only) {
+            (true, Some(true)) => {
+                Err("the server is read-only (target_session_attrs=read-write)".into())
+            }
+            (false, Some(false)) => {
+                Err("the server accepts writes (target_session_attrs=read-only)".into())
+            }
+            (_, Some(_)) => Ok(()),
+            (_, None) => Err("SHOW transaction_read_only gave no answer".into()),
+        }
+    }
+}
+
+/// One host of the URL, as libpq lists them.
+#[derive(Debug, PartialEq)]
+struct Endpoint {
+    addr: Addr,
+    port: u16,
+    /// The name the certificate must hold: the host, or the `hostaddr` when no host is
+    /// given; none for a Unix socket.
+    name: Option<String>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Addr {
+    Tcp(String),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+/// The URL's hosts in order, paired with their `hostaddr` and port as libpq pairs them: one
+/// port for all, or one per host. The same checks as tokio-postgres's own connect.
+fn endpoints(config: &Config) -> Result<Vec<Endpoint>, String> {
+    let hosts = config.get_hosts();
+    let hostaddrs = config.get_hostaddrs();
+    let ports = config.get_ports();
+    if hosts.is_empty() && hostaddrs.is_empty() {
+        return Err("the URL names no host (host=… or hostaddr=…)".into());
+    }
+    if !hosts.is_empty() && !hostaddrs.is_empty() && hosts.len() != hostaddrs.len() {
+        return Err(format!(
+            "{} hosts but {} hostaddrs: give one hostaddr per host",
+            hosts.len(),
+            hostaddrs.len()
+        ));
+    }
+    let n = hosts.len().max(hostaddrs.len());
+    if ports.len() > 1 && ports.len() != n {
+        return Err(format!(
+            "{n} hosts but {} ports: give one port, or one per host",
+            ports.len()
+        ));
+    }
+    Ok((0..n)
+        .map(|i| {
+            let port = ports.get(i).or(ports.first()).copied().unwrap_or(5432);
+            let host = hosts.get(i);
+            let hostaddr = hostaddrs.get(i);
+            let name = match host {
+                Some(Host::Tcp(h)) => Some(h.clone()),
+                #[cfg(unix)]
+                Some(Host::Unix(_)) => None,
+                None => hostaddr.map(|a| a.to_string()),
+            };
+            let addr = match (hostaddr, host) {
+                (Some(a), _) => Addr::Tcp(a.to_string()),
+                (None, Some(Host::Tcp(h))) => Addr::Tcp(h.clone()),
+                #[cfg(unix)]
+                (None, Some(Host::Unix(dir))) => Addr::Unix(dir.clone()),
+                (None, None) => unreachable!("n counts hosts or hostaddrs"),
+            };
+            Endpoint { addr, port, name }
+        })
+        .collect())
+}
+
+/// One address to open a socket to.
+enum Socket {
+    Tcp(SocketAddr),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Socket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Socket::Tcp(a) => write!(f, "{a}"),
+            #[cfg(unix)]
+            Socket::Unix(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+/// The socket of one connection, counting the bytes it receives into the target's total.
+/// Below TLS: what it counts is what crossed the network.
+struct Wire {
+    stream: Stream,
+    received: Arc<AtomicU64>,
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream),
+}
+
+impl Wire {
+    /// Opens the socket with the URL's socket options, as tokio-postgres would: the connect
+    /// timeout, no Nagle delay, TCP keepalives and user timeout.
+    async fn open(addr: &Socket, config: &Config, received: Arc<AtomicU64>) -> io::Result<Wire> {
+        async fn within<T>(
+            limit: Option<&Duration>,
+            connect: impl std::future::Future<Output = io::Result<T>>,
+        ) -> io::Result<T> {
+            match limit {
+                Some(limit) => tokio::time::timeout(*limit, connect).await.map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no answer within {limit:?} (connect_timeout)"),
+                    )
+                })?,
+                None => connect.await,
+            }
+        }
+        let limit = config.get_connect_timeout();
+        let stream = match addr {
+            Socket::Tcp(a) => {
+                let tcp = within(limit, TcpStream::connect(a)).await?;
+                tcp.set_nodelay(true)?;
+                let sock = socket2::SockRef::from(&tcp);
+                #[cfg(target_os = "linux")]
+                if let Some(t) = config.get_tcp_user_timeout() {
+                    sock.set_tcp_user_timeout(Some(*t))?;
+                }
+                if config.get_keepalives() {
+                    let mut keepalive =
+                        socket2::TcpKeepalive::new().with_time(config.get_keepalives_idle());
+                    if let Some(interval) = config.get_keepalives_interval() {
+                        keepalive = keepalive.with_interval(interval);
+                    }
+                    if let Some(retries) = config.get_keepalives_retries() {
+                        keepalive = keepalive.with_retries(retries);
+                    }
+                    sock.set_tcp_keepalive(&keepalive)?;
+                }
+                Stream::Tcp(tcp)
+            }
+            #[cfg(unix)]
+            Socket::Unix(path) => {
+                Stream::Unix(within(limit, tokio::net::UnixStream::connect(path)).await?)
+            }
+        };
+        Ok(Wire { stream, received })
+    }
+}
+
+impl AsyncRead for Wire {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.stream {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        };
+        let read = buf.filled().len() - before;
+        this.received.fetch_add(read as u64, Ordering::Relaxed);
+        polled
+    }
+}
+
+impl AsyncWrite for Wire {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.stream {
+            Stream::Tcp(s) => s.is_write_vectored(),
+            #[cfg(unix)]
+            Stream::Unix(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(unix)]
+            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -282,20 +633,28 @@ impl Job {
             }
         }
         drop(client);
+        tracing::debug!(
+            source = %self.what,
+            rows = feed.rows(),
+            bytes_received = target.received(),
+            "query read"
+        );
         feed.done();
     }
 }
 
-/// Connects and runs the connection on this thread's runtime, keeping how it ended.
-async fn connect<T>(
+/// Starts the protocol over `wire` (TLS as the config's `sslmode` and `tls` decide) and runs
+/// the connection on this thread's runtime, keeping how it ended.
+async fn start<T>(
     config: &Config,
+    wire: Wire,
     tls: T,
 ) -> Result<(Client, ConnectionError), tokio_postgres::Error>
 where
-    T: MakeTlsConnect<Socket> + 'static,
+    T: TlsConnect<Wire> + 'static,
     T::Stream: Send + 'static,
 {
-    let (client, connection) = config.connect(tls).await?;
+    let (client, connection) = config.connect_raw(wire, tls).await?;
     let lost: ConnectionError = Arc::default();
     let slot = lost.clone();
     tokio::spawn(async move {
@@ -636,6 +995,138 @@ mod tests {
             .parse()
             .unwrap();
         assert_eq!(describe(&c), "postgres://ada@db:5432/shop");
+    }
+
+    fn tcp(host: &str, port: u16, name: Option<&str>) -> Endpoint {
+        Endpoint {
+            addr: Addr::Tcp(host.into()),
+            port,
+            name: name.map(String::from),
+        }
+    }
+
+    #[rstest]
+    #[case("postgres://u@db/x", vec![tcp("db", 5432, Some("db"))])]
+    #[case(
+        "postgres://u@a:1,b/x",
+        vec![tcp("a", 1, Some("a")), tcp("b", 5432, Some("b"))]
+    )]
+    #[case(
+        "host=a,b port=6543 user=u",
+        vec![tcp("a", 6543, Some("a")), tcp("b", 6543, Some("b"))]
+    )]
+    #[case(
+        "host=a,b port=1,2 user=u",
+        vec![tcp("a", 1, Some("a")), tcp("b", 2, Some("b"))]
+    )]
+    #[case(
+        "host=db.example hostaddr=10.0.0.7 user=u",
+        vec![tcp("10.0.0.7", 5432, Some("db.example"))]
+    )]
+    #[case("hostaddr=10.0.0.7 user=u", vec![tcp("10.0.0.7", 5432, Some("10.0.0.7"))])]
+    #[case(
+        "host=/run/postgresql user=u",
+        vec![Endpoint { addr: Addr::Unix("/run/postgresql".into()), port: 5432, name: None }]
+    )]
+    fn hosts_pair_with_their_address_port_and_certificate_name(
+        #[case] url: &str,
+        #[case] expected: Vec<Endpoint>,
+    ) {
+        let c: Config = url.parse().unwrap();
+        assert_eq!(endpoints(&c).unwrap(), expected);
+    }
+
+    #[rstest]
+    #[case("host=a,b port=1,2,3 user=u", "ports")]
+    #[case("host=a,b hostaddr=10.0.0.1 user=u", "hostaddr")]
+    #[case("user=u", "no host")]
+    fn hosts_that_do_not_pair_are_a_config_error(#[case] url: &str, #[case] says: &str) {
+        let c: Config = url.parse().unwrap();
+        let err = endpoints(&c).unwrap_err();
+        assert!(err.contains(says), "{err}");
+    }
+
+    /// The PostgreSQL of the database tests (`BATCHSYNC_TEST_PG_URL`, which `.ci/run` sets);
+    /// `None`, said on stderr, when it is not set, unless `CI` is (as tests/it/db_sources.rs).
+    fn test_server() -> Option<String> {
+        use std::io::Write as _;
+        const VAR: &str = "BATCHSYNC_TEST_PG_URL";
+        let ci = std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"));
+        match std::env::var(VAR) {
+            Ok(u) if !u.trim().is_empty() => Some(u),
+            _ if ci => panic!("{VAR} is not set, and CI is: the database tests must run in CI"),
+            _ => {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "SKIPPED: {VAR} is not set; database tests did not run"
+                );
+                None
+            }
+        }
+    }
+
+    fn with_sslmode(url: &str, mode: &str) -> String {
+        match (url.contains("://"), url.contains('?')) {
+            (true, true) => format!("{url}&sslmode={mode}"),
+            (true, false) => format!("{url}?sslmode={mode}"),
+            (false, _) => format!("{url} sslmode={mode}"),
+        }
+    }
+
+    #[test]
+    fn the_bytes_received_count_at_least_what_a_query_returns_and_not_much_more() {
+        let Some(url) = test_server() else { return };
+        let rt = db::runtime("test").unwrap();
+        const MIB: u64 = 1 << 20;
+        for mode in ["disable", "prefer"] {
+            let target =
+                Target::new(&with_sslmode(&url, mode), None, Duration::from_secs(60)).unwrap();
+            assert_eq!(target.received(), 0);
+            rt.block_on(async {
+                let (client, _) = target.connect().await.unwrap();
+                let before = target.received();
+                assert!(before > 0, "{mode}: the server's greeting is counted");
+                let row = client
+                    .query_one("SELECT repeat('x', 1048576)", &[])
+                    .await
+                    .unwrap();
+                assert_eq!(row.get::<_, &str>(0).len() as u64, MIB);
+                let got = target.received() - before;
+                // The value, plus the protocol's framing and, with TLS, its records' headers.
+                assert!(
+                    (MIB..MIB + 64 * 1024).contains(&got),
+                    "{mode}: {got} bytes received for 1 MiB"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn a_host_that_refuses_is_passed_over_for_the_next_and_every_failure_is_told() {
+        let Some(url) = test_server() else { return };
+        let server: Config = url.parse().unwrap();
+        let Some(Host::Tcp(host)) = server.get_hosts().first() else {
+            return; // a Unix-socket test server: this test is about TCP hosts.
+        };
+        let port = server.get_ports().first().copied().unwrap_or(5432);
+        let user = server.get_user().unwrap_or("postgres");
+        let db = server.get_dbname().unwrap_or(user);
+        // Port 1 on loopback: nothing listens there, the connection is refused at once.
+        let multi = format!("host=127.0.0.1,{host} port=1,{port} user={user} dbname={db}");
+        let rt = db::runtime("test").unwrap();
+        let target = Target::new(&multi, None, Duration::from_secs(30)).unwrap();
+        rt.block_on(async {
+            let (client, _) = target.connect().await.expect("the second host connects");
+            client.simple_query("SELECT 1").await.unwrap();
+        });
+        let dead = format!("host=127.0.0.1,127.0.0.1 port=1,2 user={user} sslmode=disable");
+        let target = Target::new(&dead, None, Duration::from_secs(30)).unwrap();
+        let err = rt.block_on(target.connect()).map(|_| ()).unwrap_err();
+        let said = err.to_string();
+        assert!(
+            said.contains("127.0.0.1:1: ") && said.contains("127.0.0.1:2: "),
+            "{said}"
+        );
     }
 
     #[test]

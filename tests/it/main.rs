@@ -13,6 +13,7 @@
 //! - `emulator`: the local Batch emulator over real HTTP.
 //! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
 //! - `layout`: this binary holds every test file.
+//! - `tls`: TLS to PostgreSQL and MariaDB servers the tests start, with certificates they make.
 
 mod common;
 
@@ -24,4 +25,5 @@ mod emulator;
 mod layout;
 mod ship;
 mod sync;
+mod tls;
 mod warehouse;
