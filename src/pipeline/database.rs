@@ -71,6 +71,7 @@ fn steps(
         stage_ms = staged.as_millis() as u64,
         fetch_map_commit_ms = (committed - staged).as_millis() as u64,
         ship_ms = (t0.elapsed() - committed).as_millis() as u64,
+        bytes_received = run.store().db.received(),
         "database mode steps"
     );
     halt

@@ -46,6 +46,8 @@ pub struct Db {
     pub what: String,
     pub tables: Tables,
     in_tx: Cell<bool>,
+    /// Where it connected: counts the bytes received on its socket.
+    target: Target,
 }
 
 fn database(settings: &Settings) -> Result<&crate::config::DatabaseSettings, StoreError> {
@@ -101,6 +103,7 @@ impl Db {
                 name: wh.name.clone(),
             },
             in_tx: Cell::new(false),
+            target,
         };
         let timeout = src.timeout.as_millis().min(i32::MAX as u128);
         db.batch(&format!(
@@ -108,6 +111,11 @@ impl Db {
             sql::SESSION
         ))?;
         Ok(db)
+    }
+
+    /// Bytes received from the server on this connection's socket so far.
+    pub fn received(&self) -> u64 {
+        self.target.received()
     }
 
     /// Runs a client future to its end on this thread; the connection runs on the runtime.
