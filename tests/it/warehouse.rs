@@ -615,3 +615,79 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     assert_eq!(ids.iter().filter(|i| *i == "o3@x.io").count(), 1, "{ids:?}");
     assert_eq!(ids.iter().filter(|i| *i == "o5@x.io").count(), 2, "{ids:?}");
 }
+
+#[test]
+fn in_the_database_mode_rows_that_stay_rejected_are_not_added_again() {
+    let url = url_or_skip!(PG_VAR);
+    let emu = emulator();
+    let s = Sync::new(&url, 1, &emu.endpoint());
+    s.pg.exec(&format!(
+        "INSERT INTO {t} VALUES (2, 'o2@x.io', 2, repeat('x', 301), now()), (3, '', 3, 'EUR', now())",
+        t = s.table
+    ));
+    s.setup();
+    let (code, first) = s.dir.sync();
+    assert_eq!(code, 3, "{first}");
+    assert_eq!(
+        (first["rejected"].as_u64(), first["events_sent"].as_u64()),
+        (Some(2), Some(1)),
+        "{first}"
+    );
+
+    // One good row more: 1 added, 2 still rejected, exit 0, no guard tripped.
+    s.pg.exec(&format!(
+        "INSERT INTO {t} VALUES (4, 'o4@x.io', 4, 'EUR', now())",
+        t = s.table
+    ));
+    let (code, second) = s.dir.sync();
+    assert_eq!(code, 0, "{second}");
+    assert_eq!(
+        (
+            second["added"].as_u64(),
+            second["rejected"].as_u64(),
+            second["still_rejected"].as_u64(),
+            second["unchanged"].as_u64(),
+            second["rows"].as_u64()
+        ),
+        (Some(1), Some(0), Some(2), Some(1), Some(4)),
+        "{second}"
+    );
+    let (_, open) = json_of(s.dir.run(&["rejects", "--json"]));
+    assert_eq!(open.as_array().unwrap().len(), 2, "{open}");
+    assert_eq!(
+        (open[0]["first_run_id"].as_i64(), open[0]["run_id"].as_i64()),
+        (Some(1), Some(2)),
+        "{open}"
+    );
+
+    // Fixed, it is new again; --retry-rejects tries the other once more (rejected again).
+    s.pg.exec(&format!(
+        "UPDATE {t} SET currency = 'EUR' WHERE order_id = 2",
+        t = s.table
+    ));
+    let (code, third) = s.dir.sync();
+    assert_eq!(code, 0, "{third}");
+    assert_eq!(
+        (
+            third["added"].as_u64(),
+            third["still_rejected"].as_u64(),
+            third["events_sent"].as_u64()
+        ),
+        (Some(1), Some(1), Some(1)),
+        "{third}"
+    );
+    let (code, retried) = s.dir.sync_with(&["--retry-rejects"]);
+    assert_eq!(code, 3, "{retried}");
+    assert_eq!(
+        (
+            retried["rejected"].as_u64(),
+            retried["still_rejected"].as_u64()
+        ),
+        (Some(1), Some(0)),
+        "{retried}"
+    );
+    let (_, open) = json_of(s.dir.run(&["rejects", "--json"]));
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(open[0]["first_run_id"].as_i64(), Some(1), "{open}");
+    assert_eq!(emu.received().len(), 3);
+}
