@@ -181,8 +181,8 @@ fn check(settings: &Settings, json: bool, ui: &Ui) -> i32 {
                     "source: {} rows read, {} would be rejected",
                     c.rows, c.rejected
                 );
-                for r in &c.rejects_sample {
-                    eprintln!("  reject: {r}");
+                if !c.rejects_sample.is_empty() {
+                    eprint!("{}", sample_table(&c.rejects_sample));
                 }
                 eprintln!("keys: {}", c.credentials);
                 eprintln!("state: {}", c.state);
@@ -564,12 +564,39 @@ fn reject_table(list: &[crate::store::RejectRecord], all: bool) -> String {
             ]
         });
     }
-    let cols = rows[0].len();
+    aligned(&rows)
+}
+
+/// `check`'s and `plan`'s sample of rejects (JSON objects with key, line, column, rule,
+/// reason) as the same table.
+fn sample_table(sample: &[serde_json::Value]) -> String {
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::Null => "-".to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut rows: Vec<Vec<String>> = vec![["key", "line", "column", "rule", "reason"]
+        .map(String::from)
+        .to_vec()];
+    for r in sample {
+        rows.push(
+            ["key", "line", "column", "rule", "reason"]
+                .iter()
+                .map(|f| text(&r[*f]))
+                .collect(),
+        );
+    }
+    aligned(&rows)
+}
+
+/// Rows of cells as columns padded to their widest cell; the last column is not padded.
+fn aligned(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let mut line = String::new();
         for (c, cell) in r.iter().enumerate() {
             if c + 1 == cols {
