@@ -76,6 +76,12 @@ struct CsvTable {
     _primary_key: IgnoredAny,
     path: String,
     delimiter: Option<Spanned<String>>,
+    #[serde(default = "yes")]
+    require_final_newline: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Deserialize)]
@@ -86,6 +92,8 @@ struct NdjsonTable {
     #[serde(rename = "primary_key", default)]
     _primary_key: IgnoredAny,
     path: String,
+    #[serde(default = "yes")]
+    require_final_newline: bool,
 }
 
 #[derive(Deserialize)]
@@ -335,12 +343,14 @@ impl Reader<'_> {
                 SourceSettings::Csv(CsvSettings {
                     path: self.resolve(&t.path),
                     delimiter: self.delimiter(t.delimiter.as_ref())?,
+                    require_final_newline: t.require_final_newline,
                 })
             }
             SourceKind::Ndjson => {
                 let t: NdjsonTable = self.source_table()?;
                 SourceSettings::Ndjson(NdjsonSettings {
                     path: self.resolve(&t.path),
+                    require_final_newline: t.require_final_newline,
                 })
             }
             SourceKind::Sqlite => {

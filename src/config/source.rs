@@ -26,6 +26,9 @@ pub struct CsvSettings {
     pub path: PathBuf,
     /// One ASCII byte; `"\t"` for TSV.
     pub delimiter: u8,
+    /// `require_final_newline`: a file whose last record has no line end is refused as cut
+    /// short (the default); `false` takes it as RFC 4180 allows, if its quotes are closed.
+    pub require_final_newline: bool,
 }
 
 impl CsvSettings {
@@ -37,6 +40,8 @@ impl CsvSettings {
 pub struct NdjsonSettings {
     /// Resolved against the config file's folder.
     pub path: PathBuf,
+    /// As for CSV; `false` takes a last line without a line end if it parses whole.
+    pub require_final_newline: bool,
 }
 
 /// `type = "sqlite"`.

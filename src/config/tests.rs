@@ -25,7 +25,8 @@ fn a_minimal_config_takes_the_documented_defaults() {
         s.source,
         SourceSettings::Csv(CsvSettings {
             path: PathBuf::from("/cfg/o.csv"),
-            delimiter: b','
+            delimiter: b',',
+            require_final_newline: true,
         })
     );
     assert_eq!(s.state_path, PathBuf::from("/cfg/.batchsync/state.db"));
@@ -60,6 +61,7 @@ fn every_key_written_is_read_as_written() {
 type = "csv"
 path = "/data/orders.tsv"
 delimiter = "\t"
+require_final_newline = false
 primary_key = ["order_id"]
 
 [mapping]
@@ -104,7 +106,8 @@ path = "state/s.db"
         s.source,
         SourceSettings::Csv(CsvSettings {
             path: PathBuf::from("/data/orders.tsv"),
-            delimiter: b'\t'
+            delimiter: b'\t',
+            require_final_newline: false,
         })
     );
     assert_eq!(s.plan.spec.primary_key, ["order_id"]);
@@ -145,7 +148,8 @@ fn each_source_kind_reads_its_own_keys() {
     assert_eq!(
         ndjson.unwrap().source,
         SourceSettings::Ndjson(NdjsonSettings {
-            path: PathBuf::from("/cfg/o.ndjson")
+            path: PathBuf::from("/cfg/o.ndjson"),
+            require_final_newline: true,
         })
     );
     let sqlite = parse(&format!(

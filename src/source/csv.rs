@@ -10,6 +10,10 @@
 //! - Every cell is untyped text; typing happens in the snapshot by `[mapping] types`.
 //! - A file that does not end with a line end, or whose last record holds an unterminated quote,
 //!   is cut short: a structural error, so a half-written export never becomes a baseline.
+//!   `require_final_newline = false` takes a last record without a line end (RFC 4180 allows
+//!   it), never one with an open quote.
+//! - A file whose size or modification time changed during the read is refused at its end:
+//!   it was still being written.
 //! - A record with the wrong number of fields is a bad row (its key still read when it can be).
 //! - A row's line is the 1-based line where its record starts, counting every line feed before
 //!   it (those inside quoted fields and blank lines included).
@@ -28,6 +32,8 @@ pub struct CsvSource {
     positions: Vec<usize>,
     width: usize,
     last_line: u64,
+    require_final_newline: bool,
+    stamp: super::FileStamp,
 }
 
 /// Records, read from a buffered byte stream: field `i` of the current record is
@@ -272,6 +278,7 @@ impl CsvSource {
             what: what.clone(),
             message: format!("cannot open: {e}"),
         })?;
+        let stamp = super::FileStamp::of(&file);
         let mut records = Records::new(file, delimiter, BUFFER);
         let has_header = records.next_record().map_err(|e| SourceError::Structure {
             what: what.clone(),
@@ -300,7 +307,15 @@ impl CsvSource {
             positions,
             width: names.len(),
             last_line: 1,
+            require_final_newline: true,
+            stamp,
         })
+    }
+
+    /// `[source] require_final_newline` (true unless set).
+    pub fn require_final_newline(mut self, require: bool) -> CsvSource {
+        self.require_final_newline = require;
+        self
     }
 
     /// The file must end with a line end, and its last record must close its quotes.
@@ -313,10 +328,10 @@ impl CsvSource {
         if self.records.open_quote {
             return Err(cut("a quoted field opened here is never closed (unterminated quote): the file looks cut short"));
         }
-        if self.records.last_byte.is_some_and(|b| b != b'\n') {
-            return Err(cut("the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline"));
+        if self.require_final_newline && self.records.last_byte.is_some_and(|b| b != b'\n') {
+            return Err(cut("the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline, or set [source] require_final_newline = false"));
         }
-        Ok(())
+        self.stamp.check(&self.path, self.last_line)
     }
 }
 
@@ -577,5 +592,63 @@ mod tests {
             let delimiter = if semicolon { b';' } else { b',' };
             prop_assert_eq!(ours(&input, delimiter, capacity).0, theirs(&input, delimiter));
         }
+    }
+}
+
+#[cfg(test)]
+mod ending_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read(content: &[u8], require: bool) -> Result<Vec<Vec<Cell>>, SourceError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let mut src = CsvSource::open(f.path(), b',', &cols)?.require_final_newline(require);
+        let mut out = Vec::new();
+        let mut cells = Vec::new();
+        while src.next_row(&mut cells)?.is_some() {
+            out.push(cells.clone());
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn a_last_record_without_a_line_end_is_refused_unless_the_option_takes_it() {
+        let e = read(b"a,b\n1,x\n2,y", true).unwrap_err().to_string();
+        assert!(e.contains("require_final_newline = false"), "{e}");
+        let rows = read(b"a,b\n1,x\n2,\"y\nz\"", false).unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[1][1], Cell::Text("y\nz".into()));
+        // An open quote is cut short whatever the option says.
+        let e = read(b"a,b\n1,x\n2,\"y", false).unwrap_err().to_string();
+        assert!(e.contains("unterminated quote"), "{e}");
+    }
+
+    #[test]
+    fn a_file_that_grows_during_the_read_is_refused_at_its_end() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"a,b\n1,x\n").unwrap();
+        f.flush().unwrap();
+        let cols = vec!["a".to_string(), "b".to_string()];
+        let mut src = CsvSource::open(f.path(), b',', &cols).unwrap();
+        let mut cells = Vec::new();
+        // The writer appends after the read began (the reader's buffer holds what it saw).
+        assert!(src.next_row(&mut cells).unwrap().is_some());
+        let mut again = std::fs::OpenOptions::new().append(true).open(f.path()).unwrap();
+        again.write_all(b"2,y\n").unwrap();
+        let mut e = None;
+        loop {
+            match src.next_row(&mut cells) {
+                Ok(Some(_)) => continue,
+                Ok(None) => break,
+                Err(err) => {
+                    e = Some(err.to_string());
+                    break;
+                }
+            }
+        }
+        let e = e.expect("the grown file is refused");
+        assert!(e.contains("changed while it was read"), "{e}");
     }
 }

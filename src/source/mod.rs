@@ -81,6 +81,47 @@ pub fn positions(
         .collect()
 }
 
+/// What a file looked like when its read began: a read that ends with another size or
+/// modification time read a file still being written, and must not become a baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    pub fn of(file: &std::fs::File) -> FileStamp {
+        let meta = file.metadata().ok();
+        FileStamp {
+            len: meta.as_ref().map_or(0, |m| m.len()),
+            modified: meta.and_then(|m| m.modified().ok()),
+        }
+    }
+
+    /// A structural error when the file at `path` is not as it was.
+    pub fn check(&self, path: &std::path::Path, line: u64) -> Result<(), SourceError> {
+        let now = std::fs::metadata(path).map(|m| FileStamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        });
+        match now {
+            Ok(now) if now == *self => Ok(()),
+            Ok(now) => Err(SourceError::Structure {
+                what: path.display().to_string(),
+                line,
+                message: format!(
+                    "the file changed while it was read ({} bytes when the read began, {} now, or a new modification time): it is still being written. Nothing was committed; run again once it is complete",
+                    self.len, now.len
+                ),
+            }),
+            Err(e) => Err(SourceError::Io {
+                what: path.display().to_string(),
+                message: format!("cannot check the file after reading it: {e}"),
+            }),
+        }
+    }
+}
+
 fn hint(available: &[String]) -> String {
     if available.is_empty() {
         String::new()
@@ -127,8 +168,14 @@ pub trait Source: Send {
 pub fn open(settings: &Settings) -> Result<Box<dyn Source>, SourceError> {
     let columns = &settings.plan.columns;
     Ok(match &settings.source {
-        SourceSettings::Csv(s) => Box::new(csv::CsvSource::open(&s.path, s.delimiter, columns)?),
-        SourceSettings::Ndjson(s) => Box::new(ndjson::NdjsonSource::open(&s.path, columns)?),
+        SourceSettings::Csv(s) => Box::new(
+            csv::CsvSource::open(&s.path, s.delimiter, columns)?
+                .require_final_newline(s.require_final_newline),
+        ),
+        SourceSettings::Ndjson(s) => Box::new(
+            ndjson::NdjsonSource::open(&s.path, columns)?
+                .require_final_newline(s.require_final_newline),
+        ),
         SourceSettings::Sqlite(s) => Box::new(sqlite::open(&s.path, &s.query, s.timeout, columns)?),
         SourceSettings::Postgres(db) => Box::new(postgres::open(&query(db, settings))?),
         SourceSettings::Mysql(db) => Box::new(mysql::open(&query(db, settings))?),

@@ -25,6 +25,8 @@ pub struct NdjsonSource {
     rows: u64,
     /// The current line's values of the plan's columns.
     slots: Vec<Option<serde_json::Value>>,
+    require_final_newline: bool,
+    stamp: super::FileStamp,
 }
 
 impl NdjsonSource {
@@ -33,6 +35,7 @@ impl NdjsonSource {
             what: path.display().to_string(),
             message: format!("cannot open: {e}"),
         })?;
+        let stamp = super::FileStamp::of(&file);
         Ok(NdjsonSource {
             path: path.to_path_buf(),
             reader: BufReader::with_capacity(1 << 20, file),
@@ -42,7 +45,15 @@ impl NdjsonSource {
             buf: Vec::new(),
             rows: 0,
             slots: Vec::new(),
+            require_final_newline: true,
+            stamp,
         })
+    }
+
+    /// `[source] require_final_newline` (true unless set).
+    pub fn require_final_newline(mut self, require: bool) -> NdjsonSource {
+        self.require_final_newline = require;
+        self
     }
 }
 
@@ -63,11 +74,18 @@ impl Source for NdjsonSource {
             }
             self.line += 1;
             if !self.buf.ends_with(b"\n") {
-                return Err(SourceError::Structure {
+                let cut = |message: &str| SourceError::Structure {
                     what: self.path.display().to_string(),
                     line: self.line,
-                    message: "the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline".into(),
-                });
+                    message: message.into(),
+                };
+                if self.require_final_newline {
+                    return Err(cut("the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline, or set [source] require_final_newline = false"));
+                }
+                // Without its line end, the last line is taken only if it parses whole.
+                if serde_json::from_slice::<serde::de::IgnoredAny>(&self.buf).is_err() {
+                    return Err(cut("the last line has no line end and is not whole JSON: the file looks cut short"));
+                }
             }
             if self.buf.iter().all(u8::is_ascii_whitespace) {
                 continue;
@@ -114,6 +132,7 @@ impl Source for NdjsonSource {
     }
 
     fn finish(&mut self) -> Result<(), SourceError> {
+        self.stamp.check(&self.path, self.line)?;
         if self.rows == 0 {
             return Ok(());
         }
@@ -308,5 +327,34 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(err.is_config() && err.to_string().contains("\"email\""));
+    }
+}
+
+#[cfg(test)]
+mod ending_tests {
+    use super::*;
+    use std::io::Write;
+
+    fn read(content: &[u8], require: bool) -> Result<usize, SourceError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        let cols = vec!["id".to_string()];
+        let mut src = NdjsonSource::open(f.path(), &cols)?.require_final_newline(require);
+        let mut n = 0;
+        let mut cells = Vec::new();
+        while src.next_row(&mut cells)?.is_some() {
+            n += 1;
+        }
+        src.finish()?;
+        Ok(n)
+    }
+
+    #[test]
+    fn a_last_line_without_a_line_end_is_taken_only_when_asked_and_whole() {
+        let e = read(b"{\"id\":1}\n{\"id\":2}", true).unwrap_err().to_string();
+        assert!(e.contains("require_final_newline = false"), "{e}");
+        assert_eq!(read(b"{\"id\":1}\n{\"id\":2}", false).unwrap(), 2);
+        let e = read(b"{\"id\":1}\n{\"id\":", false).unwrap_err().to_string();
+        assert!(e.contains("not whole JSON"), "{e}");
     }
 }
