@@ -81,6 +81,45 @@ pub struct PendingRequest {
     pub rules: Option<String>,
 }
 
+/// One operation of a request that Batch dropped: its rows, and what to record about them.
+pub struct DroppedOp<'a> {
+    pub rows: &'a [RowRef],
+    pub column: Option<&'a str>,
+    pub rule: &'a str,
+    pub reason: &'a str,
+}
+
+/// The operations of `req` that Batch dropped, each once, in the order it reported them; an
+/// index the request does not have is logged and passed over. Both stores record them so.
+pub fn dropped_ops<'a>(req: &'a PendingRequest, dropped: &'a [PartialError]) -> Vec<DroppedOp<'a>> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for d in dropped {
+        let Some(rows) = req.manifest.get(d.bulk_index) else {
+            tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
+            continue;
+        };
+        if !seen.insert(d.bulk_index) {
+            continue;
+        }
+        out.push(DroppedOp {
+            rows,
+            column: d.attribute.as_deref(),
+            rule: if d.category.is_empty() {
+                "batch"
+            } else {
+                d.category.as_str()
+            },
+            reason: if d.reason.is_empty() {
+                "dropped by Batch without a reason"
+            } else {
+                d.reason.as_str()
+            },
+        });
+    }
+    out
+}
+
 /// The outbox of committed requests, as the send loop drives it.
 pub trait Outbox {
     fn pending(&self) -> Result<Pending>;

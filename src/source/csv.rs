@@ -635,7 +635,10 @@ mod ending_tests {
         let mut cells = Vec::new();
         // The writer appends after the read began (the reader's buffer holds what it saw).
         assert!(src.next_row(&mut cells).unwrap().is_some());
-        let mut again = std::fs::OpenOptions::new().append(true).open(f.path()).unwrap();
+        let mut again = std::fs::OpenOptions::new()
+            .append(true)
+            .open(f.path())
+            .unwrap();
         again.write_all(b"2,y\n").unwrap();
         let mut e = None;
         loop {

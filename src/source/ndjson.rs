@@ -351,10 +351,14 @@ mod ending_tests {
 
     #[test]
     fn a_last_line_without_a_line_end_is_taken_only_when_asked_and_whole() {
-        let e = read(b"{\"id\":1}\n{\"id\":2}", true).unwrap_err().to_string();
+        let e = read(b"{\"id\":1}\n{\"id\":2}", true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("require_final_newline = false"), "{e}");
         assert_eq!(read(b"{\"id\":1}\n{\"id\":2}", false).unwrap(), 2);
-        let e = read(b"{\"id\":1}\n{\"id\":", false).unwrap_err().to_string();
+        let e = read(b"{\"id\":1}\n{\"id\":", false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not whole JSON"), "{e}");
     }
 }

@@ -15,7 +15,7 @@ use super::{now_rfc3339, Ctx, Result, Store};
 use crate::core::encode::{unhex, RowHash};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
-use crate::state::Outbox;
+use crate::state::{dropped_ops, Outbox};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use crate::state::{Pending, PendingRequest};
@@ -166,19 +166,9 @@ impl Outbox for Store {
         self.tx(|s| {
             let mut rejected = 0u64;
             let mut restore = Vec::new();
-            let mut seen = std::collections::BTreeSet::new();
-            for d in dropped {
-                let Some(rows) = req.manifest.get(d.bulk_index) else {
-                    tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
-                    continue;
-                };
-                if !seen.insert(d.bulk_index) {
-                    continue;
-                }
-                let rule = if d.category.is_empty() { "batch" } else { d.category.as_str() };
-                let reason = if d.reason.is_empty() { "dropped by Batch without a reason" } else { d.reason.as_str() };
-                s.reject_rows(req, rows, run_id, d.attribute.as_deref(), rule, reason, &mut restore)?;
-                rejected += rows.len() as u64;
+            for op in dropped_ops(req, dropped) {
+                s.reject_rows(req, op.rows, run_id, op.column, op.rule, op.reason, &mut restore)?;
+                rejected += op.rows.len() as u64;
             }
             baseline::write_delta(s, run_id, restore)?;
             let delivered = req.events.saturating_sub(rejected);

@@ -21,8 +21,8 @@ use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{
-    Commit, Committed, OpenRejects, Outbox, Pending, PendingRequest, Rejected, Result, RunLog,
-    Sink, StateStore, StoreError,
+    dropped_ops, Commit, Committed, OpenRejects, Outbox, Pending, PendingRequest, Rejected, Result,
+    RunLog, Sink, StateStore, StoreError,
 };
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;
@@ -397,19 +397,9 @@ impl Outbox for DbStore {
     ) -> Result<(u64, u64)> {
         self.db.tx(|db| {
             let mut rejected = 0u64;
-            let mut seen = std::collections::BTreeSet::new();
-            for d in dropped {
-                let Some(rows) = req.manifest.get(d.bulk_index) else {
-                    tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
-                    continue;
-                };
-                if !seen.insert(d.bulk_index) {
-                    continue;
-                }
-                let rule = if d.category.is_empty() { "batch" } else { d.category.as_str() };
-                let reason = if d.reason.is_empty() { "dropped by Batch without a reason" } else { d.reason.as_str() };
-                self.reject_rows(db, req, rows, run_id, d.attribute.as_deref(), rule, reason)?;
-                rejected += rows.len() as u64;
+            for op in dropped_ops(req, dropped) {
+                self.reject_rows(db, req, op.rows, run_id, op.column, op.rule, op.reason)?;
+                rejected += op.rows.len() as u64;
             }
             let delivered = req.events.saturating_sub(rejected);
             db.execute(

@@ -5,7 +5,7 @@
 //! its own and a table, dropped when it ends.
 
 use crate::common::db::{warehouse_config, Pg, Schema, PG_VAR};
-use crate::common::{emulator, json_of, Dir};
+use crate::common::{assert_counts, emulator, json_of, Dir};
 use crate::url_or_skip;
 use serde_json::Value;
 
@@ -245,15 +245,7 @@ fn a_database_run_sends_added_rows_once_and_an_unchanged_run_sends_and_writes_no
     );
     let (code, again) = s.dir.sync();
     assert_eq!(code, 0, "{again}");
-    assert_eq!(
-        (
-            again["unchanged"].as_u64(),
-            again["added"].as_u64(),
-            again["requests"].as_u64()
-        ),
-        (Some(40), Some(0), Some(0)),
-        "{again}"
-    );
+    assert_counts(&again, &[("unchanged", 40), ("added", 0), ("requests", 0)]);
     assert_eq!(
         baseline(&s),
         before,
@@ -268,16 +260,15 @@ fn a_database_run_sends_added_rows_once_and_an_unchanged_run_sends_and_writes_no
     ));
     let (code, third) = s.dir.sync();
     assert_eq!(code, 0, "{third}");
-    assert_eq!(
-        (
-            third["added"].as_u64(),
-            third["changed"].as_u64(),
-            third["removed"].as_u64(),
-            third["unchanged"].as_u64(),
-            third["events_sent"].as_u64()
-        ),
-        (Some(2), Some(1), Some(1), Some(38), Some(2)),
-        "{third}"
+    assert_counts(
+        &third,
+        &[
+            ("added", 2),
+            ("changed", 1),
+            ("removed", 1),
+            ("unchanged", 38),
+            ("events_sent", 2),
+        ],
     );
     assert_eq!(s.count("baseline", "WHERE present"), 41);
     assert_eq!(
@@ -292,14 +283,9 @@ fn a_database_run_sends_added_rows_once_and_an_unchanged_run_sends_and_writes_no
     ));
     let (code, fourth) = s.dir.sync();
     assert_eq!(code, 0, "{fourth}");
-    assert_eq!(
-        (
-            fourth["added"].as_u64(),
-            fourth["reentered"].as_u64(),
-            fourth["events_sent"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1)),
-        "{fourth}"
+    assert_counts(
+        &fourth,
+        &[("added", 1), ("reentered", 1), ("events_sent", 1)],
     );
     assert_eq!(emu.received().len(), 43);
 
@@ -325,15 +311,9 @@ fn plan_in_the_database_mode_maps_the_delta_and_writes_nothing() {
     let before = s.dump();
     let (code, plan) = json_of(s.dir.run(&["plan", "--json"]));
     assert_eq!(code, 0, "{plan}");
-    assert_eq!(
-        (
-            plan["added"].as_u64(),
-            plan["removed"].as_u64(),
-            plan["rejected"].as_u64(),
-            plan["events"].as_u64()
-        ),
-        (Some(2), Some(1), Some(1), Some(1)),
-        "{plan}"
+    assert_counts(
+        &plan,
+        &[("added", 2), ("removed", 1), ("rejected", 1), ("events", 1)],
     );
     assert_eq!(
         plan["rejects_sample"][0]["key"],
@@ -347,11 +327,7 @@ fn plan_in_the_database_mode_maps_the_delta_and_writes_nothing() {
     // The run does what the plan said; the empty custom id is a reject with its key.
     let (code, run) = s.dir.sync();
     assert_eq!(code, 3, "{run}");
-    assert_eq!(
-        (run["rejected"].as_u64(), run["events_sent"].as_u64()),
-        (Some(1), Some(1)),
-        "{run}"
-    );
+    assert_counts(&run, &[("rejected", 1), ("events_sent", 1)]);
     let (_, rejects) = json_of(s.dir.run(&["rejects", "--json"]));
     assert_eq!(
         rejects[0]["key"],
@@ -533,11 +509,7 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     s.setup();
     let (code, first) = s.dir.sync();
     assert_eq!(code, 3, "{first}");
-    assert_eq!(
-        (first["events_sent"].as_u64(), first["rejected"].as_u64()),
-        (Some(9), Some(1)),
-        "{first}"
-    );
+    assert_counts(&first, &[("events_sent", 9), ("rejected", 1)]);
     let (_, rejects) = json_of(s.dir.run(&["rejects", "--json"]));
     assert_eq!(rejects[0]["source"], "batch", "{rejects}");
     assert_eq!(
@@ -571,14 +543,9 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     let (code, second) = s.dir.sync();
     assert_eq!(code, 3, "{second}");
     // o3 is still rejected (unchanged since Batch dropped it): not sent again.
-    assert_eq!(
-        (
-            second["changed"].as_u64(),
-            second["rejected"].as_u64(),
-            second["still_rejected"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1)),
-        "{second}"
+    assert_counts(
+        &second,
+        &[("changed", 1), ("rejected", 1), ("still_rejected", 1)],
     );
     assert_eq!(
         hash_of_5(&s),
@@ -590,26 +557,13 @@ fn rows_batch_drops_become_rejects_and_their_baseline_entries_go_back() {
     // Unchanged, both stay rejected; --retry-rejects sends them once more.
     let (code, still) = s.dir.sync();
     assert_eq!(code, 0, "{still}");
-    assert_eq!(
-        (
-            still["still_rejected"].as_u64(),
-            still["events_sent"].as_u64(),
-            still["rejected"].as_u64()
-        ),
-        (Some(2), Some(0), Some(0)),
-        "{still}"
+    assert_counts(
+        &still,
+        &[("still_rejected", 2), ("events_sent", 0), ("rejected", 0)],
     );
     let (code, third) = s.dir.sync_with(&["--retry-rejects"]);
     assert_eq!(code, 0, "{third}");
-    assert_eq!(
-        (
-            third["added"].as_u64(),
-            third["changed"].as_u64(),
-            third["events_sent"].as_u64()
-        ),
-        (Some(1), Some(1), Some(2)),
-        "{third}"
-    );
+    assert_counts(&third, &[("added", 1), ("changed", 1), ("events_sent", 2)]);
     assert_ne!(hash_of_5(&s), before);
     let ids: Vec<String> = emu.received().iter().map(|r| r.custom_id.clone()).collect();
     assert_eq!(ids.iter().filter(|i| *i == "o3@x.io").count(), 1, "{ids:?}");
@@ -628,11 +582,7 @@ fn in_the_database_mode_rows_that_stay_rejected_are_not_added_again() {
     s.setup();
     let (code, first) = s.dir.sync();
     assert_eq!(code, 3, "{first}");
-    assert_eq!(
-        (first["rejected"].as_u64(), first["events_sent"].as_u64()),
-        (Some(2), Some(1)),
-        "{first}"
-    );
+    assert_counts(&first, &[("rejected", 2), ("events_sent", 1)]);
 
     // One good row more: 1 added, 2 still rejected, exit 0, no guard tripped.
     s.pg.exec(&format!(
@@ -641,16 +591,15 @@ fn in_the_database_mode_rows_that_stay_rejected_are_not_added_again() {
     ));
     let (code, second) = s.dir.sync();
     assert_eq!(code, 0, "{second}");
-    assert_eq!(
-        (
-            second["added"].as_u64(),
-            second["rejected"].as_u64(),
-            second["still_rejected"].as_u64(),
-            second["unchanged"].as_u64(),
-            second["rows"].as_u64()
-        ),
-        (Some(1), Some(0), Some(2), Some(1), Some(4)),
-        "{second}"
+    assert_counts(
+        &second,
+        &[
+            ("added", 1),
+            ("rejected", 0),
+            ("still_rejected", 2),
+            ("unchanged", 1),
+            ("rows", 4),
+        ],
     );
     let (_, open) = json_of(s.dir.run(&["rejects", "--json"]));
     assert_eq!(open.as_array().unwrap().len(), 2, "{open}");
@@ -667,25 +616,13 @@ fn in_the_database_mode_rows_that_stay_rejected_are_not_added_again() {
     ));
     let (code, third) = s.dir.sync();
     assert_eq!(code, 0, "{third}");
-    assert_eq!(
-        (
-            third["added"].as_u64(),
-            third["still_rejected"].as_u64(),
-            third["events_sent"].as_u64()
-        ),
-        (Some(1), Some(1), Some(1)),
-        "{third}"
+    assert_counts(
+        &third,
+        &[("added", 1), ("still_rejected", 1), ("events_sent", 1)],
     );
     let (code, retried) = s.dir.sync_with(&["--retry-rejects"]);
     assert_eq!(code, 3, "{retried}");
-    assert_eq!(
-        (
-            retried["rejected"].as_u64(),
-            retried["still_rejected"].as_u64()
-        ),
-        (Some(1), Some(0)),
-        "{retried}"
-    );
+    assert_counts(&retried, &[("rejected", 1), ("still_rejected", 0)]);
     let (_, open) = json_of(s.dir.run(&["rejects", "--json"]));
     assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
     assert_eq!(open[0]["first_run_id"].as_i64(), Some(1), "{open}");

@@ -147,3 +147,14 @@ pub fn custom_ids(received: &[Received]) -> Vec<String> {
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// Asserts the named counts of a run or plan summary all at once, showing the whole summary
+/// when they differ.
+pub fn assert_counts(summary: &serde_json::Value, want: &[(&str, u64)]) {
+    let got: Vec<(&str, Option<u64>)> = want
+        .iter()
+        .map(|(k, _)| (*k, summary[*k].as_u64()))
+        .collect();
+    let want: Vec<(&str, Option<u64>)> = want.iter().map(|(k, v)| (*k, Some(*v))).collect();
+    assert_eq!(got, want, "{summary}");
+}
