@@ -12,6 +12,9 @@
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
 //! - `layout`: this binary holds every test file.
+//! - `warehouse_crash`: crash safety of the database mode: every crash point, connections
+//!   terminated by the server, kills in a loop against a crash-free twin, fresh working
+//!   directories, the advisory lock.
 
 mod common;
 
@@ -23,3 +26,4 @@ mod emulator;
 mod layout;
 mod ship;
 mod sync;
+mod warehouse_crash;
