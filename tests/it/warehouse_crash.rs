@@ -1282,7 +1282,7 @@ fn rounds_of_changes_each_run_killed_at_a_seeded_random_point_or_moment_end_exac
             ),
         };
         // Let the emulator finish what a dead client had sent.
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(150));
         lock_freed(&w, &s);
         assert_eq!(
             s.dump(&w).delta_rows,
