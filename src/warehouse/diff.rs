@@ -19,6 +19,8 @@
 //!   staged hash, and the count with the staged count; a query that reads differently the
 //!   second time (a volatile function) stops the run before anything is committed.
 //! - Only fetched rows are typed and checked (WAREHOUSE.md "Semantics that differ").
+//! - Crash points: `after_read` (the stage statement done), `mid_fetch` (before each FETCH
+//!   after the first); a crash at either leaves the database as it was.
 
 use super::sql::{self, Col};
 use super::store::{DbStore, Staged};
@@ -374,6 +376,10 @@ impl SqlDiff {
     }
 
     fn refill(&mut self) -> Result<(), RunError> {
+        if self.fetched > 0 {
+            // The cursor has yielded rows, some of them may be in the outbox already.
+            crate::crash::point("mid_fetch");
+        }
         let rows = self
             .db
             .query(&format!("FETCH {FETCH_BATCH} FROM {CURSOR}"), &[])

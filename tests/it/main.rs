@@ -14,6 +14,9 @@
 //! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
 //! - `layout`: this binary holds every test file.
 //! - `tls`: TLS to PostgreSQL and MariaDB servers the tests start, with certificates they make.
+//! - `warehouse_crash`: crash safety of the database mode: every crash point, connections
+//!   terminated by the server, kills in a loop against a crash-free twin, fresh working
+//!   directories, the advisory lock.
 
 mod common;
 
@@ -27,3 +30,4 @@ mod ship;
 mod sync;
 mod tls;
 mod warehouse;
+mod warehouse_crash;
