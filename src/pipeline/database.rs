@@ -1,5 +1,5 @@
-//! The database mode's wiring (WAREHOUSE.md "One run"): the advisory lock on a connection of
-//! its own, the tables checked (never created), then the run's own steps with the SQL diff
+//! The database mode's wiring (WAREHOUSE.md "One run"): the advisory lock on the run's
+//! connection, the tables checked (never created), then the run's own steps with the SQL diff
 //! engine and the database store. Everything after the wiring is the local mode's code.
 
 use super::delta::Apply;
@@ -12,7 +12,7 @@ use crate::ship::{Halt, StopFlag};
 use crate::ui::Ui;
 use crate::warehouse::diff::{SqlDiff, Target};
 use crate::warehouse::store::DbStore;
-use crate::warehouse::{self, Db, DbLock};
+use crate::warehouse::{self, Db};
 use std::time::Instant;
 
 /// Connects and checks the sync's tables: a run or a plan against a schema never set up, or
@@ -31,8 +31,10 @@ pub fn run(
     stop: &StopFlag,
     ui: &Ui,
 ) -> Result<RunSummary, Box<RunFailed>> {
-    let _lock = DbLock::acquire(settings)?;
-    let store = open(settings)?;
+    let db = Db::connect(settings).map_err(RunError::from)?;
+    db.lock()?;
+    warehouse::verify(&db, false).map_err(RunError::from)?;
+    let store = DbStore::new(db, settings.destination.mass_update_from);
     let mut run = Run::start(settings, opts, store, creds, stop, ui)?;
     let outcome = steps(&mut run, settings, opts, stop);
     run.finish(outcome)

@@ -658,7 +658,11 @@ where
     let lost: ConnectionError = Arc::default();
     let slot = lost.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        // Polled by reference, so that the connection, and with it the channels the client's
+        // requests wait on, lives until its message is written: a request failing with
+        // "connection closed" then finds why (the server's words) beside it.
+        let mut connection = std::pin::pin!(connection);
+        if let Err(e) = connection.as_mut().await {
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(message(&e, None));
             }

@@ -6,7 +6,7 @@
 //! guards, shipping and the run's bookkeeping are the local mode's own code.
 //!
 //! ```text
-//! lock (pg_try_advisory_lock, own connection) → resume → BEGIN REPEATABLE READ
+//! lock (pg_try_advisory_lock, on the run's connection) → resume → BEGIN REPEATABLE READ
 //!   → stage (one INSERT … SELECT: query ⟗ baseline → <name>_delta) → counts → guards
 //!   → fetch (cursor over the rows that become events) → map → outbox, rejects
 //!   → baseline takes the delta → run record → COMMIT → ship (one transaction per answer)
@@ -106,8 +106,11 @@ impl Db {
             target,
         };
         let timeout = src.timeout.as_millis().min(i32::MAX as u128);
+        // The server's keepalives on its side: a client host that vanishes without closing
+        // its socket frees the sync's lock within about a minute, not the default two hours.
         db.batch(&format!(
-            "{}; SET statement_timeout = {timeout}; SET application_name = 'batchsync'",
+            "{}; SET statement_timeout = {timeout}; SET application_name = 'batchsync'; \
+             SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; SET tcp_keepalives_count = 3",
             sql::SESSION
         ))?;
         Ok(db)
@@ -212,29 +215,36 @@ pub fn lock_key(t: &Tables) -> String {
     format!("batchsync:{}.{}", t.schema, t.name)
 }
 
-/// The run lock of the database mode: `pg_try_advisory_lock` on a connection of its own, held
-/// until it is dropped (or the connection dies, with the process).
-pub struct DbLock {
-    _db: Db,
-}
+/// How many times a run tries again, 40 ms apart (a second in all), when the lock is taken:
+/// the server frees a killed run's lock only once it sees the connection closed.
+const LOCK_RETRIES: u32 = 25;
 
-impl DbLock {
-    pub fn acquire(settings: &Settings) -> Result<DbLock, crate::pipeline::RunError> {
-        let db = Db::connect(settings)?;
-        let got: bool = db
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, hashtext($2))",
-                &[&LOCK_CLASS, &lock_key(&db.tables)],
-            )?
-            .get(0);
-        if !got {
-            return Err(crate::lock::LockError::Held {
-                path: db.tables.describe().into(),
-                holder: format!("an advisory lock in {}", db.what),
+impl Db {
+    /// The run lock of the database mode: `pg_try_advisory_lock` on this connection, the one
+    /// every statement of the run goes through, held until it closes. Not on a connection of
+    /// its own (as WAREHOUSE.md first had it): a run whose lock connection alone died would go
+    /// on without the lock while another run took it; on the run's own connection, losing the
+    /// lock is losing the run, which stops at its next statement.
+    pub fn lock(&self) -> Result<(), crate::pipeline::RunError> {
+        for attempt in 0..=LOCK_RETRIES {
+            let got: bool = self
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, hashtext($2))",
+                    &[&LOCK_CLASS, &lock_key(&self.tables)],
+                )?
+                .get(0);
+            if got {
+                return Ok(());
             }
-            .into());
+            if attempt < LOCK_RETRIES {
+                std::thread::sleep(std::time::Duration::from_millis(40));
+            }
         }
-        Ok(DbLock { _db: db })
+        Err(crate::lock::LockError::Held {
+            path: self.tables.describe().into(),
+            holder: format!("an advisory lock in {}", self.what),
+        }
+        .into())
     }
 }
 

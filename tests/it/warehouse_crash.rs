@@ -1544,7 +1544,6 @@ fn lock_holder(w: &World, s: &Sync) -> i32 {
 }
 
 #[test]
-#[ignore = "fails: a run that loses its lock's connection carries on without the lock (docs/RELIABILITY.md, 8)"]
 fn a_run_that_loses_its_locks_connection_stops_at_its_next_database_step() {
     let url = url_or_skip!(PG_VAR);
     let w = World::new(&url);
