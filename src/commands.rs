@@ -352,14 +352,16 @@ type StatusData = (Vec<RunSummary>, crate::state::Pending, Vec<(i64, u64)>, u64)
 fn status_database(settings: &Settings, a: &StatusArgs) -> Result<StatusData, pipeline::RunError> {
     let store = pipeline::database::open(settings)?;
     let mut runs = store.runs(a.runs)?;
+    let pending = store.pending()?;
     if !store.lock_held()? {
         for r in runs.iter_mut().filter(|r| r.status.is_open()) {
             r.status = crate::core::run::RunStatus::Interrupted;
+            r.counts.events_pending = pending.events;
         }
     }
     Ok((
         runs,
-        store.pending()?,
+        pending,
         store.reject_counts()?,
         store.baseline_present()?,
     ))
@@ -408,8 +410,10 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
         let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
         result.map(|(mut runs, pending, rejects, baseline)| {
             if !live {
+                // As the next run will close it: what it left pending is what is pending now.
                 for r in runs.iter_mut().filter(|r| r.status.is_open()) {
                     r.status = crate::core::run::RunStatus::Interrupted;
+                    r.counts.events_pending = pending.events;
                 }
             }
             (runs, pending, rejects, baseline)

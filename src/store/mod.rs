@@ -435,7 +435,9 @@ impl RunLog for Store {
     fn close_interrupted_runs(&self) -> Result<usize> {
         self.conn
             .execute(
-                "UPDATE run SET status = ?1, finished_at = COALESCE(finished_at, ?2) WHERE status IN (?3, ?4)",
+                "UPDATE run SET status = ?1, finished_at = COALESCE(finished_at, ?2),
+                        events_pending = (SELECT COALESCE(SUM(events), 0) FROM request WHERE state = 'pending')
+                 WHERE status IN (?3, ?4)",
                 params![
                     RunStatus::Interrupted,
                     now_rfc3339(),

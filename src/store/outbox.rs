@@ -93,6 +93,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The shipping run's record counts each answer as it is recorded, in the answer's own
+    /// transaction: a run killed while shipping keeps true counts (the summary it would have
+    /// written at its end holds the same totals).
+    fn count_answer(&self, run_id: i64, delivered: u64, rejected: u64) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE run SET events_sent = events_sent + ?2, rejected = rejected + ?3 WHERE id = ?1",
+            )
+            .and_then(|mut st| st.execute(params![run_id, delivered as i64, rejected as i64]))
+            .ctx(&self.path)?;
+        Ok(())
+    }
+}
+
 impl Outbox for Store {
     fn pending(&self) -> Result<Pending> {
         self.conn
@@ -172,6 +187,7 @@ impl Outbox for Store {
             }
             baseline::write_delta(s, run_id, restore)?;
             let delivered = req.events.saturating_sub(rejected);
+            s.count_answer(run_id, delivered, rejected)?;
             s.conn
                 .execute(
                     "UPDATE request SET state = 'delivered', delivered_events = ?2, attempts = attempts + 1, answered_at = ?3,
@@ -193,6 +209,7 @@ impl Outbox for Store {
                 rejected += rows.len() as u64;
             }
             baseline::write_delta(s, run_id, restore)?;
+            s.count_answer(run_id, 0, rejected)?;
             s.conn
                 .execute(
                     "UPDATE request SET state = 'rejected', attempts = attempts + 1, answered_at = ?2, last_error = ?3,

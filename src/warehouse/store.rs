@@ -263,6 +263,22 @@ impl DbStore {
     }
 }
 
+/// The shipping run's record counts each answer in the answer's own transaction (see the local
+/// store's `count_answer`).
+fn count_answer(db: &Db, run_id: i64, delivered: u64, rejected: u64) -> Result<()> {
+    db.execute(
+        &format!(
+            "UPDATE {} SET summary = summary
+               || jsonb_build_object('events_sent', coalesce((summary->>'events_sent')::bigint, 0) + $2)
+               || jsonb_build_object('rejected', coalesce((summary->>'rejected')::bigint, 0) + $3)
+             WHERE run_id = $1",
+            db.tables.runs()
+        ),
+        &[&run_id, &(delivered as i64), &(rejected as i64)],
+    )?;
+    Ok(())
+}
+
 fn summary_of(text: &str) -> Option<RunSummary> {
     #[derive(serde::Deserialize)]
     struct Stored {
@@ -291,10 +307,13 @@ fn summary_json(s: &RunSummary) -> serde_json::Value {
 impl RunLog for DbStore {
     fn close_interrupted_runs(&self) -> Result<usize> {
         self.db.settle()?;
+        let runs = self.db.tables.runs();
+        let outbox = self.db.tables.outbox();
         let n = self.db.execute(
             &format!(
-                "UPDATE {} SET status = $1 WHERE status IN ($2, $3)",
-                self.db.tables.runs()
+                "UPDATE {runs} SET status = $1, summary = summary || jsonb_build_object('events_pending',
+                   (SELECT coalesce(sum(events), 0) FROM {outbox} WHERE state = 'pending'))
+                 WHERE status IN ($2, $3)"
             ),
             &[
                 &RunStatus::Interrupted.as_str(),
@@ -402,6 +421,7 @@ impl Outbox for DbStore {
                 rejected += op.rows.len() as u64;
             }
             let delivered = req.events.saturating_sub(rejected);
+            count_answer(db, run_id, delivered, rejected)?;
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'delivered', delivered_events = $2, attempts = attempts + 1, answered_at = $3,
@@ -421,6 +441,7 @@ impl Outbox for DbStore {
                 self.reject_rows(db, req, rows, run_id, None, "batch_bad_request", message)?;
                 rejected += rows.len() as u64;
             }
+            count_answer(db, run_id, 0, rejected)?;
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'rejected', attempts = attempts + 1, answered_at = $2, last_error = $3,

@@ -831,3 +831,39 @@ fn rows_that_stay_rejected_are_not_added_again_nor_counted_by_the_guards_nor_a_r
     );
     assert_eq!(emu.received().len(), 3);
 }
+
+#[test]
+fn a_run_killed_while_shipping_keeps_true_counts_of_what_it_delivered_and_left_pending() {
+    use crate::common::crash_support::{emulator_free, run_bin, write_orders, Config, Customers};
+    let em = emulator_free(batchsync::emulate::Faults::default());
+    let d = Dir::new();
+    Config::new(&em.endpoint()).write(&d);
+    // 600 profiles: three requests of 200 operations.
+    write_orders(&d, 0..600, Customers::Unique);
+    let killed = run_bin(&d, &["run", "--json", "--quiet"], Some("after_record:1"));
+    assert_eq!(killed.status.code(), None, "killed by the crash point");
+    assert_eq!(em.received().len(), 200);
+    let (code, s) = json_of(d.run(&["status", "--json"]));
+    assert_eq!(code, 0);
+    assert_eq!(s["pending"]["events"], 400, "{s}");
+    let run = &s["runs"][0];
+    assert_eq!(run["status"], "interrupted", "{s}");
+    assert_counts(
+        run,
+        &[
+            ("events", 600),
+            ("events_sent", 200),
+            ("events_pending", 400),
+        ],
+    );
+    // The next run records it so, with the same counts, and ships the rest.
+    let (code, next) = d.sync();
+    assert_eq!(code, 0, "{next}");
+    assert_counts(&next, &[("events_sent", 400), ("resumed_requests", 2)]);
+    let (_, s) = json_of(d.run(&["status", "--json"]));
+    assert_eq!(s["runs"][1]["status"], "interrupted");
+    assert_counts(
+        &s["runs"][1],
+        &[("events_sent", 200), ("events_pending", 400)],
+    );
+}
