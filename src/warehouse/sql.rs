@@ -215,14 +215,29 @@ impl Col {
     }
 
     /// The value's canonical text under the pinned settings: numerics without trailing zeros,
-    /// times with time zone in UTC, bytes in hex; everything else its own text.
+    /// floats without the sign of a zero, times with time zone in UTC, bytes in hex, json as
+    /// jsonb writes it (the local mode reads a number, and a document, not its spacing or key
+    /// order); everything else its own text.
     fn text(&self) -> String {
         let c = &self.expr;
         match self.ty {
             Type::NUMERIC => format!("trim_scale({c})::text"),
+            Type::FLOAT4 | Type::FLOAT8 => format!("CASE WHEN {c} = 0 THEN '0' ELSE {c}::text END"),
             Type::TIMESTAMPTZ => format!("({c} AT TIME ZONE 'UTC')::text"),
             Type::BYTEA => format!("encode({c}, 'hex')"),
+            Type::JSON => format!("({c}::jsonb)::text"),
             _ => format!("{c}::text"),
+        }
+    }
+
+    /// Whether the value is null to the recipe: a JSON `null` is, as the local mode reads it.
+    fn is_null(&self) -> String {
+        let c = &self.expr;
+        match self.ty {
+            Type::JSON | Type::JSONB => {
+                format!("({c} IS NULL OR jsonb_typeof({c}::jsonb) = 'null')")
+            }
+            _ => format!("{c} IS NULL"),
         }
     }
 
@@ -260,9 +275,9 @@ pub fn hash_expr(cols: &[Col]) -> String {
         .map(|c| {
             let t = c.text();
             format!(
-                "'{oid}' || CASE WHEN {e} IS NULL THEN 'N' ELSE 'V' || length({t}) || ':' || {t} END",
+                "'{oid}' || CASE WHEN {null} THEN 'N' ELSE 'V' || length({t}) || ':' || {t} END",
                 oid = c.ty.oid(),
-                e = c.expr,
+                null = c.is_null(),
             )
         })
         .collect();
