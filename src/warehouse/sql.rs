@@ -28,10 +28,15 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A string literal: `'it''s'` (standard_conforming_strings is on since PostgreSQL 9.1, and
-/// batchsync sets nothing else).
+/// A string literal: `'it''s'`, or `E'a\\b'` when it holds a backslash, so that it reads the
+/// same whatever `standard_conforming_strings` the role sets (batchsync leaves that setting to
+/// the role: the user's query is read under it, as in the local mode).
 pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
 }
 
 /// The names of one sync's tables in its schema, quoted.
@@ -300,6 +305,7 @@ mod tests {
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(ident(r#"we"ird; drop"#), r#""we""ird; drop""#);
         assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r#"{"a\"b":"#), r#"E'{"a\\"b":'"#);
         let t = Tables {
             schema: "my \"schema\"".into(),
             name: "orders".into(),
@@ -332,7 +338,7 @@ mod tests {
         let e = key_expr(&["id".into(), "we\"ird".into()], &cols);
         assert_eq!(
             e,
-            r#"('{"id":' || (to_json(u."id")::text) || ',"we\"ird":' || (to_json(u."we""ird")::text) || '}')"#
+            r#"('{"id":' || (to_json(u."id")::text) || E',"we\\"ird":' || (to_json(u."we""ird")::text) || '}')"#
         );
     }
 }

@@ -14,6 +14,8 @@
 //!   The values are ones the local mode types without a reject, so that "only fetched rows are
 //!   typed" (WAREHOUSE.md, "Semantics that differ") never comes into it; reject lines and
 //!   duplicate reasons, which differ by design, are not compared.
+//! - Session settings a role may carry (time zone, date and interval styles, float digits,
+//!   bytea output, non-standard string literals) stage no row of an unchanged table.
 
 use crate::common::db::{unique, Pg, Schema, PG_VAR};
 use crate::common::{emulator, json_of, Dir};
@@ -21,7 +23,7 @@ use crate::url_or_skip;
 use batchsync::emulate::EmulatorThread;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, FileFailurePersistence, TestCaseError, TestRunner};
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use tokio_postgres::types::ToSql;
 
@@ -692,4 +694,189 @@ fn the_sql_diff_gives_the_local_modes_deltas_on_every_version_of_a_segment() {
     }) {
         panic!("{e}");
     }
+}
+
+// --- 2. Session settings that change how values render -----------------------------------------
+
+/// The test server's URL as another role (no password: the test server trusts local clients).
+fn url_as(url: &str, role: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+    format!("{scheme}://{role}@{host}")
+}
+
+/// A login role of the test's own, dropped with everything it owns (the sync's schema
+/// included) when this is.
+struct Role {
+    name: String,
+    admin_url: String,
+}
+
+impl Role {
+    fn create(pg: &Pg, admin_url: &str) -> Role {
+        let name = unique("bs_render");
+        pg.exec(&format!("CREATE ROLE {} LOGIN", ident(&name)));
+        // `setup` creates the schema; `plan` stages into a temporary table.
+        pg.exec(&format!(
+            "DO $$ BEGIN EXECUTE format('GRANT CREATE, TEMP ON DATABASE %I TO %I', current_database(), {}); END $$",
+            quote(&name)
+        ));
+        Role {
+            name,
+            admin_url: admin_url.to_string(),
+        }
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        let pg = Pg::connect(&self.admin_url);
+        let r = ident(&self.name);
+        let _ = pg.rt.block_on(pg.client.batch_execute(&format!(
+            "DROP OWNED BY {r} CASCADE; DROP ROLE IF EXISTS {r}"
+        )));
+    }
+}
+
+/// What a fresh session of `url` renders, before batchsync pins anything.
+fn session_renders(url: &str) -> Vec<String> {
+    let rt = crate::common::db::runtime();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("the role connects");
+        tokio::spawn(conn);
+        let row = client
+            .query_one(
+                "SELECT current_setting('TimeZone'), current_setting('DateStyle'),
+                        current_setting('IntervalStyle'), current_setting('extra_float_digits'),
+                        current_setting('bytea_output'), current_setting('standard_conforming_strings'),
+                        '2024-03-01 12:00:00+00'::timestamptz::text, '1 day 02:03:04'::interval::text,
+                        1.0000000000000002::float8::text, E'\\\\x00ff'::bytea::text",
+                &[],
+            )
+            .await
+            .expect("the settings read");
+        (0..row.len()).map(|i| row.get(i)).collect()
+    })
+}
+
+const RENDER_SYNC: &str = r#"on_change = "ignore"
+max_added = "off"
+max_removed = "off""#;
+
+#[test]
+fn settings_that_change_how_values_render_stage_no_row_of_an_unchanged_table() {
+    let url = url_or_skip!(PG_VAR);
+    let mut pg = Pg::connect(&url);
+    let t = pg.table("render");
+    // Every type whose text a session setting changes, in the key and in the hashed columns;
+    // a key column whose name holds a quote, so the key text's SQL literal holds a backslash.
+    pg.exec(&format!(
+        r#"CREATE TABLE {t} ("id ""n""" int4, who text, ts timestamptz, naive timestamp, day date,
+             span interval, f8 float8, f4 float4, amount numeric, raw bytea, doc jsonb,
+             stamps timestamptz[], days date[], floats float8[], spans interval[], tags text[]);
+           INSERT INTO {t} VALUES
+             (1, 'u1', '2024-03-10 07:30:00.123456+00', '2024-03-10 02:30:00', '2024-03-01',
+              '1 day 02:03:04.5', 0.1, 0.1, 1.50, '\x00ff27', '{{"b": [1.5, "x"], "a": null}}',
+              ARRAY['2024-03-10 07:30:00+00'::timestamptz, '1999-12-31 23:00:00-05'],
+              ARRAY['2024-03-01'::date, '2024-12-31'], ARRAY[0.1::float8, 1e-7, 123456789.123],
+              ARRAY['-1 year -2 mons +3 days 04:05:06'::interval], ARRAY['a', 'b c']),
+             (2, 'u2', '1999-12-31 23:59:59+05', '2000-02-29 23:59:59.999', '1999-12-31',
+              '-1 year -2 mons +3 days -04:05:06', 1.0000000000000002, 3.1415927, 0.000,
+              'it''s\\', '[]', '{{}}', '{{}}', '{{}}', '{{}}', '{{}}'),
+             (3, 'ü3', '2024-11-03 05:30:00+00', NULL, NULL, NULL, 123456789.123, NULL, NULL,
+              NULL, NULL, NULL, NULL, NULL, NULL, NULL);"#
+    ));
+    let role = Role::create(&pg, &url);
+    pg.exec(&format!("GRANT SELECT ON {t} TO {}", ident(&role.name)));
+    let role_url = url_as(&url, &role.name);
+    let emu = emulator();
+    let dir = Dir::new();
+    dir.write(
+        "batchsync.toml",
+        config(
+            &role_url,
+            &format!("SELECT * FROM {t}"),
+            &["id \"n\"", "ts", "f8"],
+            r#"custom_id = "who"
+event = "rendered"
+attributes = ["naive", "day", "span", "f4", "amount", "raw", "doc", "stamps", "days", "floats", "spans", "tags"]"#,
+            RENDER_SYNC,
+            &emu.endpoint(),
+            State::Database {
+                schema: &role.name,
+                name: "render",
+            },
+        ),
+    );
+    let (code, setup) = json_of(dir.run(&["setup", "--json"]));
+    assert_eq!(code, 0, "{setup}");
+    // Recorded without being fetched: the types the local mode does not read never come in.
+    let (code, first) = dir.sync_with(&["--initial", "baseline"]);
+    assert_eq!(
+        (code, &first["added"], &first["events"]),
+        (0, &json!(3), &json!(0)),
+        "{first}"
+    );
+    let delta = |plan: &Value| {
+        counts(
+            plan,
+            &["added", "changed", "removed", "unchanged", "rejected"],
+        )
+    };
+    let nothing = counts(
+        &json!({"added": 0, "changed": 0, "removed": 0, "unchanged": 3, "rejected": 0}),
+        &["added", "changed", "removed", "unchanged", "rejected"],
+    );
+    let (code, plan) = json_of(dir.run(&["plan", "--json"]));
+    assert_eq!((code, delta(&plan)), (0, nothing.clone()), "{plan}");
+
+    let pinned = session_renders(&role_url);
+    pg.exec(&format!(
+        "ALTER ROLE {r} SET TimeZone = 'America/New_York'; ALTER ROLE {r} SET DateStyle = 'SQL, DMY';
+         ALTER ROLE {r} SET IntervalStyle = 'sql_standard'; ALTER ROLE {r} SET extra_float_digits = -3;
+         ALTER ROLE {r} SET bytea_output = 'escape'; ALTER ROLE {r} SET standard_conforming_strings = off;",
+        r = ident(&role.name)
+    ));
+    let changed = session_renders(&role_url);
+    assert_eq!(
+        changed[..6],
+        [
+            "America/New_York",
+            "SQL, DMY",
+            "sql_standard",
+            "-3",
+            "escape",
+            "off"
+        ],
+        "the role's sessions start with the settings"
+    );
+    for (i, (before, after)) in pinned[6..].iter().zip(&changed[6..]).enumerate() {
+        assert_ne!(
+            before, after,
+            "rendering {i} is changed by the role's settings"
+        );
+    }
+
+    let (code, plan) = json_of(dir.run(&["plan", "--json"]));
+    assert_eq!((code, delta(&plan)), (0, nothing), "{plan}");
+    let (code, run) = dir.sync();
+    assert_eq!(
+        (code, &run["changed"], &run["removed"], &run["added"]),
+        (0, &json!(0), &json!(0), &json!(0)),
+        "{run}"
+    );
+    assert!(emu.received().is_empty());
+
+    // The same plan still sees a change.
+    pg.exec(&format!(
+        r#"UPDATE {t} SET span = span + interval '1 second' WHERE "id ""n""" = 2"#
+    ));
+    let (code, plan) = json_of(dir.run(&["plan", "--json"]));
+    assert_eq!(
+        (code, &plan["changed"], &plan["unchanged"], &plan["added"]),
+        (0, &json!(1), &json!(2), &json!(0)),
+        "{plan}"
+    );
 }
