@@ -47,8 +47,16 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub const SUFFIXES: [&'static str; 6] =
-        ["meta", "runs", "baseline", "delta", "outbox", "rejects"];
+    /// Every table of a sync: what `setup` creates, and a run and `check` require.
+    pub const SUFFIXES: [&'static str; 7] = [
+        "meta",
+        "runs",
+        "baseline",
+        "delta",
+        "outbox",
+        "rejects",
+        "open_rejects",
+    ];
 
     /// `"schema"."<name>_<suffix>"`.
     pub fn table(&self, suffix: &str) -> String {

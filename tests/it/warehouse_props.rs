@@ -16,9 +16,11 @@
 //!   duplicate reasons, which differ by design, are not compared.
 //! - Session settings a role may carry (time zone, date and interval styles, float digits,
 //!   bytea output, non-standard string literals) stage no row of an unchanged table.
+//! - A schema and columns named with quotes, spaces, semicolons, a backslash and capitals:
+//!   setup, runs and a change work, and the tables bear exactly those names.
 
 use crate::common::db::{unique, Pg, Schema, PG_VAR};
-use crate::common::{emulator, json_of, Dir};
+use crate::common::{emulator, json_of, stderr, Dir};
 use crate::url_or_skip;
 use batchsync::emulate::EmulatorThread;
 use proptest::prelude::*;
@@ -86,6 +88,11 @@ fn query(pg: &Pg, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<tokio_postgr
     pg.rt
         .block_on(pg.client.query(sql, params))
         .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+}
+
+/// The first column of every row, as text.
+fn query_rows(pg: &Pg, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<String> {
+    query(pg, sql, params).iter().map(|r| r.get(0)).collect()
 }
 
 /// A key as one canonical JSON text (object keys sorted), whichever mode displayed it.
@@ -879,4 +886,184 @@ attributes = ["naive", "day", "span", "f4", "amount", "raw", "doc", "stamps", "d
         (0, &json!(1), &json!(2), &json!(0)),
         "{plan}"
     );
+}
+
+// --- 3. Hostile identifiers --------------------------------------------------------------------
+
+/// A schema of the test's own under any name, dropped (with its tables) when this is.
+struct NamedSchema {
+    name: String,
+    admin_url: String,
+}
+
+impl Drop for NamedSchema {
+    fn drop(&mut self) {
+        let pg = Pg::connect(&self.admin_url);
+        let _ = pg.rt.block_on(pg.client.batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {} CASCADE",
+            ident(&self.name)
+        )));
+    }
+}
+
+#[test]
+fn a_schema_and_columns_named_with_quotes_spaces_semicolons_and_capitals_set_up_and_sync() {
+    let url = url_or_skip!(PG_VAR);
+    let mut pg = Pg::connect(&url);
+    let t = pg.table("hostile");
+    let schema = NamedSchema {
+        name: format!("we\"ird; schema {}", unique("s")),
+        admin_url: url.clone(),
+    };
+    pg.exec(&format!(
+        r#"CREATE TABLE {t} ("Order ""Id""" int4, "Region\Zone" text, "Customer; Email" text,
+             "Label Col" text, "When" timestamptz, amount numeric);
+           INSERT INTO {t} VALUES
+             (1, 'eu', 'ada@example.com', 'vip', '2026-11-20 09:00:00+00', 12.50),
+             (2, 'eu', 'alan@example.com', NULL, '2026-11-20 10:00:00+00', 7),
+             (2, 'us', 'grace@example.com', 'new', '2026-11-20 11:00:00+01', 0.5);"#
+    ));
+    // One trailing `;`, and a comment holding another: still one statement.
+    let select = format!(
+        "SELECT \"Order \"\"Id\"\"\", \"Region\\Zone\", \"Customer; Email\", \"Label Col\", \"When\", amount\n\
+         FROM {t} -- one statement; the comment's `;` is no second\n;"
+    );
+    let emu = emulator();
+    let dir = Dir::new();
+    dir.write(
+        "batchsync.toml",
+        config(
+            &url,
+            &select,
+            &["Order \"Id\"", "Region\\Zone"],
+            r#"custom_id = "Customer; Email"
+event = "hostile"
+time = "When"
+label = "Label Col"
+attributes = ["amount"]"#,
+            "on_change = \"event\"\nlate_events = \"send\"",
+            &emu.endpoint(),
+            State::Database {
+                schema: &schema.name,
+                name: "hostile",
+            },
+        ),
+    );
+
+    let (code, setup) = json_of(dir.run(&["setup", "--json"]));
+    assert_eq!(code, 0, "{setup}");
+    assert_eq!(
+        setup["created"].as_array().map(Vec::len),
+        Some(8),
+        "{setup}"
+    );
+    let tables: Vec<String> = query_rows(
+        &pg,
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = $1 AND c.relkind = 'r' ORDER BY 1",
+        &[&schema.name],
+    );
+    assert_eq!(
+        tables,
+        [
+            "hostile_baseline",
+            "hostile_delta",
+            "hostile_meta",
+            "hostile_open_rejects",
+            "hostile_outbox",
+            "hostile_rejects",
+            "hostile_runs"
+        ]
+    );
+    let stray = pg.count(
+        "SELECT count(*) FROM pg_namespace WHERE nspname IN ('we', 'we\"ird', 'ird', 'schema')",
+    );
+    assert_eq!(stray, 0, "no schema named after a piece of the name");
+    let (code, check) = json_of(dir.run(&["check", "--json"]));
+    assert_eq!(code, 0, "{check}");
+
+    let (code, first) = dir.sync();
+    assert_eq!(
+        (code, &first["added"], &first["events_sent"]),
+        (0, &json!(3), &json!(3)),
+        "{first}"
+    );
+    let ada = emu
+        .received()
+        .into_iter()
+        .find(|r| r.custom_id == "ada@example.com")
+        .expect("ada's event");
+    assert_eq!(
+        ada.event,
+        json!({"name": "hostile", "time": "2026-11-20T09:00:00Z",
+               "attributes": {"$label": "vip", "amount": 12.5}})
+    );
+
+    pg.exec(&format!(
+        r#"UPDATE {t} SET amount = 13 WHERE "Order ""Id""" = 1;
+           DELETE FROM {t} WHERE "Region\Zone" = 'us';
+           INSERT INTO {t} VALUES (3, 'eu', 'katherine@example.com', NULL, '2026-11-21 08:00:00+00', 1);"#
+    ));
+    let (code, second) = dir.sync();
+    assert_eq!(
+        (
+            code,
+            &second["added"],
+            &second["changed"],
+            &second["removed"],
+            &second["events_sent"]
+        ),
+        (0, &json!(1), &json!(1), &json!(1), &json!(2)),
+        "{second}"
+    );
+    let (code, third) = dir.sync();
+    assert_eq!(
+        (code, &third["unchanged"], &third["events_sent"]),
+        (0, &json!(3), &json!(0)),
+        "{third}"
+    );
+
+    // The baseline's keys name the key columns as they are spelled.
+    let baseline = format!("{}.{}", ident(&schema.name), ident("hostile_baseline"));
+    let keys: BTreeMap<String, bool> =
+        query(&pg, &format!("SELECT k, present FROM {baseline}"), &[])
+            .iter()
+            .map(|r| (canonical(r.get(0)), r.get(1)))
+            .collect();
+    let key =
+        |id: i64, region: &str| json!({"Order \"Id\"": id, "Region\\Zone": region}).to_string();
+    assert_eq!(
+        keys,
+        BTreeMap::from([
+            (key(1, "eu"), true),
+            (key(2, "eu"), true),
+            (key(2, "us"), false),
+            (key(3, "eu"), true),
+        ])
+    );
+
+    // A run finds each table under its quoted name, and needs every one: without any of them
+    // it stops before reading anything (exit 2), naming `setup`.
+    let sent = emu.received().len();
+    for table in &tables {
+        let schema_id = ident(&schema.name);
+        pg.exec(&format!(
+            "ALTER TABLE {schema_id}.{} RENAME TO moved_away",
+            ident(table)
+        ));
+        let out = dir.run(&["run", "--json"]);
+        pg.exec(&format!(
+            "ALTER TABLE {schema_id}.moved_away RENAME TO {}",
+            ident(table)
+        ));
+        let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(2), "without {table}: {said}");
+        assert!(
+            said.contains(table.as_str()) && said.contains("batchsync setup"),
+            "without {table}: {said}"
+        );
+    }
+    assert_eq!(emu.received().len(), sent);
+    let (code, last) = dir.sync();
+    assert_eq!((code, &last["unchanged"]), (0, &json!(3)), "{last}");
 }
