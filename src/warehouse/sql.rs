@@ -28,10 +28,15 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-/// A string literal: `'it''s'` (standard_conforming_strings is on since PostgreSQL 9.1, and
-/// batchsync sets nothing else).
+/// A string literal: `'it''s'`, or `E'a\\b'` when it holds a backslash, so that it reads the
+/// same whatever `standard_conforming_strings` the role sets (batchsync leaves that setting to
+/// the role: the user's query is read under it, as in the local mode).
 pub fn literal(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "''"))
+    if s.contains('\\') {
+        format!("E'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+    } else {
+        format!("'{}'", s.replace('\'', "''"))
+    }
 }
 
 /// The names of one sync's tables in its schema, quoted.
@@ -42,8 +47,16 @@ pub struct Tables {
 }
 
 impl Tables {
-    pub const SUFFIXES: [&'static str; 6] =
-        ["meta", "runs", "baseline", "delta", "outbox", "rejects"];
+    /// Every table of a sync: what `setup` creates, and a run and `check` require.
+    pub const SUFFIXES: [&'static str; 7] = [
+        "meta",
+        "runs",
+        "baseline",
+        "delta",
+        "outbox",
+        "rejects",
+        "open_rejects",
+    ];
 
     /// `"schema"."<name>_<suffix>"`.
     pub fn table(&self, suffix: &str) -> String {
@@ -215,14 +228,29 @@ impl Col {
     }
 
     /// The value's canonical text under the pinned settings: numerics without trailing zeros,
-    /// times with time zone in UTC, bytes in hex; everything else its own text.
+    /// floats without the sign of a zero, times with time zone in UTC, bytes in hex, json as
+    /// jsonb writes it (the local mode reads a number, and a document, not its spacing or key
+    /// order); everything else its own text.
     fn text(&self) -> String {
         let c = &self.expr;
         match self.ty {
             Type::NUMERIC => format!("trim_scale({c})::text"),
+            Type::FLOAT4 | Type::FLOAT8 => format!("CASE WHEN {c} = 0 THEN '0' ELSE {c}::text END"),
             Type::TIMESTAMPTZ => format!("({c} AT TIME ZONE 'UTC')::text"),
             Type::BYTEA => format!("encode({c}, 'hex')"),
+            Type::JSON => format!("({c}::jsonb)::text"),
             _ => format!("{c}::text"),
+        }
+    }
+
+    /// Whether the value is null to the recipe: a JSON `null` is, as the local mode reads it.
+    fn is_null(&self) -> String {
+        let c = &self.expr;
+        match self.ty {
+            Type::JSON | Type::JSONB => {
+                format!("({c} IS NULL OR jsonb_typeof({c}::jsonb) = 'null')")
+            }
+            _ => format!("{c} IS NULL"),
         }
     }
 
@@ -260,9 +288,9 @@ pub fn hash_expr(cols: &[Col]) -> String {
         .map(|c| {
             let t = c.text();
             format!(
-                "'{oid}' || CASE WHEN {e} IS NULL THEN 'N' ELSE 'V' || length({t}) || ':' || {t} END",
+                "'{oid}' || CASE WHEN {null} THEN 'N' ELSE 'V' || length({t}) || ':' || {t} END",
                 oid = c.ty.oid(),
-                e = c.expr,
+                null = c.is_null(),
             )
         })
         .collect();
@@ -285,6 +313,7 @@ mod tests {
     fn identifiers_and_literals_are_quoted() {
         assert_eq!(ident(r#"we"ird; drop"#), r#""we""ird; drop""#);
         assert_eq!(literal("it's"), "'it''s'");
+        assert_eq!(literal(r#"{"a\"b":"#), r#"E'{"a\\"b":'"#);
         let t = Tables {
             schema: "my \"schema\"".into(),
             name: "orders".into(),
@@ -317,7 +346,7 @@ mod tests {
         let e = key_expr(&["id".into(), "we\"ird".into()], &cols);
         assert_eq!(
             e,
-            r#"('{"id":' || (to_json(u."id")::text) || ',"we\"ird":' || (to_json(u."we""ird")::text) || '}')"#
+            r#"('{"id":' || (to_json(u."id")::text) || E',"we\\"ird":' || (to_json(u."we""ird")::text) || '}')"#
         );
     }
 }

@@ -12,6 +12,8 @@
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
 //! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
+//! - `warehouse_props`: the database mode held to the local mode's deltas (proptest), and to
+//!   its own promises about rendering and names.
 //! - `layout`: this binary holds every test file.
 //! - `tls`: TLS to PostgreSQL and MariaDB servers the tests start, with certificates they make.
 //! - `warehouse_crash`: crash safety of the database mode: every crash point, connections
@@ -31,3 +33,4 @@ mod sync;
 mod tls;
 mod warehouse;
 mod warehouse_crash;
+mod warehouse_props;
