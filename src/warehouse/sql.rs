@@ -260,6 +260,10 @@ impl Col {
         match self.ty {
             Type::NUMERIC => format!("to_json(trim_scale({c}))::text"),
             Type::TIMESTAMPTZ => format!("to_json({c} AT TIME ZONE 'UTC')::text"),
+            // -0 and 0 are one key, as in the local mode.
+            Type::FLOAT4 | Type::FLOAT8 => {
+                format!("to_json(CASE WHEN {c} = 0 THEN 0 ELSE {c} END)::text")
+            }
             _ => format!("to_json({c})::text"),
         }
     }
