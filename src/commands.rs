@@ -387,7 +387,7 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
         let Some(store) = store else {
             if a.json {
                 print_json(
-                    &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [] }),
+                    &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [], "baseline_rows": 0 }),
                 );
             } else {
                 eprintln!(

@@ -355,7 +355,16 @@ impl SqlDiff {
             defer_removals: !loose.is_empty(),
         });
         tracing::debug!(
-            rows, added, reentered, changed, removed, dup_rows, null_rows, candidates, "staged"
+            rows,
+            added,
+            reentered,
+            changed,
+            removed,
+            dup_rows,
+            null_rows,
+            candidates,
+            bytes_received = db.received(),
+            "staged"
         );
         Ok(SqlDiff {
             db,
@@ -386,6 +395,11 @@ impl SqlDiff {
             .map_err(read_error)?;
         if rows.is_empty() {
             self.fetching = false;
+            tracing::debug!(
+                fetched = self.fetched,
+                bytes_received = self.db.received(),
+                "fetched"
+            );
             self.db.batch(&format!("CLOSE {CURSOR}"))?;
             if self.fetched != self.candidates {
                 return Err(query_error(&self.db, format!(

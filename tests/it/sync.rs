@@ -867,3 +867,22 @@ fn a_run_killed_while_shipping_keeps_true_counts_of_what_it_delivered_and_left_p
         &[("events_sent", 200), ("events_pending", 400)],
     );
 }
+
+#[test]
+fn status_json_has_the_same_keys_whether_or_not_a_store_exists() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    let keys = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let (code, before) = json_of(dir.run(&["status", "--json"]));
+    assert_eq!(code, 0);
+    assert!(!dir.state().exists(), "status created no store");
+    assert_eq!(dir.sync().0, 0);
+    let (_, after) = json_of(dir.run(&["status", "--json"]));
+    assert_eq!(keys(&before), keys(&after), "{before} / {after}");
+    assert_eq!(before["baseline_rows"], 0);
+}
