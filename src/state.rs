@@ -65,7 +65,8 @@ pub struct Pending {
     pub events: u64,
 }
 
-/// One request waiting for an answer, as the send loop needs it.
+/// One request waiting for an answer, as the send loop needs it; its manifest is read apart
+/// ([`Outbox::manifest`]).
 #[derive(Debug, Clone)]
 pub struct PendingRequest {
     pub id: String,
@@ -74,7 +75,6 @@ pub struct PendingRequest {
     pub operations: usize,
     pub events: u64,
     pub body: Vec<u8>,
-    pub manifest: Vec<Vec<RowRef>>,
     pub attempts: u32,
     /// The mapping and rules its events were built under: rows Batch drops are open rejects
     /// under them.
@@ -91,11 +91,15 @@ pub struct DroppedOp<'a> {
 
 /// The operations of `req` that Batch dropped, each once, in the order it reported them; an
 /// index the request does not have is logged and passed over. Both stores record them so.
-pub fn dropped_ops<'a>(req: &'a PendingRequest, dropped: &'a [PartialError]) -> Vec<DroppedOp<'a>> {
+pub fn dropped_ops<'a>(
+    req: &PendingRequest,
+    manifest: &'a [Vec<RowRef>],
+    dropped: &'a [PartialError],
+) -> Vec<DroppedOp<'a>> {
     let mut seen = std::collections::BTreeSet::new();
     let mut out = Vec::new();
     for d in dropped {
-        let Some(rows) = req.manifest.get(d.bulk_index) else {
+        let Some(rows) = manifest.get(d.bulk_index) else {
             tracing::warn!(request = %req.id, bulk_index = d.bulk_index, "Batch reported an error for an operation the request does not have");
             continue;
         };
@@ -123,8 +127,12 @@ pub fn dropped_ops<'a>(req: &'a PendingRequest, dropped: &'a [PartialError]) -> 
 /// The outbox of committed requests, as the send loop drives it.
 pub trait Outbox {
     fn pending(&self) -> Result<Pending>;
-    /// The first pending request after `after` in send order.
+    /// The first pending request after `after` in send order (without its manifest).
     fn next_pending(&self, after: Option<&str>) -> Result<Option<PendingRequest>>;
+    /// A request's manifest: the rows of each operation. Read only when an answer needs it
+    /// (Batch dropped an operation, or refused the request), so that shipping reads back
+    /// the bodies only.
+    fn manifest(&self, id: &str) -> Result<Vec<Vec<RowRef>>>;
     /// Batch took the request, but for the `dropped` operations, whose rows become rejects
     /// (their baseline entries put back). Returns (events delivered, rows rejected).
     fn record_delivered(

@@ -247,7 +247,8 @@ pub async fn ship<O: Outbox + ?Sized>(
                     continue 'requests;
                 }
                 RetryAction::Split { message } => {
-                    match split_request(&String::from_utf8_lossy(&req.body), &req.manifest) {
+                    let manifest = store.manifest(&req.id)?;
+                    match split_request(&String::from_utf8_lossy(&req.body), &manifest) {
                         Some(halves) => {
                             tracing::info!(request = %req.id, operations = req.operations, %message, "HTTP 400: splitting the request to isolate the bad operations");
                             store.record_split(&req, halves, &message)?;

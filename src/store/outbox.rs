@@ -130,7 +130,7 @@ impl Outbox for Store {
         let row = self
             .conn
             .query_row(
-                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts, rules FROM request
+                "SELECT id, run_id, endpoint, operations, events, body, attempts, rules FROM request
                  WHERE state = 'pending' AND id > ?1 ORDER BY id LIMIT 1",
                 [after.unwrap_or("")],
                 |r| {
@@ -141,22 +141,18 @@ impl Outbox for Store {
                         r.get::<_, i64>(3)?,
                         r.get::<_, i64>(4)?,
                         r.get::<_, Vec<u8>>(5)?,
-                        r.get::<_, Vec<u8>>(6)?,
-                        r.get::<_, i64>(7)?,
-                        r.get::<_, Option<String>>(8)?,
+                        r.get::<_, i64>(6)?,
+                        r.get::<_, Option<String>>(7)?,
                     ))
                 },
             )
             .optional()
             .ctx(p)?;
-        let Some((id, run_id, endpoint, operations, events, body, manifest, attempts, rules)) = row
-        else {
+        let Some((id, run_id, endpoint, operations, events, body, attempts, rules)) = row else {
             return Ok(None);
         };
         let endpoint = Endpoint::parse(&endpoint)
             .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
-        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(&manifest)
-            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
         Ok(Some(PendingRequest {
             id,
             run_id,
@@ -164,10 +160,20 @@ impl Outbox for Store {
             operations: operations as usize,
             events: events as u64,
             body,
-            manifest,
             attempts: attempts as u32,
             rules,
         }))
+    }
+
+    fn manifest(&self, id: &str) -> Result<Vec<Vec<RowRef>>> {
+        let bytes: Vec<u8> = self
+            .conn
+            .query_row("SELECT manifest FROM request WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .ctx(&self.path)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))
     }
 
     /// Batch accepted the request, but for the dropped operations. Returns the events delivered
@@ -181,7 +187,8 @@ impl Outbox for Store {
         self.tx(|s| {
             let mut rejected = 0u64;
             let mut restore = Vec::new();
-            for op in dropped_ops(req, dropped) {
+            let manifest = if dropped.is_empty() { Vec::new() } else { s.manifest(&req.id)? };
+            for op in dropped_ops(req, &manifest, dropped) {
                 s.reject_rows(req, op.rows, run_id, op.column, op.rule, op.reason, &mut restore)?;
                 rejected += op.rows.len() as u64;
             }
@@ -204,7 +211,7 @@ impl Outbox for Store {
         self.tx(|s| {
             let mut rejected = 0;
             let mut restore = Vec::new();
-            for rows in &req.manifest {
+            for rows in &s.manifest(&req.id)? {
                 s.reject_rows(req, rows, run_id, None, "batch_bad_request", message, &mut restore)?;
                 rejected += rows.len() as u64;
             }

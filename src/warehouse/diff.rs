@@ -88,7 +88,6 @@ pub struct SqlDiff {
     buffer: VecDeque<Row>,
     decoder: RowDecoder,
     encoder: PayloadEncoder,
-    hash_at: usize,
     on_bad_row: OnBadRow,
     cells: Vec<crate::core::value::Cell>,
 }
@@ -324,17 +323,21 @@ impl SqlDiff {
             .collect();
 
         // The fetch: the query again (the same snapshot), joined with the rows to send.
-        let offset = 6;
+        // What crosses the wire per row: its number, the baseline's presence (the kind: none
+        // is added, false re-entered, true changed), key text, hashes, and the used columns.
+        // A row that reads differently the second time is left out by the hash check, and the
+        // count tells it.
+        let offset = 5;
         if candidates > 0 {
             let cid = &cols[plan.custom_id].expr;
             let list: Vec<String> = cols.iter().map(|c| c.expr.clone()).collect();
             db.execute(
                 &format!(
                     "DECLARE {CURSOR} NO SCROLL CURSOR FOR
-                     SELECT d.seq, d.kind, d.k, d.hash, d.old_hash, ({h}) AS h, {}
+                     SELECT d.seq, d.old_present, d.k, d.hash, d.old_hash, {}
                      FROM ({query}
                      ) AS u JOIN {delta} AS d ON d.k = {k}
-                     WHERE d.kind = ANY($1)
+                     WHERE d.kind = ANY($1) AND ({h}) = d.hash
                      ORDER BY ({cid})::text COLLATE \"C\", d.seq",
                     list.join(", ")
                 ),
@@ -378,7 +381,6 @@ impl SqlDiff {
             buffer: VecDeque::new(),
             decoder,
             encoder: PayloadEncoder::new(plan, settings.timezone),
-            hash_at: 5,
             on_bad_row: settings.sync.on_bad_row,
             cells: Vec::new(),
         })
@@ -415,16 +417,9 @@ impl SqlDiff {
     fn step_of(&mut self, r: Row) -> Result<Step, RunError> {
         self.fetched += 1;
         let seq: i64 = r.get(0);
-        let kind: &str = r.get(1);
+        let old_present: Option<bool> = r.get(1);
         let k: String = r.get(2);
-        let staged: &[u8] = r.get(3);
-        let now: &[u8] = r.get(self.hash_at);
-        if staged != now {
-            return Err(query_error(&self.db, format!(
-                "the row {k} read differently the second time in the same snapshot: the query is not deterministic (a volatile function such as random() or clock_timestamp()?). Nothing was committed"
-            )));
-        }
-        let hash = hash16(staged);
+        let hash = hash16(r.get::<_, &[u8]>(3));
         self.decoder.decode(&r, &mut self.cells);
         let (payload, bad) = self.encoder.encode(&mut self.cells);
         if let (Some(p), OnBadRow::Fail) = (&bad, self.on_bad_row) {
@@ -439,7 +434,7 @@ impl SqlDiff {
                 reason: format!("{col}{} ({})", p.reason, p.rule),
             }));
         }
-        let in_baseline = kind == "changed";
+        let in_baseline = old_present == Some(true);
         let row = SnapRow {
             key: k.into_bytes(),
             hash,
@@ -450,13 +445,13 @@ impl SqlDiff {
         let delta = if row.bad.is_some() {
             Delta::Bad { row, in_baseline }
         } else {
-            match kind {
-                "added" => Delta::Added {
+            match old_present {
+                None => Delta::Added {
                     row,
                     reentry: false,
                 },
-                "reentered" => Delta::Added { row, reentry: true },
-                _ => Delta::Changed {
+                Some(false) => Delta::Added { row, reentry: true },
+                Some(true) => Delta::Changed {
                     row,
                     old: hash16(r.get::<_, Option<&[u8]>>(4).unwrap_or_default()),
                 },

@@ -380,7 +380,7 @@ impl Outbox for DbStore {
         self.db.settle()?;
         let Some(r) = self.db.query_opt(
             &format!(
-                "SELECT id, run_id, endpoint, operations, events, body, manifest, attempts, rules FROM {}
+                "SELECT id, run_id, endpoint, operations, events, body, attempts, rules FROM {}
                  WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT 1",
                 self.db.tables.outbox()
             ),
@@ -393,19 +393,28 @@ impl Outbox for DbStore {
         let endpoint: String = r.get(2);
         let endpoint = Endpoint::parse(&endpoint)
             .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
-        let manifest: Vec<Vec<RowRef>> = serde_json::from_slice(r.get::<_, &[u8]>(6))
-            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))?;
         Ok(Some(PendingRequest {
             run_id: r.get(1),
             endpoint,
             operations: r.get::<_, i32>(3) as usize,
             events: r.get::<_, i64>(4) as u64,
             body: r.get::<_, Vec<u8>>(5),
-            manifest,
-            attempts: r.get::<_, i32>(7) as u32,
-            rules: r.get(8),
+            attempts: r.get::<_, i32>(6) as u32,
+            rules: r.get(7),
             id,
         }))
+    }
+
+    fn manifest(&self, id: &str) -> Result<Vec<Vec<RowRef>>> {
+        let r = self.db.query_one(
+            &format!(
+                "SELECT manifest FROM {} WHERE id = $1",
+                self.db.tables.outbox()
+            ),
+            &[&id],
+        )?;
+        serde_json::from_slice(r.get::<_, &[u8]>(0))
+            .map_err(|e| self.corrupt(format!("request {id}: unreadable manifest: {e}")))
     }
 
     fn record_delivered(
@@ -416,7 +425,8 @@ impl Outbox for DbStore {
     ) -> Result<(u64, u64)> {
         self.db.tx(|db| {
             let mut rejected = 0u64;
-            for op in dropped_ops(req, dropped) {
+            let manifest = if dropped.is_empty() { Vec::new() } else { self.manifest(&req.id)? };
+            for op in dropped_ops(req, &manifest, dropped) {
                 self.reject_rows(db, req, op.rows, run_id, op.column, op.rule, op.reason)?;
                 rejected += op.rows.len() as u64;
             }
@@ -437,7 +447,7 @@ impl Outbox for DbStore {
     fn record_refused(&self, req: &PendingRequest, message: &str, run_id: i64) -> Result<u64> {
         self.db.tx(|db| {
             let mut rejected = 0;
-            for rows in &req.manifest {
+            for rows in &self.manifest(&req.id)? {
                 self.reject_rows(db, req, rows, run_id, None, "batch_bad_request", message)?;
                 rejected += rows.len() as u64;
             }
