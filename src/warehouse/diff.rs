@@ -80,7 +80,8 @@ pub struct SqlDiff {
     rows: u64,
     loose: Vec<LooseReject>,
     settled: Diffed,
-    duplicates: VecDeque<(i64, String, i64, bool)>,
+    /// Keys several rows share: (key text, rows, whether the baseline holds the key).
+    duplicates: VecDeque<(String, i64, bool)>,
     /// Rows the fetch must return.
     candidates: u64,
     fetched: u64,
@@ -315,26 +316,26 @@ impl SqlDiff {
         }
         let duplicates = db
             .query(
-                &format!("SELECT seq, k, n, coalesce(old_present, false) FROM {delta} WHERE kind = 'duplicate' ORDER BY seq"),
+                &format!("SELECT k, n, coalesce(old_present, false) FROM {delta} WHERE kind = 'duplicate' ORDER BY seq"),
                 &[],
             )?
             .iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
 
         // The fetch: the query again (the same snapshot), joined with the rows to send.
-        // What crosses the wire per row: its number, the baseline's presence (the kind: none
-        // is added, false re-entered, true changed), key text, hashes, and the used columns.
+        // What crosses the wire per row: the baseline's presence (the kind: none is added,
+        // false re-entered, true changed), the key text, the hashes, and the used columns.
         // A row that reads differently the second time is left out by the hash check, and the
         // count tells it.
-        let offset = 5;
+        let offset = 4;
         if candidates > 0 {
             let cid = &cols[plan.custom_id].expr;
             let list: Vec<String> = cols.iter().map(|c| c.expr.clone()).collect();
             db.execute(
                 &format!(
                     "DECLARE {CURSOR} NO SCROLL CURSOR FOR
-                     SELECT d.seq, d.old_present, d.k, d.hash, d.old_hash, {}
+                     SELECT d.old_present, d.k, d.hash, d.old_hash, {}
                      FROM ({query}
                      ) AS u JOIN {delta} AS d ON d.k = {k}
                      WHERE d.kind = ANY($1) AND ({h}) = d.hash
@@ -416,10 +417,9 @@ impl SqlDiff {
 
     fn step_of(&mut self, r: Row) -> Result<Step, RunError> {
         self.fetched += 1;
-        let seq: i64 = r.get(0);
-        let old_present: Option<bool> = r.get(1);
-        let k: String = r.get(2);
-        let hash = hash16(r.get::<_, &[u8]>(3));
+        let old_present: Option<bool> = r.get(0);
+        let k: String = r.get(1);
+        let hash = hash16(r.get::<_, &[u8]>(2));
         self.decoder.decode(&r, &mut self.cells);
         let (payload, bad) = self.encoder.encode(&mut self.cells);
         if let (Some(p), OnBadRow::Fail) = (&bad, self.on_bad_row) {
@@ -439,7 +439,8 @@ impl SqlDiff {
             key: k.into_bytes(),
             hash,
             payload,
-            line: seq as u64,
+            // No line: the database's rows have none (rejects keep null).
+            line: 0,
             bad,
         };
         let delta = if row.bad.is_some() {
@@ -453,7 +454,7 @@ impl SqlDiff {
                 Some(false) => Delta::Added { row, reentry: true },
                 Some(true) => Delta::Changed {
                     row,
-                    old: hash16(r.get::<_, Option<&[u8]>>(4).unwrap_or_default()),
+                    old: hash16(r.get::<_, Option<&[u8]>>(3).unwrap_or_default()),
                 },
             }
         };
@@ -482,13 +483,13 @@ impl DiffEngine for SqlDiff {
     }
 
     fn next_step(&mut self) -> Option<Result<Step, RunError>> {
-        if let Some((seq, k, n, in_baseline)) = self.duplicates.pop_front() {
+        if let Some((k, n, in_baseline)) = self.duplicates.pop_front() {
             let rows = (0..n.max(2))
                 .map(|_| SnapRow {
                     key: k.clone().into_bytes(),
                     hash: RowHash::default(),
                     payload: Vec::new(),
-                    line: seq as u64,
+                    line: 0,
                     bad: None,
                 })
                 .collect();

@@ -7,7 +7,7 @@
 //!   the run record are written in it, and dropped it rolls back.
 //! - The baseline takes the delta in one statement at the commit: every added, re-entering or
 //!   changed row, and every removal (unless some rows' keys could not be read), except the
-//!   rows this run rejected. That is what the shared `Apply` asks through `put`, `tombstone`
+//!   rows this run rejected (by key). That is what the shared `Apply` asks through `put`, `tombstone`
 //!   and `keep`, which therefore write nothing here; the commit checks the two agree.
 //! - Each answer is recorded in its own small transaction; no transaction is held across a
 //!   network call. An operation Batch drops turns its rows into rejects and puts their
@@ -578,7 +578,6 @@ impl StateStore for DbStore {
             packer: Some(Packer::new(endpoint)),
             seq: 0,
             written: Committed::default(),
-            rejected_seqs: Vec::new(),
             open: (Vec::new(), Vec::new(), Vec::new()),
             rules: rules.to_string(),
             puts: 0,
@@ -596,9 +595,8 @@ pub struct DbCommit<'a> {
     packer: Option<Packer>,
     seq: u64,
     written: Committed,
-    /// Delta rows (by `seq`) this run rejected: their baseline entries stay as they were.
-    rejected_seqs: Vec<i64>,
-    /// The rows this run rejected that stay open: key texts, hashes, reject records.
+    /// The rows this run rejected, each with a key of its own: key texts, hashes, reject
+    /// records. Their baseline entries stay as they were, and their rejects stay open.
     open: (Vec<String>, Vec<Vec<u8>>, Vec<i64>),
     rules: String,
     /// Rows `Apply` put: checked against what the baseline statement writes for fetched rows.
@@ -678,7 +676,7 @@ impl Sink for DbCommit<'_> {
         Ok(())
     }
 
-    /// `at.line` is the delta row's `seq` (the database mode's rows have no line of their own).
+    /// The database mode's rows have no line of their own: `at.line` is not kept.
     fn reject(&mut self, at: Rejected<'_>, r: &Reject) -> Result<()> {
         let db = &self.store.db;
         let id: i64 = db
@@ -690,9 +688,6 @@ impl Sink for DbCommit<'_> {
                 &[&self.run_id, &at.key, &r.column, &r.rule, &r.reason],
             )?
             .get(0);
-        if let Some(seq) = at.line.filter(|l| *l > 0) {
-            self.rejected_seqs.push(seq as i64);
-        }
         if let Some((k, hash)) = at.row {
             self.open.0.push(String::from_utf8_lossy(k).into_owned());
             self.open.1.push(hash.0.to_vec());
@@ -739,11 +734,11 @@ impl Commit for DbCommit<'_> {
             &format!(
                 "INSERT INTO {b} (k, hash, present, run_id)
                  SELECT k, CASE WHEN kind = 'removed' THEN old_hash ELSE hash END, kind <> 'removed', $1
-                 FROM {delta} WHERE kind = ANY($2) AND NOT (seq = ANY($3))
+                 FROM {delta} WHERE kind = ANY($2) AND NOT (k = ANY($3))
                  ON CONFLICT (k) DO UPDATE SET hash = excluded.hash, present = excluded.present, run_id = excluded.run_id",
                 b = t.baseline()
             ),
-            &[&self.run_id, &kinds, &self.rejected_seqs],
+            &[&self.run_id, &kinds, &self.open.0],
         )?;
         // Open rejects: the rows still rejected keep theirs, the rows rejected now open (or
         // renew) one; every other closes (the row changed, was fixed, or left).
