@@ -434,6 +434,18 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
                     "baseline: {baseline} rows; pending: {} requests, {} events",
                     pending.requests, pending.events
                 );
+                if crate::ui::stdout_is_terminal() && runs.len() > 1 {
+                    // Oldest to newest, left to right.
+                    let series = |f: fn(&RunSummary) -> u64| -> Vec<u64> {
+                        runs.iter().rev().map(f).collect()
+                    };
+                    println!(
+                        "last {} runs, oldest first: events sent {}  rejected {}",
+                        runs.len(),
+                        crate::ui::sparkline(&series(|r| r.counts.events_sent)),
+                        crate::ui::sparkline(&series(|r| r.counts.rejected))
+                    );
+                }
                 println!(
                     "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
                     "run",

@@ -138,3 +138,39 @@ impl Shipping {
         }
     }
 }
+
+/// Values as a sparkline, one bar per value, scaled to the largest (all bars low when every
+/// value is zero): how `status` shows the last runs at a glance.
+pub fn sparkline(values: &[u64]) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    let max = values.iter().copied().max().unwrap_or(0);
+    values
+        .iter()
+        .map(|&v| {
+            if max == 0 || v == 0 {
+                BARS[0]
+            } else {
+                // 1..=7 for any value above zero, so a small one still shows.
+                BARS[1 + ((v as u128 * 6) / max as u128) as usize]
+            }
+        })
+        .collect()
+}
+
+/// Whether stdout is a terminal (sparklines and tables meant for people).
+pub fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sparkline_scales_to_its_largest_value_and_shows_any_nonzero() {
+        assert_eq!(sparkline(&[]), "");
+        assert_eq!(sparkline(&[0, 0]), "▁▁");
+        assert_eq!(sparkline(&[0, 1, 1000, 500]), "▁▂█▅");
+        assert_eq!(sparkline(&[7]), "█");
+    }
+}

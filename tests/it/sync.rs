@@ -886,3 +886,35 @@ fn status_json_has_the_same_keys_whether_or_not_a_store_exists() {
     assert_eq!(keys(&before), keys(&after), "{before} / {after}");
     assert_eq!(before["baseline_rows"], 0);
 }
+
+#[test]
+fn status_on_a_terminal_draws_the_last_runs_as_sparklines_and_not_when_piped() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    assert_eq!(dir.sync().0, 0);
+    let piped = String::from_utf8_lossy(&dir.run(&["status"]).stdout).into_owned();
+    assert!(!piped.contains('▁') && !piped.contains('█'), "{piped}");
+    // `script` runs the command on a pseudo-terminal (util-linux).
+    let Ok(out) = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} status", env!("CARGO_BIN_EXE_batchsync")),
+            "/dev/null",
+        ])
+        .current_dir(dir.path())
+        .output()
+    else {
+        eprintln!("SKIPPED: no `script` to give status a terminal");
+        return;
+    };
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = shown
+        .lines()
+        .find(|l| l.contains("events sent"))
+        .unwrap_or_else(|| panic!("{shown}"));
+    // Day 1 sent 12 events, day 2 sent 3: the first bar is the tallest.
+    assert!(line.contains("events sent █"), "{line}");
+}
