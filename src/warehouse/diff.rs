@@ -200,7 +200,7 @@ impl SqlDiff {
             "WITH s AS (
                SELECT {k} AS k, {h} AS h FROM ({query}
              ) AS u),
-             g AS (SELECT k, (array_agg(h))[1] AS h, count(*) AS n FROM s GROUP BY k),
+             g AS (SELECT DISTINCT ON (k) k, h, count(*) OVER (PARTITION BY k) AS n FROM s ORDER BY k),
              j AS (
                SELECT g.k AS gk, g.h, g.n, b.k AS bk, b.hash AS bh, b.present AS bp, o.hash AS oh
                FROM g FULL JOIN {baseline} AS b ON b.k = g.k
@@ -222,6 +222,7 @@ impl SqlDiff {
              INSERT INTO {delta} (seq, kind, k, hash, old_hash, old_present, n)
              SELECT row_number() OVER (ORDER BY k COLLATE \"C\" NULLS FIRST), kind, k, h, bh, bp, n FROM x"
         );
+        tracing::trace!(sql = %stage, "the stage statement");
         db.execute(&stage, &[&rules]).map_err(read_error)?;
         crate::crash::point("after_read");
 
