@@ -47,6 +47,21 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+impl Command {
+    /// Whether the command prints `--json`: then no progress bar is drawn, even on a terminal
+    /// (the JSON is for a program; log lines still go to stderr).
+    pub fn json(&self) -> bool {
+        match self {
+            Command::Check(a) | Command::Setup(a) => a.json,
+            Command::Plan(a) => a.json,
+            Command::Run(a) => a.json,
+            Command::Status(a) => a.json,
+            Command::Rejects(a) => a.json,
+            _ => false,
+        }
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct JsonFlag {
     /// Print one JSON object on stdout.

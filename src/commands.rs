@@ -45,7 +45,7 @@ fn load(cli: &Cli) -> Option<Settings> {
 }
 
 pub fn dispatch(cli: Cli) -> i32 {
-    let ui = Ui::new(cli.quiet);
+    let ui = Ui::new(cli.quiet, cli.command.json());
     match &cli.command {
         Command::Init { force } => init(&cli, *force),
         Command::Check(a) => match load(&cli) {

@@ -14,11 +14,28 @@ pub struct Ui {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl Ui {
-    pub fn new(quiet: bool) -> Ui {
+    /// Bars on a terminal, unless `quiet` or the command prints `--json`; periodic log lines
+    /// otherwise, unless `quiet`.
+    pub fn new(quiet: bool, json: bool) -> Ui {
         Ui {
-            fancy: !quiet && std::io::stderr().is_terminal(),
+            fancy: !quiet && !json && std::io::stderr().is_terminal(),
             quiet,
         }
+    }
+
+    /// A step without a count of its own (the database's stage statement, the diff and commit
+    /// after a read): a spinner with the time it has taken, on a terminal.
+    pub fn step(&self, what: &str) -> StepSpinner {
+        let bar = self.fancy.then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"),
+            );
+            b.set_message(what.to_string());
+            b.enable_steady_tick(Duration::from_millis(200));
+            b
+        });
+        StepSpinner { bar }
     }
 
     pub fn silent() -> Ui {
@@ -50,12 +67,14 @@ impl Ui {
         }
     }
 
-    pub fn shipping(&self, total_events: u64) -> Shipping {
+    /// `rate`: the configured pace, in updates per second; the ETA assumes it (one event an
+    /// update at worst), not the pace seen so far, which a burst of retries would distort.
+    pub fn shipping(&self, total_events: u64, rate: f64) -> Shipping {
         let bar = self.fancy.then(|| {
             let b = ProgressBar::with_draw_target(Some(total_events), ProgressDrawTarget::stderr());
             b.set_style(
                 ProgressStyle::with_template(
-                    "{bar:30} {human_pos}/{human_len} events sent ({per_sec}, ETA {eta}) {msg}",
+                    "{bar:30} {human_pos}/{human_len} events sent ({per_sec}) {msg}",
                 )
                 .expect("template"),
             );
@@ -65,8 +84,34 @@ impl Ui {
             bar,
             quiet: self.quiet,
             total: total_events,
+            rate,
             start: Instant::now(),
             last_log: Instant::now(),
+        }
+    }
+}
+
+/// The time left for `remaining` events at `rate` per second, for people: `2m 05s`.
+pub fn eta_at(remaining: u64, rate: f64) -> String {
+    if rate <= 0.0 || !rate.is_finite() {
+        return "?".into();
+    }
+    let secs = (remaining as f64 / rate).ceil() as u64;
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m {:02}s", s / 60, s % 60),
+        s => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+pub struct StepSpinner {
+    bar: Option<ProgressBar>,
+}
+
+impl StepSpinner {
+    pub fn done(self) {
+        if let Some(b) = self.bar {
+            b.finish_and_clear();
         }
     }
 }
@@ -101,6 +146,7 @@ pub struct Shipping {
     bar: Option<ProgressBar>,
     quiet: bool,
     total: u64,
+    rate: f64,
     start: Instant,
     last_log: Instant,
 }
@@ -109,7 +155,11 @@ impl crate::ship::Progress for Shipping {
     fn shipped(&mut self, events: u64, requests: u64) {
         if let Some(b) = &self.bar {
             b.set_position(events);
-            b.set_message(format!("{requests} requests"));
+            b.set_message(format!(
+                "{requests} requests, ETA {} at {}/s",
+                eta_at(self.total.saturating_sub(events), self.rate),
+                self.rate
+            ));
         } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
             let secs = self.start.elapsed().as_secs_f64().max(1e-3);
@@ -165,6 +215,15 @@ pub fn stdout_is_terminal() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_eta_is_the_time_left_at_the_configured_rate() {
+        assert_eq!(eta_at(0, 300.0), "0s");
+        assert_eq!(eta_at(3000, 300.0), "10s");
+        assert_eq!(eta_at(37_500, 300.0), "2m 05s");
+        assert_eq!(eta_at(3_600_000, 300.0), "3h 20m");
+        assert_eq!(eta_at(10, 0.0), "?");
+    }
 
     #[test]
     fn a_sparkline_scales_to_its_largest_value_and_shows_any_nonzero() {

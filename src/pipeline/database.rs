@@ -36,7 +36,7 @@ pub fn run(
     warehouse::verify(&db, false).map_err(RunError::from)?;
     let store = DbStore::new(db, settings.destination.mass_update_from);
     let mut run = Run::start(settings, opts, store, creds, stop, ui)?;
-    let outcome = steps(&mut run, settings, opts, stop);
+    let outcome = steps(&mut run, settings, opts, stop, ui);
     run.finish(outcome)
 }
 
@@ -46,6 +46,7 @@ fn steps(
     settings: &Settings,
     opts: &RunOptions,
     stop: &StopFlag,
+    ui: &Ui,
 ) -> Result<Option<Halt>, RunError> {
     if let Some(halt) = run.resume()? {
         return Ok(Some(halt));
@@ -65,7 +66,10 @@ fn steps(
     if stop.is_raised() {
         return Err(RunError::Interrupted);
     }
-    run.commit(&mut engine)?;
+    let spin = ui.step("mapping the delta and committing");
+    let committed = run.commit(&mut engine);
+    spin.done();
+    committed?;
     drop(engine);
     let committed = t0.elapsed();
     let halt = run.ship();

@@ -128,6 +128,9 @@ fn steps(
     // The baseline is read on a second connection while the run's transaction writes.
     let reader = run.store().reader()?;
     let mut engine = diff::LocalDiff::new(snap, reader.baseline_iter());
-    run.commit(&mut engine)?;
+    let spin = ui.step("diffing against the baseline and committing");
+    let committed = run.commit(&mut engine);
+    spin.done();
+    committed?;
     run.ship()
 }

@@ -918,3 +918,30 @@ fn status_on_a_terminal_draws_the_last_runs_as_sparklines_and_not_when_piped() {
     // Day 1 sent 12 events, day 2 sent 3: the first bar is the tallest.
     assert!(line.contains("events sent █"), "{line}");
 }
+
+#[test]
+fn with_json_a_run_on_a_terminal_prints_its_json_and_no_progress() {
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    // `script` gives the run a terminal for stdout and stderr alike (util-linux).
+    let Ok(out) = std::process::Command::new("script")
+        .args([
+            "-qec",
+            &format!("{} run --json", env!("CARGO_BIN_EXE_batchsync")),
+            "/dev/null",
+        ])
+        .current_dir(dir.path())
+        .env("BATCH_REST_API_KEY", API_KEY)
+        .env("BATCH_PROJECT_KEY", PROJECT_KEY)
+        .env("BATCHSYNC_LOG", "off")
+        .output()
+    else {
+        eprintln!("SKIPPED: no `script` to give the run a terminal");
+        return;
+    };
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!shown.contains('\u{1b}'), "no bar drawn: {shown:?}");
+    let v: Value = serde_json::from_str(shown.trim()).unwrap_or_else(|e| panic!("{e}: {shown}"));
+    assert_eq!(v["events_sent"], 12, "{v}");
+}
