@@ -320,6 +320,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
         max_requests: a.max_requests,
         max_duration: a.max_duration,
         progress: !cli.quiet,
+        tally: None,
     };
     let stop = stop_on_signals();
     match pipeline::run(&settings, creds, &opts, &stop, ui) {

@@ -88,6 +88,8 @@ pub struct RunOptions {
     pub max_requests: Option<u64>,
     pub max_duration: Option<Duration>,
     pub progress: bool,
+    /// Counts shipping's answers for an observer (`serve`); `None` for a run by hand.
+    pub tally: Option<crate::ship::AnswerTally>,
 }
 
 /// One whole run: the database mode's ([`database::run`]) when `[state] store = "database"`,
