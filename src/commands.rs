@@ -11,7 +11,6 @@ use crate::core::run::{ExitCode, RunSummary};
 use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
-use crate::state::Outbox;
 use crate::store::Store;
 use crate::ui::Ui;
 
@@ -347,49 +346,12 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     }
 }
 
-type StatusData = (Vec<RunSummary>, crate::state::Pending, Vec<(i64, u64)>, u64);
-
-/// The database mode's status: the same figures from the sync's tables.
-fn status_database(settings: &Settings, a: &StatusArgs) -> Result<StatusData, pipeline::RunError> {
-    let store = pipeline::database::open(settings)?;
-    let mut runs = store.runs(a.runs)?;
-    let pending = store.pending()?;
-    if !store.lock_held()? {
-        for r in runs.iter_mut().filter(|r| r.status.is_open()) {
-            r.status = crate::core::run::RunStatus::Interrupted;
-            r.counts.events_pending = pending.events;
-        }
-    }
-    Ok((
-        runs,
-        pending,
-        store.reject_counts()?,
-        store.baseline_present()?,
-    ))
-}
-
 fn status(settings: &Settings, a: &StatusArgs) -> i32 {
-    let result = if settings.warehouse.is_some() {
-        match status_database(settings, a) {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                error(&e);
-                return e.exit_code().code();
-            }
-        }
-    } else {
-        let store = match Store::open_read(&settings.state_path) {
-            Ok(s) => s,
-            Err(e) => {
-                error(&e);
-                return EXIT_FAILED;
-            }
-        };
-        let Some(store) = store else {
+    let status = match pipeline::status::status(settings, a.runs) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
             if a.json {
-                print_json(
-                    &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [], "baseline_rows": 0 }),
-                );
+                print_json(&pipeline::status::Status::default().to_json());
             } else {
                 eprintln!(
                     "no runs yet: the state store {} does not exist",
@@ -397,83 +359,52 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
                 );
             }
             return EXIT_OK;
-        };
-        let result = (|| -> crate::store::Result<_> {
-            Ok((
-                store.runs(a.runs)?,
-                store.pending()?,
-                store.reject_counts()?,
-                store.baseline_present()?,
-            ))
-        })();
-        // A run left `shipping` or `committed` by a process that died is interrupted; the next
-        // run records it so, and until then the probe of the lock tells it from a live one.
-        let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
-        result.map(|(mut runs, pending, rejects, baseline)| {
-            if !live {
-                // As the next run will close it: what it left pending is what is pending now.
-                for r in runs.iter_mut().filter(|r| r.status.is_open()) {
-                    r.status = crate::core::run::RunStatus::Interrupted;
-                    r.counts.events_pending = pending.events;
-                }
-            }
-            (runs, pending, rejects, baseline)
-        })
-    };
-    match result {
-        Ok((runs, pending, rejects, baseline)) => {
-            if a.json {
-                let rejects: Vec<_> = rejects
-                    .iter()
-                    .map(|(r, n)| serde_json::json!({ "run_id": r, "rejects": n }))
-                    .collect();
-                print_json(
-                    &serde_json::json!({ "runs": runs, "pending": pending, "rejects": rejects, "baseline_rows": baseline }),
-                );
-            } else {
-                println!(
-                    "baseline: {baseline} rows; pending: {} requests, {} events",
-                    pending.requests, pending.events
-                );
-                println!(
-                    "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
-                    "run",
-                    "started",
-                    "status",
-                    "rows",
-                    "added",
-                    "changed",
-                    "removed",
-                    "rejected",
-                    "sent",
-                    "pending"
-                );
-                for r in &runs {
-                    println!(
-                        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
-                        r.run_id.unwrap_or_default(),
-                        r.started_at,
-                        r.status,
-                        r.counts.rows,
-                        r.counts.added,
-                        r.counts.changed,
-                        r.counts.removed,
-                        r.counts.rejected,
-                        r.counts.events_sent,
-                        r.counts.events_pending
-                    );
-                    if let Some(e) = &r.error {
-                        println!("       {e}");
-                    }
-                }
-            }
-            EXIT_OK
         }
         Err(e) => {
             error(&e);
-            EXIT_FAILED
+            return e.exit_code().code();
+        }
+    };
+    if a.json {
+        print_json(&status.to_json());
+        return EXIT_OK;
+    }
+    println!(
+        "baseline: {} rows; pending: {} requests, {} events",
+        status.baseline_rows, status.pending.requests, status.pending.events
+    );
+    println!(
+        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "run",
+        "started",
+        "status",
+        "rows",
+        "added",
+        "changed",
+        "removed",
+        "rejected",
+        "sent",
+        "pending"
+    );
+    for r in &status.runs {
+        println!(
+            "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+            r.run_id.unwrap_or_default(),
+            r.started_at,
+            r.status,
+            r.counts.rows,
+            r.counts.added,
+            r.counts.changed,
+            r.counts.removed,
+            r.counts.rejected,
+            r.counts.events_sent,
+            r.counts.events_pending
+        );
+        if let Some(e) = &r.error {
+            println!("       {e}");
         }
     }
+    EXIT_OK
 }
 
 fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {

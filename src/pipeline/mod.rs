@@ -11,6 +11,7 @@
 //!   that applies deltas, used by `run`, `plan` and `check`.
 //! - [`delta`]: what one delta does: the policy's decision, the event or reject, the baseline.
 //! - [`preview`]: `plan` and `check`.
+//! - [`status`]: what the store says (`status`, and `serve`'s `/status` and gauges).
 //!
 //! This file wires the local mode: the run lock beside the SQLite store, the snapshot of the
 //! source, and the store's baseline as the other side of the merge.
@@ -20,6 +21,7 @@ pub mod delta;
 pub mod diff;
 pub mod preview;
 pub mod run;
+pub mod status;
 
 pub use preview::{check, plan, CheckSummary, PlanSummary};
 pub use run::{ship_options, Run, RunFailed};
