@@ -5,7 +5,7 @@
 //! 1 failed (pending kept); 2 usage or config error (nothing sent); 3 completed but this run
 //! rejected rows; 75 another run holds the lock.
 
-use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, StatusArgs};
+use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, ServeArgs, StatusArgs};
 use crate::config::Settings;
 use crate::core::run::{ExitCode, RunSummary};
 use crate::pipeline::{self, RunOptions};
@@ -83,6 +83,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Demo(a) => demo(a),
+        Command::Serve(a) => match load(&cli) {
+            Some(s) => serve(s, a, &ui),
+            None => EXIT_CONFIG,
+        },
     }
 }
 
@@ -545,6 +549,21 @@ fn aligned(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn serve(settings: Settings, a: &ServeArgs, ui: &Ui) -> i32 {
+    let opts = crate::serve::ServeOptions {
+        every: a.every,
+        listen: a.listen,
+        allow_remote: a.allow_remote,
+    };
+    match crate::serve::serve(settings, &opts, &stop_on_signals(), ui) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error(&e);
+            e.exit_code().code()
+        }
+    }
 }
 
 fn demo(a: &DemoArgs) -> i32 {
