@@ -655,3 +655,91 @@ fn a_listen_address_beyond_loopback_needs_allow_remote_and_other_paths_are_not_f
     assert_eq!(serve.get("/").0, 404);
     assert_eq!(serve.request("POST", "/metrics").0, 405);
 }
+
+#[test]
+fn in_the_database_mode_serve_runs_each_tick_and_reads_its_figures_from_the_sync_s_tables() {
+    use crate::common::db::{warehouse_config, Pg, Schema, PG_VAR};
+    let url = crate::url_or_skip!(PG_VAR);
+    let em = emulator();
+    let mut pg = Pg::connect(&url);
+    let table = pg.table("serve_orders");
+    pg.exec(&format!(
+        "CREATE TABLE {table} (order_id int PRIMARY KEY, email text, amount numeric(10,2));
+         INSERT INTO {table} SELECT i, 'o' || i || '@x.io', i * 1.50 FROM generate_series(1, 30) i;"
+    ));
+    let schema = Schema::new(&url, "serve");
+    let d = Dir::new();
+    d.write(
+        "batchsync.toml",
+        warehouse_config(
+            &url,
+            &format!("SELECT * FROM {table}"),
+            "order_id",
+            &schema.name,
+            "orders",
+            "custom_id = \"email\"\nevent = \"order_completed\"\nattributes = [\"amount\"]",
+            "",
+            &em.endpoint(),
+        ),
+    );
+    let setup = d.run(&["setup"]);
+    assert!(setup.status.success(), "{}", stderr(&setup));
+
+    let mut serve = Serving::start(&d, &["--every", "1s", "--listen", "127.0.0.1:0"]);
+    let sent = |s: &Serving| s.metrics().get("batchsync_events_sent_total", &[]);
+    wait_for("the first run", &serve, Duration::from_secs(30), || {
+        sent(&serve) == Some(30.0)
+    });
+    pg.exec(&format!(
+        "INSERT INTO {table} SELECT i, 'o' || i || '@x.io', i * 1.50 FROM generate_series(31, 35) i;"
+    ));
+    wait_for("the new rows sent", &serve, Duration::from_secs(30), || {
+        sent(&serve) == Some(35.0)
+    });
+    let (m, status) = (0..50)
+        .find_map(|_| {
+            let m = serve.metrics();
+            let status = json_of(d.run(&["status", "--json", "--runs", "1000"])).1;
+            let counted: u64 = m
+                .series("batchsync_runs_total")
+                .iter()
+                .map(|(_, v)| *v as u64)
+                .sum();
+            if counted == runs_of(&status).len() as u64 {
+                Some((m, status))
+            } else {
+                std::thread::sleep(Duration::from_millis(100));
+                None
+            }
+        })
+        .expect("a scrape and a status with the same runs");
+    let runs = runs_of(&status);
+    assert!(runs.len() >= 2, "{status}");
+    assert_eq!(
+        m.value("batchsync_runs_total", &[("status", "completed")]),
+        runs.len() as u64
+    );
+    let sent_by_store: u64 = runs
+        .iter()
+        .map(|r| r["events_sent"].as_u64().unwrap())
+        .sum();
+    assert_eq!(sent_by_store, 35);
+    assert_eq!(em.received().len(), 35);
+    assert_eq!(m.value("batchsync_events_pending", &[]), 0);
+    assert_eq!(m.value("batchsync_rejects_open", &[]), 0);
+    assert_eq!(
+        m.value(
+            "batchsync_requests_total",
+            &[("endpoint", "update"), ("code", "202")]
+        ),
+        em.stats().by_status[&202]
+    );
+    // /status reads the sync's tables, as `status --json` does.
+    let served = serve.status();
+    assert_eq!(served["baseline_rows"], 35, "{served}");
+    assert_eq!(served["pending"], status["pending"]);
+    assert!(runs_of(&served)[0]["run_id"].as_i64() >= runs[0]["run_id"].as_i64());
+
+    let exit = serve.terminate(Duration::from_secs(10));
+    assert_eq!(exit.code(), Some(0), "{exit:?}\nstderr: {}", serve.log());
+}
