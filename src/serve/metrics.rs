@@ -16,7 +16,8 @@
 //! - `batchsync_last_success_timestamp_seconds` is the `finished_at` of the last run that
 //!   ended `completed` or `partial` (it delivered what it committed; `partial` only rejected
 //!   rows), read from the store at start so that a restart does not look like a sync that
-//!   never succeeded; 0 when the store holds no such run.
+//!   never succeeded; 0 when the store holds no such run; no sample until the store could be
+//!   read or a run succeeded. It never goes back in time.
 //! - The duration histogram's buckets are cumulative, `+Inf` equals `_count`.
 
 use crate::core::run::{RunStatus, RunSummary};
@@ -145,9 +146,16 @@ pub struct StoreFigures {
 }
 
 impl Metrics {
-    /// The last success the store knew of at start (`None`: it has none, shown as 0).
+    /// The last success the store knows of (`None`: it has none, shown as 0); a later one
+    /// already recorded from a tick is kept.
     pub fn set_last_success(&mut self, at: Option<f64>) {
-        self.last_success = Some(at.unwrap_or(0.0));
+        let at = at.unwrap_or(0.0);
+        self.last_success = Some(self.last_success.map_or(at, |l| l.max(at)));
+    }
+
+    /// Whether the last success is known: read from the store, or recorded from a tick.
+    pub fn knows_last_success(&self) -> bool {
+        self.last_success.is_some()
     }
 
     pub fn set_store(&mut self, figures: StoreFigures) {
@@ -600,6 +608,22 @@ mod tests {
         m.set_last_success(last_success(&runs));
         // A failed tick leaves it as the store had it.
         m.record(&Tick::failed(Duration::from_secs(1)));
+        let (s, _) = parse(&m.render(&AnswerCounts::default()));
+        assert_eq!(
+            value(&s, "batchsync_last_success_timestamp_seconds", &[]),
+            Some(1772362800.0)
+        );
+    }
+
+    #[test]
+    fn a_store_read_late_never_moves_the_last_success_back() {
+        let mut m = Metrics::default();
+        assert!(!m.knows_last_success());
+        let ok = Ok(summary(RunStatus::Completed, 0, 0, "2026-03-01T11:00:00Z"));
+        m.record(&Tick::of(&ok, 0, Duration::from_secs(1)));
+        assert!(m.knows_last_success());
+        m.set_last_success(Some(1772359200.0));
+        m.set_last_success(None);
         let (s, _) = parse(&m.render(&AnswerCounts::default()));
         assert_eq!(
             value(&s, "batchsync_last_success_timestamp_seconds", &[]),

@@ -164,7 +164,9 @@ pub fn serve(
     announce(addr);
     tracing::info!(%addr, every = %humantime::format_duration(opts.every), "serving /metrics, /healthz and /status; the first run starts now");
 
-    read_store_at_start(&shared);
+    // Before the first run: a restart shows the last success the store knows, not "never".
+    let reading = read_store(&shared.settings, true);
+    shared.state().take(reading);
     schedule_runs(&rt, &shared, stop, ui);
 
     let _ = stop_http.send(());
@@ -183,59 +185,55 @@ fn announce(addr: SocketAddr) {
     let _ = out.flush();
 }
 
-/// The last success and the gauges as the store has them, so a restart shows what is true
-/// rather than "never succeeded". A store that cannot be read leaves them unknown until a
-/// run ends.
-fn read_store_at_start(shared: &Shared) {
-    let settings = &shared.settings;
-    let read = || -> Result<_, pipeline::RunError> {
+/// What the store says, for the gauges: read at start and after every run.
+struct StoreReading {
+    figures: StoreFigures,
+    /// The last success among the store's runs, when asked for.
+    last_success: Option<Option<f64>>,
+}
+
+/// Reads the gauges' figures, and the last success when `want_last_success`; a store that
+/// does not exist yet has nothing pending, nothing rejected and no success. An error is
+/// logged, and the metrics keep what they had (unknown at start).
+fn read_store(settings: &Settings, want_last_success: bool) -> Option<StoreReading> {
+    let read = || -> Result<StoreReading, pipeline::RunError> {
         let Some(reader) = pipeline::status::Reader::open(settings)? else {
-            return Ok(None);
-        };
-        let runs = reader.runs(LAST_SUCCESS_SEARCH)?;
-        Ok(Some((
-            metrics::last_success(&runs),
-            store_figures(&reader)?,
-        )))
-    };
-    match read() {
-        Ok(found) => {
-            let mut st = shared.state();
-            st.metrics
-                .set_last_success(found.as_ref().and_then(|(at, _)| *at));
-            st.metrics.set_store(found.map_or(
-                StoreFigures {
+            return Ok(StoreReading {
+                figures: StoreFigures {
                     events_pending: 0,
                     rejects_open: 0,
                 },
-                |(_, figures)| figures,
-            ));
+                last_success: want_last_success.then_some(None),
+            });
+        };
+        let last_success = match want_last_success {
+            true => Some(metrics::last_success(&reader.runs(LAST_SUCCESS_SEARCH)?)),
+            false => None,
+        };
+        Ok(StoreReading {
+            figures: StoreFigures {
+                events_pending: reader.pending()?.events,
+                rejects_open: reader.rejects_open()?,
+            },
+            last_success,
+        })
+    };
+    match read() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!(error = %crate::errors::chain(&e), "cannot read the state store; the gauges keep their values");
+            None
         }
-        Err(e) => tracing::warn!(
-            error = %crate::errors::chain(&e),
-            "cannot read the state store at start; the gauges stay unknown until a run ends"
-        ),
     }
 }
 
-fn store_figures(reader: &pipeline::status::Reader) -> Result<StoreFigures, pipeline::RunError> {
-    Ok(StoreFigures {
-        events_pending: reader.pending()?.events,
-        rejects_open: reader.rejects_open()?,
-    })
-}
-
-/// The gauges after a run; `None` (logged) when the store cannot be read.
-fn read_store_figures(settings: &Settings) -> Option<StoreFigures> {
-    let read = || match pipeline::status::Reader::open(settings)? {
-        Some(reader) => store_figures(&reader).map(Some),
-        None => Ok(None),
-    };
-    match read() {
-        Ok(figures) => figures,
-        Err(e) => {
-            tracing::warn!(error = %crate::errors::chain(&e), "cannot read the state store after the run; the gauges keep their values");
-            None
+impl State {
+    /// Takes what the store said into the metrics.
+    fn take(&mut self, reading: Option<StoreReading>) {
+        let Some(r) = reading else { return };
+        self.metrics.set_store(r.figures);
+        if let Some(at) = r.last_success {
+            self.metrics.set_last_success(at);
         }
     }
 }
@@ -254,12 +252,13 @@ fn schedule_runs(rt: &tokio::runtime::Runtime, shared: &Shared, stop: &StopFlag,
             let dropped = shared.tally.counts().rows_dropped - dropped_before;
             Tick::of(result, dropped, started.elapsed())
         });
-        let figures = read_store_figures(&shared.settings);
+        // Until the store could be read once, the last success is asked of it after every
+        // run: a store unreachable at start must not hide it for the process's whole life.
+        let want_last_success = !shared.state().metrics.knows_last_success();
+        let reading = read_store(&shared.settings, want_last_success);
         let mut st = shared.state();
         st.metrics.record(&tick);
-        if let Some(f) = figures {
-            st.metrics.set_store(f);
-        }
+        st.take(reading);
         st.schedule.ran(Instant::now());
         st.running = false;
         drop(st);

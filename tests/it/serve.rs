@@ -576,7 +576,8 @@ fn a_signal_during_a_run_exits_0_once_the_answer_in_flight_is_recorded() {
 }
 
 #[test]
-fn the_lock_is_taken_per_run_so_a_run_by_hand_works_between_ticks_and_a_held_lock_is_counted() {
+fn the_lock_is_taken_per_run_so_a_run_by_hand_works_between_ticks_a_held_lock_is_counted_and_a_restart_keeps_the_last_success(
+) {
     let em = emulator();
     let d = Dir::new();
     d.orders_config(&em.endpoint());
@@ -626,6 +627,33 @@ fn the_lock_is_taken_per_run_so_a_run_by_hand_works_between_ticks_and_a_held_loc
     let (_, by_hand) = json_of(d.run(&["status", "--json"]));
     assert_eq!(serve.status(), by_hand);
     assert_eq!(runs_of(&by_hand)[0]["run_id"], s["run_id"]);
+    let mut serve = serve;
+    assert_eq!(serve.terminate(Duration::from_secs(10)).code(), Some(0));
+
+    // A restart shows the store's last success (the run by hand's end) before it runs.
+    let held = batchsync::lock::RunLock::acquire(&d.state()).unwrap();
+    let serve = Serving::start(&d, &["--every", "1h", "--listen", "127.0.0.1:0"]);
+    wait_for("a locked tick", &serve, Duration::from_secs(30), || {
+        serve
+            .metrics()
+            .get("batchsync_runs_total", &[("status", "locked")])
+            == Some(1.0)
+    });
+    let m = serve.metrics();
+    assert_eq!(
+        m.value("batchsync_runs_total", &[("status", "completed")]),
+        0
+    );
+    let finished = s["finished_at"].as_str().unwrap();
+    let finished = chrono::DateTime::parse_from_rfc3339(finished)
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1000.0;
+    assert_eq!(
+        m.get("batchsync_last_success_timestamp_seconds", &[]),
+        Some(finished)
+    );
+    drop(held);
 }
 
 #[test]
