@@ -248,10 +248,14 @@ fn schedule_runs(rt: &tokio::runtime::Runtime, shared: &Shared, stop: &StopFlag,
         shared.state().running = true;
         let dropped_before = shared.tally.counts().rows_dropped;
         let started = Instant::now();
-        let tick = run_once(&shared.settings, &shared.tally, stop, ui, |result| {
-            let dropped = shared.tally.counts().rows_dropped - dropped_before;
-            Tick::of(result, dropped, started.elapsed())
-        });
+        let ran = run_once(&shared.settings, &shared.tally, stop, ui);
+        let tick = match &ran {
+            Some(result) => {
+                let dropped = shared.tally.counts().rows_dropped - dropped_before;
+                Tick::of(result, dropped, started.elapsed())
+            }
+            None => Tick::failed(started.elapsed()),
+        };
         // Until the store could be read once, the last success is asked of it after every
         // run: a store unreachable at start must not hide it for the process's whole life.
         let want_last_success = !shared.state().metrics.knows_last_success();
@@ -281,21 +285,21 @@ fn wait(rt: &tokio::runtime::Runtime, stop: &StopFlag, due: Instant) -> bool {
     })
 }
 
-/// One run, as `batchsync run` makes it, logged; `tick` turns its result into the metrics'
-/// tick. A panic in the run is caught and counted as a failure: the next tick tries again.
+type RunResult = Result<crate::core::run::RunSummary, Box<pipeline::RunFailed>>;
+
+/// One run, as `batchsync run` makes it, logged; `None` when it could not start (no keys) or
+/// panicked: caught, so that the next tick tries again.
 fn run_once(
     settings: &Settings,
     tally: &AnswerTally,
     stop: &StopFlag,
     ui: &Ui,
-    tick: impl FnOnce(&Result<crate::core::run::RunSummary, Box<pipeline::RunFailed>>) -> Tick,
-) -> Tick {
-    let started = Instant::now();
+) -> Option<RunResult> {
     let creds = match Credentials::from_env(&settings.destination) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "run not started; the next is tried at the next tick");
-            return Tick::failed(started.elapsed());
+            return None;
         }
     };
     let opts = RunOptions {
@@ -305,18 +309,19 @@ fn run_once(
     let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         pipeline::run(settings, creds, &opts, stop, ui)
     }));
-    let result = match ran {
-        Ok(result) => result,
+    match ran {
+        Ok(result) => {
+            log_run(&result);
+            Some(result)
+        }
         Err(_) => {
             tracing::error!("the run panicked (a bug: please report it with the log above); counted as failed, the next is tried at the next tick");
-            return Tick::failed(started.elapsed());
+            None
         }
-    };
-    log_run(&result);
-    tick(&result)
+    }
 }
 
-fn log_run(result: &Result<crate::core::run::RunSummary, Box<pipeline::RunFailed>>) {
+fn log_run(result: &RunResult) {
     match result {
         Ok(s) => match &s.error {
             None => tracing::info!(
