@@ -45,6 +45,8 @@ pub enum Command {
     Emulate(crate::emulate::EmulateArgs),
     /// Sync the bundled fixtures to a local emulator: the whole job, no Batch account needed.
     Demo(DemoArgs),
+    /// Run the sync on a schedule in one process, serving /metrics, /healthz and /status.
+    Serve(ServeArgs),
 }
 
 impl Command {
@@ -126,6 +128,19 @@ pub struct RejectsArgs {
     pub run: Option<i64>,
     #[arg(long, default_value_t = 1000)]
     pub limit: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// How often to run, e.g. "15m" (a run longer than that delays the next one).
+    #[arg(long, value_parser = crate::serve::parse_interval)]
+    pub every: std::time::Duration,
+    /// Where to serve the endpoints; port 0 takes a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:9464")]
+    pub listen: std::net::SocketAddr,
+    /// Allow a --listen address beyond loopback: the endpoints have no authentication.
+    #[arg(long)]
+    pub allow_remote: bool,
 }
 
 #[derive(Args, Debug)]

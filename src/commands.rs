@@ -5,13 +5,12 @@
 //! 1 failed (pending kept); 2 usage or config error (nothing sent); 3 completed but this run
 //! rejected rows; 75 another run holds the lock.
 
-use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, StatusArgs};
+use crate::cli::{Cli, Command, DemoArgs, PlanArgs, RejectsArgs, RunArgs, ServeArgs, StatusArgs};
 use crate::config::Settings;
 use crate::core::run::{ExitCode, RunSummary};
 use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
-use crate::state::Outbox;
 use crate::store::Store;
 use crate::ui::Ui;
 
@@ -84,6 +83,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             }
         }
         Command::Demo(a) => demo(a),
+        Command::Serve(a) => match load(&cli) {
+            Some(s) => serve(s, a, &ui),
+            None => EXIT_CONFIG,
+        },
     }
 }
 
@@ -320,6 +323,7 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
         max_requests: a.max_requests,
         max_duration: a.max_duration,
         progress: !cli.quiet,
+        tally: None,
     };
     let stop = stop_on_signals();
     match pipeline::run(&settings, creds, &opts, &stop, ui) {
@@ -346,49 +350,12 @@ fn run(cli: &Cli, a: &RunArgs, ui: &Ui) -> i32 {
     }
 }
 
-type StatusData = (Vec<RunSummary>, crate::state::Pending, Vec<(i64, u64)>, u64);
-
-/// The database mode's status: the same figures from the sync's tables.
-fn status_database(settings: &Settings, a: &StatusArgs) -> Result<StatusData, pipeline::RunError> {
-    let store = pipeline::database::open(settings)?;
-    let mut runs = store.runs(a.runs)?;
-    let pending = store.pending()?;
-    if !store.lock_held()? {
-        for r in runs.iter_mut().filter(|r| r.status.is_open()) {
-            r.status = crate::core::run::RunStatus::Interrupted;
-            r.counts.events_pending = pending.events;
-        }
-    }
-    Ok((
-        runs,
-        pending,
-        store.reject_counts()?,
-        store.baseline_present()?,
-    ))
-}
-
 fn status(settings: &Settings, a: &StatusArgs) -> i32 {
-    let result = if settings.warehouse.is_some() {
-        match status_database(settings, a) {
-            Ok(d) => Ok(d),
-            Err(e) => {
-                error(&e);
-                return e.exit_code().code();
-            }
-        }
-    } else {
-        let store = match Store::open_read(&settings.state_path) {
-            Ok(s) => s,
-            Err(e) => {
-                error(&e);
-                return EXIT_FAILED;
-            }
-        };
-        let Some(store) = store else {
+    let status = match pipeline::status::status(settings, a.runs) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
             if a.json {
-                print_json(
-                    &serde_json::json!({ "runs": [], "pending": { "requests": 0, "events": 0 }, "rejects": [], "baseline_rows": 0 }),
-                );
+                print_json(&pipeline::status::Status::default().to_json());
             } else {
                 eprintln!(
                     "no runs yet: the state store {} does not exist",
@@ -396,95 +363,63 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
                 );
             }
             return EXIT_OK;
-        };
-        let result = (|| -> crate::store::Result<_> {
-            Ok((
-                store.runs(a.runs)?,
-                store.pending()?,
-                store.reject_counts()?,
-                store.baseline_present()?,
-            ))
-        })();
-        // A run left `shipping` or `committed` by a process that died is interrupted; the next
-        // run records it so, and until then the probe of the lock tells it from a live one.
-        let live = crate::lock::is_held(&settings.state_path).unwrap_or(true);
-        result.map(|(mut runs, pending, rejects, baseline)| {
-            if !live {
-                // As the next run will close it: what it left pending is what is pending now.
-                for r in runs.iter_mut().filter(|r| r.status.is_open()) {
-                    r.status = crate::core::run::RunStatus::Interrupted;
-                    r.counts.events_pending = pending.events;
-                }
-            }
-            (runs, pending, rejects, baseline)
-        })
-    };
-    match result {
-        Ok((runs, pending, rejects, baseline)) => {
-            if a.json {
-                let rejects: Vec<_> = rejects
-                    .iter()
-                    .map(|(r, n)| serde_json::json!({ "run_id": r, "rejects": n }))
-                    .collect();
-                print_json(
-                    &serde_json::json!({ "runs": runs, "pending": pending, "rejects": rejects, "baseline_rows": baseline }),
-                );
-            } else {
-                println!(
-                    "baseline: {baseline} rows; pending: {} requests, {} events",
-                    pending.requests, pending.events
-                );
-                if crate::ui::stdout_is_terminal() && runs.len() > 1 {
-                    // Oldest to newest, left to right.
-                    let series = |f: fn(&RunSummary) -> u64| -> Vec<u64> {
-                        runs.iter().rev().map(f).collect()
-                    };
-                    println!(
-                        "last {} runs, oldest first: events sent {}  rejected {}",
-                        runs.len(),
-                        crate::ui::sparkline(&series(|r| r.counts.events_sent)),
-                        crate::ui::sparkline(&series(|r| r.counts.rejected))
-                    );
-                }
-                println!(
-                    "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
-                    "run",
-                    "started",
-                    "status",
-                    "rows",
-                    "added",
-                    "changed",
-                    "removed",
-                    "rejected",
-                    "sent",
-                    "pending"
-                );
-                for r in &runs {
-                    println!(
-                        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
-                        r.run_id.unwrap_or_default(),
-                        r.started_at,
-                        r.status,
-                        r.counts.rows,
-                        r.counts.added,
-                        r.counts.changed,
-                        r.counts.removed,
-                        r.counts.rejected,
-                        r.counts.events_sent,
-                        r.counts.events_pending
-                    );
-                    if let Some(e) = &r.error {
-                        println!("       {e}");
-                    }
-                }
-            }
-            EXIT_OK
         }
         Err(e) => {
             error(&e);
-            EXIT_FAILED
+            return e.exit_code().code();
+        }
+    };
+    if a.json {
+        print_json(&status.to_json());
+        return EXIT_OK;
+    }
+    println!(
+        "baseline: {} rows; pending: {} requests, {} events",
+        status.baseline_rows, status.pending.requests, status.pending.events
+    );
+    if crate::ui::stdout_is_terminal() && status.runs.len() > 1 {
+        // Oldest to newest, left to right.
+        let series =
+            |f: fn(&RunSummary) -> u64| -> Vec<u64> { status.runs.iter().rev().map(f).collect() };
+        println!(
+            "last {} runs, oldest first: events sent {}  rejected {}",
+            status.runs.len(),
+            crate::ui::sparkline(&series(|r| r.counts.events_sent)),
+            crate::ui::sparkline(&series(|r| r.counts.rejected))
+        );
+    }
+    println!(
+        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "run",
+        "started",
+        "status",
+        "rows",
+        "added",
+        "changed",
+        "removed",
+        "rejected",
+        "sent",
+        "pending"
+    );
+    for r in &status.runs {
+        println!(
+            "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+            r.run_id.unwrap_or_default(),
+            r.started_at,
+            r.status,
+            r.counts.rows,
+            r.counts.added,
+            r.counts.changed,
+            r.counts.removed,
+            r.counts.rejected,
+            r.counts.events_sent,
+            r.counts.events_pending
+        );
+        if let Some(e) = &r.error {
+            println!("       {e}");
         }
     }
+    EXIT_OK
 }
 
 fn rejects(settings: &Settings, a: &RejectsArgs) -> i32 {
@@ -625,6 +560,21 @@ fn aligned(rows: &[Vec<String>]) -> String {
         out.push('\n');
     }
     out
+}
+
+fn serve(settings: Settings, a: &ServeArgs, ui: &Ui) -> i32 {
+    let opts = crate::serve::ServeOptions {
+        every: a.every,
+        listen: a.listen,
+        allow_remote: a.allow_remote,
+    };
+    match crate::serve::serve(settings, &opts, &stop_on_signals(), ui) {
+        Ok(()) => EXIT_OK,
+        Err(e) => {
+            error(&e);
+            e.exit_code().code()
+        }
+    }
 }
 
 fn demo(a: &DemoArgs) -> i32 {

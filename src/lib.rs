@@ -19,7 +19,8 @@
 //! settings; `source`, `snapshot`, `store`, `ship`, `lock` and `ui` are the edges; `state` is the
 //! seam between the pipeline and where a sync's state is kept (the SQLite `store` today);
 //! `pipeline` drives a run, with `pipeline::diff` the seam where the diff happens; `emulate` is
-//! the local Batch-compatible server; `demo` wires them together.
+//! the local Batch-compatible server; `demo` wires them together; `serve` runs the sync on a
+//! schedule in one process, with metrics and health over HTTP.
 
 pub mod cli;
 pub mod commands;
@@ -31,6 +32,7 @@ pub mod emulate;
 pub mod errors;
 pub mod lock;
 pub mod pipeline;
+pub mod serve;
 pub mod ship;
 pub mod snapshot;
 pub mod source;

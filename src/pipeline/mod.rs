@@ -11,6 +11,7 @@
 //!   that applies deltas, used by `run`, `plan` and `check`.
 //! - [`delta`]: what one delta does: the policy's decision, the event or reject, the baseline.
 //! - [`preview`]: `plan` and `check`.
+//! - [`status`]: what the store says (`status`, and `serve`'s `/status` and gauges).
 //!
 //! This file wires the local mode: the run lock beside the SQLite store, the snapshot of the
 //! source, and the store's baseline as the other side of the merge.
@@ -20,6 +21,7 @@ pub mod delta;
 pub mod diff;
 pub mod preview;
 pub mod run;
+pub mod status;
 
 pub use preview::{check, plan, CheckSummary, PlanSummary};
 pub use run::{ship_options, Run, RunFailed};
@@ -88,6 +90,8 @@ pub struct RunOptions {
     pub max_requests: Option<u64>,
     pub max_duration: Option<Duration>,
     pub progress: bool,
+    /// Counts shipping's answers for an observer (`serve`); `None` for a run by hand.
+    pub tally: Option<crate::ship::AnswerTally>,
 }
 
 /// One whole run: the database mode's ([`database::run`]) when `[state] store = "database"`,

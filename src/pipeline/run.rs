@@ -74,6 +74,7 @@ pub fn ship_options(settings: &Settings, opts: &RunOptions) -> ShipOptions {
         backoff_cap: Duration::from_secs(30),
         max_requests: opts.max_requests,
         deadline: opts.max_duration.map(|d| tokio::time::Instant::now() + d),
+        tally: opts.tally.clone(),
     }
 }
 

@@ -9,16 +9,20 @@
 //!   they stop the run only after `max_throttled` without any delivery.
 //! - 401/403/404 stop at once with everything still pending.
 //! - Crash points: `before_send`, `after_send` (answered, not recorded), `after_record`.
+//! - An [`AnswerTally`], when given, sees every attempt's answer and every row Batch dropped,
+//!   as they are recorded: the one hook `serve` reads for its metrics; shipping decides
+//!   nothing by it.
 
 pub mod client;
 
 use crate::core::pack::split_request;
-use crate::core::retry::{backoff, classify, RetryAction, Stop};
+use crate::core::retry::{backoff, classify, Answer, RetryAction, Stop};
 use crate::core::run::{Counts, ShipEnd};
 use crate::state::Outbox;
 use client::Client;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -35,6 +39,50 @@ pub struct ShipOptions {
     /// Stop (pending kept) after this many requests; for spreading a backfill over runs.
     pub max_requests: Option<u64>,
     pub deadline: Option<Instant>,
+    /// Counts answers and dropped rows for an observer (`serve`'s metrics).
+    pub tally: Option<AnswerTally>,
+}
+
+/// What an [`AnswerTally`] has counted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AnswerCounts {
+    /// Attempts by (endpoint, code): `update` or `mass-update`; the HTTP status, or
+    /// `timeout` or `connection` when no answer came.
+    pub requests: BTreeMap<(&'static str, String), u64>,
+    /// Rows whose operations Batch dropped or refused, as recorded (rejects of source `batch`).
+    pub rows_dropped: u64,
+}
+
+/// A shared counter of shipping's answers, cheap to clone; every clone counts into the same
+/// [`AnswerCounts`].
+#[derive(Debug, Clone, Default)]
+pub struct AnswerTally(Arc<Mutex<AnswerCounts>>);
+
+impl AnswerTally {
+    /// What has been counted so far.
+    pub fn counts(&self) -> AnswerCounts {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn answer(&self, endpoint: crate::core::pack::Endpoint, answer: &Answer) {
+        let code = match answer {
+            Answer::Http { status, .. } => status.to_string(),
+            Answer::Timeout => "timeout".to_string(),
+            Answer::Connection(_) => "connection".to_string(),
+        };
+        let mut c = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        *c.requests.entry((endpoint.as_str(), code)).or_default() += 1;
+    }
+
+    fn dropped(&self, rows: u64) {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .rows_dropped += rows;
+    }
 }
 
 /// Why shipping stopped before the outbox was empty.
@@ -227,13 +275,22 @@ pub async fn ship<O: Outbox + ?Sized>(
                 }
             };
             crate::crash::point("after_send");
+            if let Some(t) = &opts.tally {
+                t.answer(req.endpoint, &answer);
+            }
             let action = classify(&answer, req.operations);
+            let dropped_rows = |n: u64| {
+                if let Some(t) = &opts.tally {
+                    t.dropped(n);
+                }
+                n
+            };
             let delay = match action {
                 RetryAction::Delivered { dropped } => {
                     let (delivered, rejected) = store.record_delivered(&req, &dropped, run_id)?;
                     crate::crash::point("after_record");
                     counts.events_sent += delivered;
-                    counts.rejected += rejected;
+                    counts.rejected += dropped_rows(rejected);
                     last_progress = Instant::now();
                     throttles = 0;
                     progress.shipped(counts.events_sent, counts.requests);
@@ -242,7 +299,7 @@ pub async fn ship<O: Outbox + ?Sized>(
                 }
                 RetryAction::Refused { message } => {
                     tracing::warn!(request = %req.id, %message, "Batch refused a one-operation request: its rows are rejected");
-                    counts.rejected += store.record_refused(&req, &message, run_id)?;
+                    counts.rejected += dropped_rows(store.record_refused(&req, &message, run_id)?);
                     after = Some(req.id.clone());
                     continue 'requests;
                 }
@@ -257,7 +314,8 @@ pub async fn ship<O: Outbox + ?Sized>(
                             continue 'requests;
                         }
                         None => {
-                            counts.rejected += store.record_refused(&req, &message, run_id)?;
+                            counts.rejected +=
+                                dropped_rows(store.record_refused(&req, &message, run_id)?);
                             after = Some(req.id.clone());
                             continue 'requests;
                         }
@@ -340,6 +398,33 @@ mod tests {
         // 2,000 operations at 300/s with a 300-token start: (2000 - 300) / 300 s.
         let took = start.elapsed().as_secs_f64();
         assert!((took - 1700.0 / 300.0).abs() < 0.01, "{took}");
+    }
+
+    #[test]
+    fn the_tally_counts_answers_by_endpoint_and_code_and_the_rows_batch_dropped() {
+        use crate::core::pack::Endpoint;
+        let tally = AnswerTally::default();
+        let http = |status| Answer::Http {
+            status,
+            body: String::new(),
+            retry_after: None,
+        };
+        tally.answer(Endpoint::Update, &http(202));
+        tally.answer(Endpoint::Update, &http(202));
+        tally.clone().answer(Endpoint::MassUpdate, &http(429));
+        tally.answer(Endpoint::Update, &Answer::Timeout);
+        tally.answer(Endpoint::Update, &Answer::Connection("refused".into()));
+        tally.dropped(3);
+        let c = tally.counts();
+        let want: BTreeMap<(&str, String), u64> = [
+            (("mass-update", "429".to_string()), 1),
+            (("update", "202".to_string()), 2),
+            (("update", "connection".to_string()), 1),
+            (("update", "timeout".to_string()), 1),
+        ]
+        .into();
+        assert_eq!(c.requests, want);
+        assert_eq!(c.rows_dropped, 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,6 +15,8 @@
 //! - `warehouse_props`: the database mode held to the local mode's deltas (proptest), and to
 //!   its own promises about rendering and names.
 //! - `layout`: this binary holds every test file.
+//! - `serve`: `batchsync serve` on a short interval: ticks through a Batch outage, the
+//!   metrics held to the store and the emulator, the lock per run, signals, `--listen`.
 //! - `tls`: TLS to PostgreSQL and MariaDB servers the tests start, with certificates they make.
 //! - `warehouse_crash`: crash safety of the database mode: every crash point, connections
 //!   terminated by the server, kills in a loop against a crash-free twin, fresh working
@@ -28,6 +30,7 @@ mod db_sources;
 mod diff_model;
 mod emulator;
 mod layout;
+mod serve;
 mod ship;
 mod sync;
 mod tls;
