@@ -7,12 +7,15 @@
 //! - An operation Batch drops turns each of its rows into a reject with Batch's reason, and puts
 //!   the row's baseline entry back as it was before the run that sent it, so a fixed row is
 //!   tried again (only where no later run has changed the entry since).
+//! - Each row of a dropped operation gets a history line in the answer's transaction:
+//!   `restored` when its baseline entry went back, `rejected` when a later run had written it.
 //! - Delivered requests keep their counts but drop their bodies, so the store does not grow
 //!   with every event ever sent.
 
 use super::baseline::{self, State};
 use super::{now_rfc3339, Ctx, Result, Store};
 use crate::core::encode::{unhex, RowHash};
+use crate::core::history::Change;
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use crate::state::{dropped_ops, Outbox};
@@ -70,8 +73,24 @@ impl Store {
                     .ctx(p)?;
             }
             let held = self.baseline_get(&key)?;
-            if held.is_none_or(|(h, _)| h.0[..] != hash[..]) {
-                continue; // a later run changed the entry since: leave it
+            // Put back only where the baseline holds what the sending run wrote; a later run
+            // changed the entry otherwise, and it is left as it is.
+            let restored = held.is_some_and(|(h, _)| h.0[..] == hash[..]);
+            let change = if restored {
+                Change::Restored
+            } else {
+                Change::Rejected
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO history (run_id, key, kind, hash, request_id, reject_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![run_id, key, change.as_str(), hash, req.id, reject_id, now_rfc3339()])
+                })
+                .ctx(p)?;
+            if !restored {
+                continue;
             }
             restore.push(match &row.prev {
                 None => (key, State::Erased, RowHash::default()),
