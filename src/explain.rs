@@ -57,17 +57,17 @@ pub fn command(settings: &Settings, a: &ExplainArgs) -> i32 {
 fn explain(settings: &Settings, args: &[String]) -> Result<Explained, Failed> {
     let plan = &settings.plan;
     let names = plan.key_names();
-    let arg = parse_key(args, names)
-        .map_err(|e| Failed::new(ExitCode::Config, format!("KEY: {e}")))?;
-    let store_error = |e: &dyn std::error::Error| {
-        Failed::new(ExitCode::Failed, crate::errors::chain(e))
-    };
+    let arg =
+        parse_key(args, names).map_err(|e| Failed::new(ExitCode::Config, format!("KEY: {e}")))?;
+    let store_error =
+        |e: &dyn std::error::Error| Failed::new(ExitCode::Failed, crate::errors::chain(e));
     let (mut found, what) = if settings.warehouse.is_some() {
         let store = crate::pipeline::database::open(settings).map_err(|e| {
             let code = e.exit_code();
             Failed::new(code, crate::errors::chain(&e))
         })?;
-        let keys = text_keys(&arg, names).map_err(|e| Failed::new(ExitCode::Config, format!("KEY: {e}")))?;
+        let keys = text_keys(&arg, names)
+            .map_err(|e| Failed::new(ExitCode::Config, format!("KEY: {e}")))?;
         let mut found = Vec::new();
         for k in keys {
             let e = store.explain(&k).map_err(|e| store_error(&e))?;
@@ -78,7 +78,8 @@ fn explain(settings: &Settings, args: &[String]) -> Result<Explained, Failed> {
         (found, store.db.tables.describe())
     } else {
         let what = settings.state_path.display().to_string();
-        let Some(store) = Store::open_read(&settings.state_path).map_err(|e| store_error(&e))? else {
+        let Some(store) = Store::open_read(&settings.state_path).map_err(|e| store_error(&e))?
+        else {
             return Err(Failed::new(
                 ExitCode::Failed,
                 format!("no row with key {} in {what}: the state store does not exist yet (no run has committed)", shown(&arg, args)),
@@ -138,15 +139,18 @@ fn json(e: &Explained) -> serde_json::Value {
 /// The history as an aligned table, then each event built, then the baseline's entry.
 fn human(e: &Explained) -> String {
     let dash = || "-".to_string();
-    let mut rows: Vec<Vec<String>> = vec![["run", "at", "kind", "hash", "request", "answer", "reason"]
-        .map(String::from)
-        .to_vec()];
+    let mut rows: Vec<Vec<String>> =
+        vec![["run", "at", "kind", "hash", "request", "answer", "reason"]
+            .map(String::from)
+            .to_vec()];
     for l in &e.lines {
         rows.push(vec![
             l.run_id.to_string(),
             l.at.clone().unwrap_or_else(dash),
             l.kind.to_string(),
-            l.hash.as_deref().map_or_else(dash, |h| h.chars().take(12).collect()),
+            l.hash
+                .as_deref()
+                .map_or_else(dash, |h| h.chars().take(12).collect()),
             l.request.clone().unwrap_or_else(dash),
             l.answer.map_or_else(dash, |a| a.as_str().to_string()),
             l.reason.clone().unwrap_or_else(dash),
@@ -164,8 +168,13 @@ fn human(e: &Explained) -> String {
     }
     out.push_str(&match &e.baseline {
         Some((hash, true)) => format!("baseline now: present, hash {hash}\n"),
-        Some((hash, false)) => format!("baseline now: removed (a tombstone with its last hash {hash})\n"),
-        None => "baseline now: not there (the row was never committed to it, or Batch dropped it)\n".to_string(),
+        Some((hash, false)) => {
+            format!("baseline now: removed (a tombstone with its last hash {hash})\n")
+        }
+        None => {
+            "baseline now: not there (the row was never committed to it, or Batch dropped it)\n"
+                .to_string()
+        }
     });
     out
 }

@@ -298,7 +298,12 @@ fn product<T: Clone>(columns: Vec<Vec<T>>) -> Vec<Vec<T>> {
 
 /// The local store's key bytes the argument may name: each key column's value encoded as the
 /// snapshot encodes it (`types`: the key columns' declared types, in key order).
-pub fn local_keys(arg: &KeyArg, types: &[Option<Type>], names: &[String], tz: Tz) -> Result<Vec<Vec<u8>>, KeyError> {
+pub fn local_keys(
+    arg: &KeyArg,
+    types: &[Option<Type>],
+    names: &[String],
+    tz: Tz,
+) -> Result<Vec<Vec<u8>>, KeyError> {
     let values = match arg {
         KeyArg::Hash(h) => return Ok(vec![h.clone()]),
         KeyArg::Columns(v) => v,
@@ -427,7 +432,10 @@ mod tests {
         // Declared integer and date: one reading each.
         let keys = local_keys(&arg, &[Some(Type::Integer), Some(Type::Date)], &names, tz).unwrap();
         let midnight = 1_704_153_600_000_000;
-        assert_eq!(keys, vec![encoded(&[Value::Int(17), Value::Time(midnight)])]);
+        assert_eq!(
+            keys,
+            vec![encoded(&[Value::Int(17), Value::Time(midnight)])]
+        );
         // Undeclared: text (CSV) or a number (NDJSON, databases); the date stays text.
         let keys = local_keys(&arg, &[None, None], &names, tz).unwrap();
         assert_eq!(
@@ -440,7 +448,13 @@ mod tests {
         // A JSON argument says its own type.
         let arg = parse_key(&s(&[r#"{"id":"17","at":"x"}"#]), &names).unwrap();
         let keys = local_keys(&arg, &[None, None], &names, tz).unwrap();
-        assert_eq!(keys, vec![encoded(&[Value::Text("17".into()), Value::Text("x".into())])]);
+        assert_eq!(
+            keys,
+            vec![encoded(&[
+                Value::Text("17".into()),
+                Value::Text("x".into())
+            ])]
+        );
         // A number that is integral is the integer the snapshot makes of it.
         let arg = parse_key(&s(&["17.0"]), &names[..1]).unwrap();
         let keys = local_keys(&arg, &[Some(Type::Number)], &names[..1], tz).unwrap();
@@ -461,7 +475,10 @@ mod tests {
         let arg = parse_key(&s(&["code=a\"b", "id=17.50"]), &names).unwrap();
         assert_eq!(
             text_keys(&arg, &names).unwrap(),
-            vec![r#"{"id":"17.50","code":"a\"b"}"#, r#"{"id":17.5,"code":"a\"b"}"#]
+            vec![
+                r#"{"id":"17.50","code":"a\"b"}"#,
+                r#"{"id":17.5,"code":"a\"b"}"#
+            ]
         );
         let arg = parse_key(&s(&["id=3", "code=true"]), &names).unwrap();
         assert_eq!(
@@ -474,7 +491,10 @@ mod tests {
             ]
         );
         let arg = parse_key(&s(&[r#"{"id":1e3,"code":"x"}"#]), &names).unwrap();
-        assert_eq!(text_keys(&arg, &names).unwrap(), vec![r#"{"id":1000,"code":"x"}"#]);
+        assert_eq!(
+            text_keys(&arg, &names).unwrap(),
+            vec![r#"{"id":1000,"code":"x"}"#]
+        );
     }
 
     #[rstest]

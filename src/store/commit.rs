@@ -26,8 +26,8 @@ use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::run::{Counts, RunStatus};
 use crate::state::{Commit, Line, Rejected, Sink};
-use std::collections::VecDeque;
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use std::collections::VecDeque;
 
 pub use crate::state::Committed;
 
@@ -174,30 +174,31 @@ impl RunWriter<'_> {
             let mut lines = conn.prepare_cached(INSERT_LINE).ctx(&p)?;
             // The JSON of the events pushed to the packer and not yet in a request.
             let mut events: VecDeque<String> = VecDeque::new();
-            let mut write = |r: Packed, seq: &mut u64, events: &mut VecDeque<String>| -> Result<()> {
-                *seq += 1;
-                let id = request_id(self.run_id, *seq);
-                let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
-                insert
-                    .execute(params![
-                        id,
-                        self.run_id,
-                        endpoint.as_str(),
-                        r.operations as i64,
-                        r.events as i64,
-                        r.body.as_bytes(),
-                        manifest,
-                        self.rules
-                    ])
-                    .ctx(&p)?;
-                request_lines(&mut lines, self.run_id, &id, &r, events).ctx(&p)?;
-                written.requests += 1;
-                written.events += r.events as u64;
-                if *seq == 2 {
-                    crate::crash::point("mid_commit");
-                }
-                Ok(())
-            };
+            let mut write =
+                |r: Packed, seq: &mut u64, events: &mut VecDeque<String>| -> Result<()> {
+                    *seq += 1;
+                    let id = request_id(self.run_id, *seq);
+                    let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
+                    insert
+                        .execute(params![
+                            id,
+                            self.run_id,
+                            endpoint.as_str(),
+                            r.operations as i64,
+                            r.events as i64,
+                            r.body.as_bytes(),
+                            manifest,
+                            self.rules
+                        ])
+                        .ctx(&p)?;
+                    request_lines(&mut lines, self.run_id, &id, &r, events).ctx(&p)?;
+                    written.requests += 1;
+                    written.events += r.events as u64;
+                    if *seq == 2 {
+                        crate::crash::point("mid_commit");
+                    }
+                    Ok(())
+                };
             let mut st = conn
                 .prepare("SELECT custom_id, body, row FROM temp.new_event ORDER BY custom_id, seq")
                 .ctx(&p)?;

@@ -673,7 +673,9 @@ mod tests {
                  INSERT INTO reject (run_id, rule, reason, source) VALUES (999, 'r', 'x', 'local');",
             )
             .unwrap();
-        let err = w.commit(&Counts::default(), 10_000, "id", 1000).unwrap_err();
+        let err = w
+            .commit(&Counts::default(), 10_000, "id", 1000)
+            .unwrap_err();
         let err = crate::errors::chain(&err);
         assert!(err.contains("FOREIGN KEY"), "{err}");
         assert!(

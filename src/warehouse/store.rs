@@ -31,10 +31,10 @@ use crate::state::{
     dropped_ops, Commit, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest, Rejected,
     Result, RunLog, Sink, StateStore, StoreError,
 };
-use std::collections::VecDeque;
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// What the diff tells the commit about the rows it staged.
@@ -254,7 +254,9 @@ impl DbStore {
                 run_id,
                 at: r.get(1),
                 kind,
-                hash: r.get::<_, Option<Vec<u8>>>(3).map(|h| crate::core::encode::hex(&h)),
+                hash: r
+                    .get::<_, Option<Vec<u8>>>(3)
+                    .map(|h| crate::core::encode::hex(&h)),
                 event: r
                     .get::<_, Option<String>>(4)
                     .and_then(|e| serde_json::from_str(&e).ok()),

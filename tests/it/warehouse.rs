@@ -84,6 +84,7 @@ impl Sync {
             "outbox",
             "rejects",
             "open_rejects",
+            "history",
         ]
         .iter()
         .map(|s| {
