@@ -12,8 +12,8 @@
 //!   it sorted by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
 //! - Each delta row's history line is written in the same transaction: at once for a row
-//!   without an event, when its request is packed for a row with one (a request carries a
-//!   run of the packer's input, in order, so its lines are the next `events` events read).
+//!   without an event, when its request is packed for a row with one (its manifest's rows,
+//!   each with its place in the body, which keeps the event: no second copy is written).
 //!   A still-rejected row's streak gets its one line when its open reject closes or renews.
 //! - Before the COMMIT, what is older than the newest `keep_runs` runs is pruned ([`prune`]).
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
@@ -27,7 +27,6 @@ use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::run::{Counts, RunStatus};
 use crate::state::{Commit, Line, Rejected, Sink};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
-use std::collections::VecDeque;
 
 pub use crate::state::Committed;
 
@@ -43,30 +42,30 @@ pub struct RunWriter<'a> {
     last_reject: Option<i64>,
 }
 
-const INSERT_LINE: &str = "INSERT INTO history (run_id, key, kind, hash, event, request_id, reject_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+const INSERT_LINE: &str = "INSERT INTO history (run_id, key, kind, hash, request_id, op, ev, reject_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
-/// Writes the history lines of a request's events: its manifest's rows, in order, with the
-/// events' JSON, taken from the front of `events`.
+/// Writes the history lines of a request's events: its manifest's rows, each with the
+/// request and its event's place in the body (operation, event).
 fn request_lines(
     st: &mut rusqlite::CachedStatement<'_>,
     run_id: i64,
     id: &str,
     r: &Packed,
-    events: &mut VecDeque<String>,
 ) -> rusqlite::Result<()> {
-    for row in r.manifest.iter().flatten() {
-        let event = events.pop_front();
-        let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
-        st.execute(params![
-            run_id,
-            unhex(&row.k).unwrap_or_default(),
-            change.as_str(),
-            unhex(&row.h),
-            event,
-            id,
-            None::<i64>,
-            None::<String>
-        ])?;
+    for (op, rows) in r.manifest.iter().enumerate() {
+        for (ev, row) in rows.iter().enumerate() {
+            let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
+            st.execute(params![
+                run_id,
+                unhex(&row.k).unwrap_or_default(),
+                change.as_str(),
+                unhex(&row.h),
+                id,
+                op as i64,
+                ev as i64,
+                None::<i64>
+            ])?;
+        }
     }
     Ok(())
 }
@@ -172,33 +171,30 @@ impl RunWriter<'_> {
                 )
                 .ctx(&p)?;
             let mut lines = conn.prepare_cached(INSERT_LINE).ctx(&p)?;
-            // The JSON of the events pushed to the packer and not yet in a request.
-            let mut events: VecDeque<String> = VecDeque::new();
-            let mut write =
-                |r: Packed, seq: &mut u64, events: &mut VecDeque<String>| -> Result<()> {
-                    *seq += 1;
-                    let id = request_id(self.run_id, *seq);
-                    let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
-                    insert
-                        .execute(params![
-                            id,
-                            self.run_id,
-                            endpoint.as_str(),
-                            r.operations as i64,
-                            r.events as i64,
-                            r.body.as_bytes(),
-                            manifest,
-                            self.rules
-                        ])
-                        .ctx(&p)?;
-                    request_lines(&mut lines, self.run_id, &id, &r, events).ctx(&p)?;
-                    written.requests += 1;
-                    written.events += r.events as u64;
-                    if *seq == 2 {
-                        crate::crash::point("mid_commit");
-                    }
-                    Ok(())
-                };
+            let mut write = |r: Packed, seq: &mut u64| -> Result<()> {
+                *seq += 1;
+                let id = request_id(self.run_id, *seq);
+                let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
+                insert
+                    .execute(params![
+                        id,
+                        self.run_id,
+                        endpoint.as_str(),
+                        r.operations as i64,
+                        r.events as i64,
+                        r.body.as_bytes(),
+                        manifest,
+                        self.rules
+                    ])
+                    .ctx(&p)?;
+                request_lines(&mut lines, self.run_id, &id, &r).ctx(&p)?;
+                written.requests += 1;
+                written.events += r.events as u64;
+                if *seq == 2 {
+                    crate::crash::point("mid_commit");
+                }
+                Ok(())
+            };
             let mut st = conn
                 .prepare("SELECT custom_id, body, row FROM temp.new_event ORDER BY custom_id, seq")
                 .ctx(&p)?;
@@ -209,17 +205,16 @@ impl RunWriter<'_> {
                 let row_json: String = row.get(2).ctx(&p)?;
                 let rref: RowRef = serde_json::from_str(&row_json)
                     .map_err(|e| self.store.corrupt(format!("temp event row: {e}")))?;
-                events.push_back(event_json.clone());
                 for r in packer.push(PackEvent {
                     custom_id,
                     event_json,
                     row: rref,
                 }) {
-                    write(r, &mut seq, &mut events)?;
+                    write(r, &mut seq)?;
                 }
             }
             for r in packer.finish() {
-                write(r, &mut seq, &mut events)?;
+                write(r, &mut seq)?;
             }
         }
         conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
@@ -380,9 +375,9 @@ impl Sink for RunWriter<'_> {
                     line.change.as_str(),
                     line.hash.map(|h| h.0.to_vec()),
                     None::<String>,
-                    None::<String>,
-                    reject,
-                    None::<String>
+                    None::<i64>,
+                    None::<i64>,
+                    reject
                 ])
             })
             .ctx(&self.store.path)?;

@@ -1,7 +1,7 @@
 //! A row's history as the local store keeps it (`explain`): its lines (written by the run's
-//! commit and by answers, `commit` and `outbox`), with Batch's answer about each event read
-//! from the outbox now, and the streak of runs that find it still rejected while its reject
-//! is open.
+//! commit and by answers, `commit` and `outbox`), each event read from its request's body,
+//! Batch's answer about it from the outbox now, and the streak of runs that find the row still
+//! rejected while its reject is open.
 //!
 //! Read only; nothing here is written.
 
@@ -19,7 +19,7 @@ impl Store {
         let mut st = self
             .conn
             .prepare(
-                "SELECT h.run_id, COALESCE(h.at, r.started_at), h.kind, h.hash, h.event, h.request_id,
+                "SELECT h.run_id, COALESCE(h.at, r.started_at), h.kind, h.hash, h.op, h.ev, h.request_id,
                         j.reason, q.state, q.answered_at
                  FROM history h
                  LEFT JOIN run r ON r.id = h.run_id
@@ -33,7 +33,7 @@ impl Store {
             Option<String>,
             String,
             Option<Vec<u8>>,
-            Option<String>,
+            (Option<i64>, Option<i64>),
             Option<String>,
             Option<String>,
             Option<String>,
@@ -46,18 +46,19 @@ impl Store {
                     r.get(1)?,
                     r.get(2)?,
                     r.get(3)?,
-                    r.get(4)?,
-                    r.get(5)?,
+                    (r.get(4)?, r.get(5)?),
                     r.get(6)?,
                     r.get(7)?,
                     r.get(8)?,
+                    r.get(9)?,
                 ))
             })
             .ctx(p)?
             .collect::<rusqlite::Result<_>>()
             .ctx(p)?;
         let mut lines = Vec::with_capacity(raw.len() + 1);
-        for (run_id, at, kind, hash, event, request, reason, state, answered_at) in raw {
+        let mut bodies = Bodies::default();
+        for (run_id, at, kind, hash, (op, ev), request, reason, state, answered_at) in raw {
             let kind = Change::parse(&kind)
                 .ok_or_else(|| self.corrupt(format!("history of run {run_id}: kind {kind:?}")))?;
             let mut line = HistoryLine {
@@ -65,7 +66,12 @@ impl Store {
                 at,
                 kind,
                 hash: hash.map(|h| hex(&h)),
-                event: event.and_then(|e| serde_json::from_str(&e).ok()),
+                event: match (&request, op, ev) {
+                    (Some(id), Some(op), Some(ev)) => {
+                        bodies.event(id, op, ev, |id| self.request_body(id))?
+                    }
+                    _ => None,
+                },
                 request: request.clone(),
                 answer: None,
                 reason,
@@ -91,6 +97,13 @@ impl Store {
                 .baseline_get(key)?
                 .map(|(h, present)| (h.to_hex(), present)),
         })
+    }
+
+    fn request_body(&self, id: &str) -> Result<Option<Vec<u8>>> {
+        self.conn
+            .query_row("SELECT body FROM request WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .ctx(&self.path)
     }
 
     /// Batch's reason, if it dropped this row's operation in request `id` or one of its parts.
@@ -141,5 +154,32 @@ impl Store {
             )
             .optional()
             .ctx(&self.path)
+    }
+}
+
+/// Request bodies read once each, as their operations.
+#[derive(Default)]
+pub(crate) struct Bodies(std::collections::HashMap<String, Vec<serde_json::Value>>);
+
+impl Bodies {
+    /// The event at (operation, event) of request `id`, whose body `read` gives; none when the
+    /// request or its body is no longer kept.
+    pub(crate) fn event<E>(
+        &mut self,
+        id: &str,
+        op: i64,
+        ev: i64,
+        read: impl FnOnce(&str) -> std::result::Result<Option<Vec<u8>>, E>,
+    ) -> std::result::Result<Option<serde_json::Value>, E> {
+        if !self.0.contains_key(id) {
+            let ops = read(id)?
+                .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
+                .unwrap_or_default();
+            self.0.insert(id.to_string(), ops);
+        }
+        Ok(self.0[id]
+            .get(op as usize)
+            .and_then(|o| o["events"].get(ev as usize))
+            .cloned())
     }
 }

@@ -11,7 +11,7 @@
 
 mod baseline;
 pub mod commit;
-mod history;
+pub(crate) mod history;
 pub mod outbox;
 mod schema;
 

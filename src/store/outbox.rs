@@ -9,8 +9,9 @@
 //!   tried again (only where no later run has changed the entry since).
 //! - Each row of a dropped operation gets a history line in the answer's transaction:
 //!   `restored` when its baseline entry went back, `rejected` when a later run had written it.
-//! - Delivered requests keep their counts but drop their bodies, so the store does not grow
-//!   with every event ever sent.
+//! - Answered requests keep their counts and bodies (a row's history shows its event from
+//!   there) but drop their manifests; they go with their run when it is pruned
+//!   (`[state] keep_runs`), so the store does not grow with every event ever sent.
 
 use super::baseline::{self, State};
 use super::{now_rfc3339, Ctx, Result, Store};
@@ -210,7 +211,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'delivered', delivered_events = ?2, attempts = attempts + 1, answered_at = ?3,
-                            body = x'', manifest = x'', last_error = NULL WHERE id = ?1",
+                            manifest = x'', last_error = NULL WHERE id = ?1",
                     params![req.id, delivered as i64, now_rfc3339()],
                 )
                 .ctx(&s.path)?;
@@ -232,7 +233,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'rejected', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
-                            body = x'', manifest = x'' WHERE id = ?1",
+                            manifest = x'' WHERE id = ?1",
                     params![req.id, now_rfc3339(), message],
                 )
                 .ctx(&s.path)?;
@@ -272,7 +273,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'split', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
-                            body = x'', manifest = x'' WHERE id = ?1",
+                            manifest = x'' WHERE id = ?1",
                     params![req.id, now_rfc3339(), message],
                 )
                 .ctx(&s.path)?;

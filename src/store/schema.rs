@@ -124,8 +124,9 @@ pub const MIGRATIONS: &[&str] = &[
     ) WITHOUT ROWID;
     "#,
     // 5: each row's history (`explain`): one line per delta row a run changed, and per answer
-    // that dropped a row; the event built, the request that carried it, the reject that says
-    // why. `at` is set for lines of answers; a run's lines take its start. Pruned with old runs
+    // that dropped a row; the request that carried its event and where in it (operation `op`,
+    // event `ev`: answered requests keep their bodies now), the reject that says why. `at` is
+    // set for lines of answers; a run's lines take its start. Pruned with old runs
     // (`[state] keep_runs`), as are requests no longer pending (`request_run`).
     r#"
     CREATE TABLE history (
@@ -134,8 +135,9 @@ pub const MIGRATIONS: &[&str] = &[
         key        BLOB NOT NULL,
         kind       TEXT NOT NULL CHECK (kind IN ('added', 'reentered', 'changed', 'removed', 'rejected', 'still_rejected', 'restored')),
         hash       BLOB,
-        event      TEXT,
         request_id TEXT,
+        op         INTEGER,
+        ev         INTEGER,
         reject_id  INTEGER,
         at         TEXT
     );

@@ -343,8 +343,9 @@ fn table_defs(t: &Tables) -> Vec<(String, String)> {
               k text COLLATE \"C\" NOT NULL,
               kind text NOT NULL CHECK (kind IN ('added', 'reentered', 'changed', 'removed', 'rejected', 'still_rejected', 'restored')),
               hash bytea,
-              event text,
               request_id text,
+              op integer,
+              ev integer,
               reject_id bigint,
               at text)"
                 .into(),

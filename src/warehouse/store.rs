@@ -15,7 +15,8 @@
 //! - Request ids are the local store's (`r{run:08}-{seq:06}`), so their order is the send order.
 //! - History lines (`explain`) are written in the commit's transaction, in batches of
 //!   [`LINE_BATCH`] rows per statement (`unnest`): a row's line when `Apply` tells it, an
-//!   event's when its request is written; the rows the stage settled in SQL (changes and
+//!   event's when its request is written (with its place in the body, which keeps the event:
+//!   answered requests keep their bodies until pruned); the rows the stage settled in SQL (changes and
 //!   removals no policy sends) get theirs from `<name>_delta` in one statement at the commit.
 //!   What is older than the newest `keep_runs` runs is pruned there too (the local store's
 //!   rules, `store::commit::prune`).
@@ -34,7 +35,6 @@ use crate::state::{
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::rc::Rc;
 
 /// What the diff tells the commit about the rows it staged.
@@ -221,7 +221,7 @@ impl DbStore {
         let t = &self.db.tables;
         let rows = self.db.query(
             &format!(
-                "SELECT h.run_id, COALESCE(h.at, r.started_at), h.kind, h.hash, h.event, h.request_id,
+                "SELECT h.run_id, COALESCE(h.at, r.started_at), h.kind, h.hash, h.op, h.ev, h.request_id,
                         j.reason, q.state, q.answered_at,
                         (SELECT array_agg(p.state) FROM {outbox} p WHERE p.id LIKE h.request_id || '.%'),
                         (SELECT b.reason FROM {rejects} b WHERE b.source = 'batch' AND b.k = h.k
@@ -240,16 +240,31 @@ impl DbStore {
             &[&k],
         )?;
         let mut lines = Vec::with_capacity(rows.len() + 1);
+        let mut bodies = crate::store::history::Bodies::default();
         for r in &rows {
             let run_id: i64 = r.get(0);
             let kind: String = r.get(2);
             let kind = Change::parse(&kind)
                 .ok_or_else(|| self.corrupt(format!("history of run {run_id}: kind {kind:?}")))?;
-            let request: Option<String> = r.get(5);
-            let state: Option<String> = r.get(7);
-            let parts: Vec<String> = r.get::<_, Option<Vec<String>>>(9).unwrap_or_default();
-            let dropped: Option<String> = r.get(10);
-            let reason: Option<String> = r.get(6);
+            let (op, ev): (Option<i32>, Option<i32>) = (r.get(4), r.get(5));
+            let request: Option<String> = r.get(6);
+            let reason: Option<String> = r.get(7);
+            let state: Option<String> = r.get(8);
+            let parts: Vec<String> = r.get::<_, Option<Vec<String>>>(10).unwrap_or_default();
+            let dropped: Option<String> = r.get(11);
+            let event = match (&request, op, ev) {
+                (Some(id), Some(op), Some(ev)) => bodies.event(id, op.into(), ev.into(), |id| {
+                    Ok::<_, StoreError>(
+                        self.db
+                            .query_opt(
+                                &format!("SELECT body FROM {} WHERE id = $1", t.outbox()),
+                                &[&id],
+                            )?
+                            .map(|r| r.get::<_, Vec<u8>>(0)),
+                    )
+                })?,
+                _ => None,
+            };
             lines.push(HistoryLine {
                 run_id,
                 at: r.get(1),
@@ -257,15 +272,13 @@ impl DbStore {
                 hash: r
                     .get::<_, Option<Vec<u8>>>(3)
                     .map(|h| crate::core::encode::hex(&h)),
-                event: r
-                    .get::<_, Option<String>>(4)
-                    .and_then(|e| serde_json::from_str(&e).ok()),
+                event,
                 answer: request
                     .as_ref()
                     .and_then(|_| answer(state.as_deref(), &parts, dropped.is_some())),
                 reason: reason.or(dropped),
                 request,
-                answered_at: r.get(8),
+                answered_at: r.get(9),
             });
         }
         // While the row's reject is open: the streak of runs that found it still rejected.
@@ -539,7 +552,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'delivered', delivered_events = $2, attempts = attempts + 1, answered_at = $3,
-                            body = '', manifest = '', last_error = NULL WHERE id = $1",
+                            manifest = '', last_error = NULL WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &(delivered as i64), &now_rfc3339()],
@@ -559,7 +572,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'rejected', attempts = attempts + 1, answered_at = $2, last_error = $3,
-                            body = '', manifest = '' WHERE id = $1",
+                            manifest = '' WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &now_rfc3339(), &message],
@@ -599,7 +612,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'split', attempts = attempts + 1, answered_at = $2, last_error = $3,
-                            body = '', manifest = '' WHERE id = $1",
+                            manifest = '' WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &now_rfc3339(), &message],
@@ -689,7 +702,6 @@ impl StateStore for DbStore {
             done: false,
             last_reject: None,
             lines: Lines::default(),
-            events: VecDeque::new(),
         })
     }
 }
@@ -715,8 +727,6 @@ pub struct DbCommit<'a> {
     last_reject: Option<i64>,
     /// History lines not yet written.
     lines: Lines,
-    /// The JSON of the events pushed to the packer and not yet in a request.
-    events: VecDeque<String>,
 }
 
 /// History lines per statement.
@@ -728,8 +738,9 @@ struct Lines {
     k: Vec<String>,
     kind: Vec<&'static str>,
     hash: Vec<Option<Vec<u8>>>,
-    event: Vec<Option<String>>,
     request: Vec<Option<String>>,
+    /// The event's place in the request's body: operation, event.
+    at: Vec<Option<(i32, i32)>>,
     reject: Vec<Option<i64>>,
 }
 
@@ -739,15 +750,14 @@ impl Lines {
         k: String,
         change: Change,
         hash: Option<Vec<u8>>,
-        event: Option<String>,
-        request: Option<String>,
+        request: Option<(String, i32, i32)>,
         reject: Option<i64>,
     ) {
         self.k.push(k);
         self.kind.push(change.as_str());
         self.hash.push(hash);
-        self.event.push(event);
-        self.request.push(request);
+        self.at.push(request.as_ref().map(|(_, op, ev)| (*op, *ev)));
+        self.request.push(request.map(|(id, _, _)| id));
         self.reject.push(reject);
     }
 
@@ -756,13 +766,15 @@ impl Lines {
         if self.k.is_empty() {
             return Ok(());
         }
+        let op: Vec<Option<i32>> = self.at.iter().map(|a| a.map(|(op, _)| op)).collect();
+        let ev: Vec<Option<i32>> = self.at.iter().map(|a| a.map(|(_, ev)| ev)).collect();
         db.execute(
             &format!(
-                "INSERT INTO {} (run_id, k, kind, hash, event, request_id, reject_id)
-                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::bigint[])",
+                "INSERT INTO {} (run_id, k, kind, hash, request_id, op, ev, reject_id)
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[], $6::int[], $7::int[], $8::bigint[])",
                 db.tables.history()
             ),
-            &[&run_id, &self.k, &self.kind, &self.hash, &self.event, &self.request, &self.reject],
+            &[&run_id, &self.k, &self.kind, &self.hash, &self.request, &op, &ev, &self.reject],
         )?;
         *self = Lines::default();
         Ok(())
@@ -775,18 +787,18 @@ impl DbCommit<'_> {
         let db = &self.store.db;
         let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
         let id = request_id(self.run_id, self.seq);
-        for row in r.manifest.iter().flatten() {
-            let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
-            let event = self.events.pop_front();
-            let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
-            self.lines.push(
-                k.unwrap_or_else(|| row.key.clone()),
-                change,
-                unhex(&row.h),
-                event,
-                Some(id.clone()),
-                None,
-            );
+        for (op, rows) in r.manifest.iter().enumerate() {
+            for (ev, row) in rows.iter().enumerate() {
+                let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
+                let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
+                self.lines.push(
+                    k.unwrap_or_else(|| row.key.clone()),
+                    change,
+                    unhex(&row.h),
+                    Some((id.clone(), op as i32, ev as i32)),
+                    None,
+                );
+            }
         }
         db.execute(
             &format!(
@@ -843,15 +855,13 @@ impl Sink for DbCommit<'_> {
     }
 
     fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
-        let json = event.body.to_string();
-        self.events.push_back(json.clone());
         let done = self
             .packer
             .as_mut()
             .expect("a packer until the commit")
             .push(PackEvent {
                 custom_id: event.custom_id.clone(),
-                event_json: json,
+                event_json: event.body.to_string(),
                 row,
             });
         for r in done {
@@ -903,7 +913,6 @@ impl Sink for DbCommit<'_> {
             String::from_utf8_lossy(line.key).into_owned(),
             line.change,
             line.hash.map(|h| h.0.to_vec()),
-            None,
             None,
             reject,
         );
