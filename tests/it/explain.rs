@@ -72,6 +72,7 @@ fn a_rows_history_shows_each_run_that_added_changed_removed_or_brought_it_back()
     );
     for l in h {
         assert_eq!(l["answer"], "delivered", "{l}");
+        assert!(l["answered_at"].as_str().is_some(), "{l}");
         assert!(l["request"].as_str().unwrap().starts_with('r'), "{l}");
         assert!(l["at"].as_str().unwrap().starts_with("20"), "{l}");
         assert_eq!(l["hash"].as_str().unwrap().len(), 32, "{l}");
