@@ -221,6 +221,9 @@ impl Sink for Nothing {
     fn reject(&mut self, _: batchsync::state::Rejected<'_>, _: &Reject) -> Result<(), Self::Error> {
         Ok(())
     }
+    fn history(&mut self, _: batchsync::state::Line<'_>) -> Result<(), Self::Error> {
+        Ok(())
+    }
 }
 
 fn diff(s: &Settings) -> Res<Timed> {
@@ -270,7 +273,12 @@ fn write(s: &Settings) -> Res<Timed> {
         rows,
         ..diffed.counts
     };
-    writer.commit(&counts, s.destination.mass_update_from, &s.plan.identity())?;
+    writer.commit(
+        &counts,
+        s.destination.mass_update_from,
+        &s.plan.identity(),
+        s.keep_runs,
+    )?;
     Ok(Timed {
         ms,
         extra_ms: since(t),

@@ -41,6 +41,9 @@ pub enum Command {
     Status(StatusArgs),
     /// The rejected rows with their reasons.
     Rejects(RejectsArgs),
+    /// One row's history: each run that added, changed, removed or rejected it, the event
+    /// built, the request and Batch's answer.
+    Explain(ExplainArgs),
     /// A local Batch-compatible API on loopback, for tests and trials.
     Emulate(crate::emulate::EmulateArgs),
     /// Sync the bundled fixtures to a local emulator: the whole job, no Batch account needed.
@@ -141,6 +144,17 @@ pub struct ServeArgs {
     /// Allow a --listen address beyond loopback: the endpoints have no authentication.
     #[arg(long)]
     pub allow_remote: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[arg(long)]
+    pub json: bool,
+    /// The row's primary key: `col=value` for each key column, the value alone for a
+    /// one-column key, or a JSON object of the key columns (as `--json` outputs print keys);
+    /// without a primary key, the row hash.
+    #[arg(required = true, num_args = 1.., allow_hyphen_values = true, value_name = "KEY")]
+    pub key: Vec<String>,
 }
 
 #[derive(Args, Debug)]

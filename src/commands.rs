@@ -68,6 +68,10 @@ pub fn dispatch(cli: Cli) -> i32 {
             Some(s) => rejects(&s, a),
             None => EXIT_CONFIG,
         },
+        Command::Explain(a) => match load(&cli) {
+            Some(s) => crate::explain::command(&s, a),
+            None => EXIT_CONFIG,
+        },
         Command::Emulate(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -541,7 +545,7 @@ fn sample_table(sample: &[serde_json::Value]) -> String {
 }
 
 /// Rows of cells as columns padded to their widest cell; the last column is not padded.
-fn aligned(rows: &[Vec<String>]) -> String {
+pub(crate) fn aligned(rows: &[Vec<String>]) -> String {
     let cols = rows.first().map_or(0, Vec::len);
     let widths: Vec<usize> = (0..cols)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))

@@ -30,6 +30,7 @@ pub mod crash;
 pub mod demo;
 pub mod emulate;
 pub mod errors;
+pub mod explain;
 pub mod lock;
 pub mod pipeline;
 pub mod serve;

@@ -14,6 +14,7 @@
 //!   commit still leaves a record).
 
 use crate::core::encode::RowHash;
+use crate::core::history::Change;
 use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
@@ -188,6 +189,23 @@ pub trait Sink {
     /// The row with this key is its open reject's row still (same key and hash, same mapping
     /// and rules): the reject stays open, nothing new is recorded.
     fn still_rejected(&mut self, key: &[u8]) -> std::result::Result<(), Self::Error>;
+    /// One line of the row's history (`explain`): a delta row that changed something, told
+    /// after the row's `event` or `reject`. Not told for a run that only records the segment,
+    /// nor for rows still rejected (the store writes one line when their streak ends).
+    fn history(&mut self, line: Line<'_>) -> std::result::Result<(), Self::Error>;
+}
+
+/// One line of a row's history, as [`Sink::history`] is told it.
+#[derive(Debug, Clone, Copy)]
+pub struct Line<'a> {
+    pub key: &'a [u8],
+    pub change: Change,
+    /// The row's hash (a removal's: the one the baseline held); none for rows sharing a key.
+    pub hash: Option<RowHash>,
+    /// Its event went to [`Sink::event`] just before: the store completes the line with the
+    /// request that carries it, when it packs the event. Otherwise the line is complete (a
+    /// `Rejected` one names the reject the sink was told just before).
+    pub sent: bool,
 }
 
 /// A rejected row as a [`Sink`] records it.
@@ -238,6 +256,48 @@ pub fn key_json(key: &str) -> serde_json::Value {
     }
 }
 
+/// One line of a row's history as `explain` shows it (`--json`: these fields, in run order).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct HistoryLine {
+    pub run_id: i64,
+    /// When: the run's start, or the time an answer from Batch was recorded.
+    pub at: Option<String>,
+    #[serde(serialize_with = "change_str")]
+    pub kind: Change,
+    /// The row hash in hex (a removal's: the one the baseline held).
+    pub hash: Option<String>,
+    /// The event built from the row, as it was sent.
+    pub event: Option<serde_json::Value>,
+    /// The request that carried it (or whose answer this line records).
+    pub request: Option<String>,
+    pub answer: Option<crate::core::history::Answer>,
+    /// Why it was rejected or dropped.
+    pub reason: Option<String>,
+    /// When Batch's answer about the request was recorded.
+    pub answered_at: Option<String>,
+}
+
+fn change_str<S: serde::Serializer>(c: &Change, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(c.as_str())
+}
+
+/// A row's history, as one store holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    /// The key as people read it.
+    pub key: String,
+    pub lines: Vec<HistoryLine>,
+    /// The baseline's entry now: hash in hex and presence (a tombstone is not present).
+    pub baseline: Option<(String, bool)>,
+}
+
+impl Explained {
+    /// Whether the store knows the row at all.
+    pub fn known(&self) -> bool {
+        !self.lines.is_empty() || self.baseline.is_some()
+    }
+}
+
 /// The open rejects under one mapping and rules: key → the hash it was rejected with.
 pub type OpenRejects = std::collections::HashMap<Vec<u8>, RowHash>;
 
@@ -251,8 +311,15 @@ pub struct Committed {
 /// One run's commit, open until [`Commit::commit`]; dropped, it is undone.
 pub trait Commit: Sink<Error = StoreError> {
     fn run_id(&self) -> i64;
-    /// Packs the events into requests, writes the run's counts and commits, all at once.
-    fn commit(self, counts: &Counts, mass_update_from: u64, identity: &str) -> Result<Committed>;
+    /// Packs the events into requests, writes the run's counts, prunes what is older than
+    /// the newest `keep_runs` runs (never an open reject's) and commits, all at once.
+    fn commit(
+        self,
+        counts: &Counts,
+        mass_update_from: u64,
+        identity: &str,
+        keep_runs: u64,
+    ) -> Result<Committed>;
 }
 
 /// A sync's whole state: baseline, outbox, rejects and runs.

@@ -191,6 +191,7 @@ struct StateTable {
     store: Option<Spanned<StoreKind>>,
     schema: Option<Spanned<String>>,
     name: Option<Spanned<String>>,
+    keep_runs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -607,6 +608,11 @@ impl Reader<'_> {
                     .map_or(Settings::DEFAULT_STATE_PATH, |p| p.get_ref()),
             ),
             warehouse: self.warehouse(&file.state, &file.source)?,
+            keep_runs: self.at_least_one(
+                "state.keep_runs",
+                file.state.keep_runs.as_ref(),
+                Settings::DEFAULT_KEEP_RUNS,
+            )?,
         })
     }
 

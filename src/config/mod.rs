@@ -194,6 +194,9 @@ pub struct Settings {
     pub state_path: PathBuf,
     /// `[state] store = "database"`: the state lives in the source database, not at `state_path`.
     pub warehouse: Option<WarehouseSettings>,
+    /// `[state] keep_runs`: the history, run records and closed rejects of older runs are
+    /// pruned at each commit (never an open reject's).
+    pub keep_runs: u64,
 }
 
 /// Where the database mode keeps a sync's tables (WAREHOUSE.md "Tables").
@@ -244,6 +247,8 @@ impl Settings {
     pub const DEFAULT_TIMEZONE: Tz = chrono_tz::UTC;
     /// `[state] path`, relative to the config file.
     pub const DEFAULT_STATE_PATH: &'static str = ".batchsync/state.db";
+    /// `[state] keep_runs`.
+    pub const DEFAULT_KEEP_RUNS: u64 = 1000;
 
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {

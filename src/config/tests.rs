@@ -52,6 +52,7 @@ fn a_minimal_config_takes_the_documented_defaults() {
     assert_eq!(d.connect_timeout, Duration::from_secs(10));
     assert_eq!(d.max_attempts, 8);
     assert_eq!(d.max_throttled, Duration::from_secs(600));
+    assert_eq!(s.keep_runs, 1000);
 }
 
 #[test]
@@ -100,6 +101,7 @@ max_throttled = "1h 30m"
 
 [state]
 path = "state/s.db"
+keep_runs = 20
 "#;
     let s = parse(text).unwrap();
     assert_eq!(
@@ -138,6 +140,7 @@ path = "state/s.db"
     assert_eq!(d.max_attempts, 3);
     assert_eq!(d.max_throttled, Duration::from_secs(5400));
     assert_eq!(s.state_path, PathBuf::from("/cfg/state/s.db"));
+    assert_eq!(s.keep_runs, 20);
 }
 
 #[test]
@@ -398,6 +401,17 @@ fn a_bad_destination_value_is_named_with_its_line(
 ) {
     let msg = error(&format!("{MINIMAL}\n[destination]\n{line}\n"));
     assert!(msg.contains(&format!("line 11: `{key}`: ")), "{msg}");
+    assert!(msg.contains(says), "{msg}");
+}
+
+#[rstest]
+#[case::zero("keep_runs = 0", "at least 1")]
+#[case::negative("keep_runs = -5", "")]
+#[case::not_a_number("keep_runs = \"all\"", "")]
+fn a_bad_keep_runs_is_named_with_its_line(#[case] line: &str, #[case] says: &str) {
+    let msg = error(&format!("{MINIMAL}\n[state]\n{line}\n"));
+    assert!(msg.contains("line 11"), "{msg}");
+    assert!(msg.contains("keep_runs"), "{msg}");
     assert!(msg.contains(says), "{msg}");
 }
 

@@ -8,12 +8,15 @@
 //! - [`diff`]: the sorted merge of snapshot and baseline, and what each delta does.
 //! - [`pack`]: events → operations → requests, with the manifest that maps them back to rows.
 //! - [`retry`]: answer classification, backoff with full jitter, `Retry-After`.
+//! - [`history`]: a row's history (`explain`): its lines' kinds, Batch's answer about a line,
+//!   the KEY argument read into the keys each store holds.
 //! - [`run`]: a run's counts, status, summary and exit code, the guards, modelled once.
 //!
 //! Among the first three, `mapping` uses `encode`, which uses `value`, never the reverse.
 
 pub mod diff;
 pub mod encode;
+pub mod history;
 pub mod mapping;
 pub mod pack;
 pub mod retry;

@@ -5,16 +5,21 @@
 //! - The same code decides for `plan`, `check` and `run`, so a plan is what the run does.
 //! - Every key the baseline held gets exactly one of `put`, `tombstone` or `keep`, in key
 //!   order: a commit that writes a new base (a compaction) loses no entry.
+//! - Each delta row that changes something (added, re-entered, changed, removed, rejected) is
+//!   one history line (`Sink::history`), decided here for both stores; a run that only
+//!   records the segment writes none, and a row still rejected none (its store writes one
+//!   line when the streak ends).
 
 use crate::config::{Initial, Settings};
 use crate::core::diff::{decide, BaseRow, BaselineWrite, Delta, Policy, SnapRow};
 use crate::core::encode::{display_key, hex, Decoder, RowHash};
+use crate::core::history::Change;
 use crate::core::mapping::{build_event, ColumnPlan, EventRules, Reject};
 use crate::core::pack::RowRef;
 use crate::core::run::Counts;
 use crate::core::value::Value;
 use crate::snapshot::LooseReject;
-use crate::state::{OpenRejects, Rejected, Sink};
+use crate::state::{Line, OpenRejects, Rejected, Sink};
 
 pub struct Apply<'a> {
     pub plan: &'a ColumnPlan,
@@ -105,6 +110,27 @@ fn decode(plan: &ColumnPlan, payload: &[u8]) -> Result<Vec<Value>, Reject> {
 }
 
 impl Apply<'_> {
+    /// One history line, unless the run only records the segment (the first under
+    /// `initial = "baseline"`: nothing is sent, and its rows are the starting point).
+    fn line<S: Sink>(
+        &self,
+        sink: &mut S,
+        key: &[u8],
+        change: Change,
+        hash: Option<RowHash>,
+        sent: bool,
+    ) -> Result<(), S::Error> {
+        if self.policy.record_only {
+            return Ok(());
+        }
+        sink.history(Line {
+            key,
+            change,
+            hash,
+            sent,
+        })
+    }
+
     fn key_of(&self, key: &[u8]) -> String {
         if self.text_keys {
             return String::from_utf8_lossy(key).into_owned();
@@ -140,7 +166,8 @@ impl Apply<'_> {
             row: Some((&row.key, row.hash)),
             line: Some(row.line),
         };
-        sink.reject(at, rej)
+        sink.reject(at, rej)?;
+        self.line(sink, &row.key, Change::Rejected, Some(row.hash), false)
     }
 
     pub fn loose<S: Sink>(
@@ -182,6 +209,8 @@ impl Apply<'_> {
                 sink.event(&event, rref)?;
                 sink.put(&row.key, row.hash)?;
                 counts.events += 1;
+                let change = Change::of_event(prev.map(|(_, present)| present));
+                self.line(sink, &row.key, change, Some(row.hash), true)?;
             }
             Err(rej) => {
                 self.reject_row(row, &rej, sink)?;
@@ -217,6 +246,12 @@ impl Apply<'_> {
                     self.wanted(&row, prev, base, sink, counts)?;
                 } else {
                     sink.put(&row.key, row.hash)?;
+                    let change = if reentry {
+                        Change::Reentered
+                    } else {
+                        Change::Added
+                    };
+                    self.line(sink, &row.key, change, Some(row.hash), false)?;
                 }
             }
             Delta::Changed { row, old } => {
@@ -225,12 +260,14 @@ impl Apply<'_> {
                     self.wanted(&row, Some((old, true)), base, sink, counts)?;
                 } else {
                     sink.put(&row.key, row.hash)?;
+                    self.line(sink, &row.key, Change::Changed, Some(row.hash), false)?;
                 }
             }
             Delta::Removed { key, hash } => {
                 counts.removed += 1;
                 if write == BaselineWrite::Tombstone && !self.defer_removals {
                     sink.tombstone(&key, hash)?;
+                    self.line(sink, &key, Change::Removed, Some(hash), false)?;
                 } else {
                     keep(sink, base)?;
                 }
@@ -263,6 +300,7 @@ impl Apply<'_> {
                     sink.reject(at, &rej)?;
                     counts.rejected += 1;
                 }
+                self.line(sink, &rows[0].key, Change::Rejected, None, false)?;
                 keep(sink, base)?;
             }
             Delta::Bad { row, .. } => {

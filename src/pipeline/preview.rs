@@ -92,6 +92,9 @@ impl Sink for Samples {
     fn still_rejected(&mut self, _: &[u8]) -> Result<(), Infallible> {
         Ok(())
     }
+    fn history(&mut self, _: crate::state::Line<'_>) -> Result<(), Infallible> {
+        Ok(())
+    }
 }
 
 /// Computes the delta and the events a run would send; changes nothing anywhere.

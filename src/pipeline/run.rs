@@ -202,6 +202,7 @@ impl<'a, S: StateStore> Run<'a, S> {
             &counts,
             settings.destination.mass_update_from,
             &settings.plan.identity(),
+            settings.keep_runs,
         )?;
         tracing::debug!(
             merge_ms = merged.as_millis() as u64,

@@ -11,16 +11,22 @@
 //! - Events wait in a TEMP table (on disk, not in memory) until the merge is over, then leave
 //!   it sorted by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
+//! - Each delta row's history line is written in the same transaction: at once for a row
+//!   without an event, when its request is packed for a row with one (its manifest's rows,
+//!   each with its place in the body, which keeps the event: no second copy is written).
+//!   A still-rejected row's streak gets its one line when its open reject closes or renews.
+//! - Before the COMMIT, what is older than the newest `keep_runs` runs is pruned ([`prune`]).
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
 
 use super::baseline::{self, LayerWriter, State};
 use super::{now_rfc3339, Ctx, Result, Store, StoreError};
-use crate::core::encode::RowHash;
+use crate::core::encode::{unhex, RowHash};
+use crate::core::history::Change;
 use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::run::{Counts, RunStatus};
-use crate::state::{Commit, Rejected, Sink};
-use rusqlite::{params, Transaction, TransactionBehavior};
+use crate::state::{Commit, Line, Rejected, Sink};
+use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use crate::state::Committed;
 
@@ -32,6 +38,36 @@ pub struct RunWriter<'a> {
     layer: Option<LayerWriter>,
     /// The mapping and rules this run's rejects and requests are recorded under.
     rules: String,
+    /// The reject last recorded: a `Rejected` history line names it.
+    last_reject: Option<i64>,
+}
+
+const INSERT_LINE: &str = "INSERT INTO history (run_id, key, kind, hash, request_id, op, ev, reject_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Writes the history lines of a request's events: its manifest's rows, each with the
+/// request and its event's place in the body (operation, event).
+fn request_lines(
+    st: &mut rusqlite::CachedStatement<'_>,
+    run_id: i64,
+    id: &str,
+    r: &Packed,
+) -> rusqlite::Result<()> {
+    for (op, rows) in r.manifest.iter().enumerate() {
+        for (ev, row) in rows.iter().enumerate() {
+            let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
+            st.execute(params![
+                run_id,
+                unhex(&row.k).unwrap_or_default(),
+                change.as_str(),
+                unhex(&row.h),
+                id,
+                op as i64,
+                ev as i64,
+                None::<i64>
+            ])?;
+        }
+    }
+    Ok(())
 }
 
 pub fn request_id(run_id: i64, seq: u64) -> String {
@@ -56,6 +92,7 @@ impl Store {
             events: 0,
             layer: None,
             rules: rules.to_string(),
+            last_reject: None,
         };
         // run_open: the keys whose reject is open after this run (still rejected, or
         // rejected now with their hash and reject record); every other open reject closes.
@@ -115,6 +152,7 @@ impl RunWriter<'_> {
         counts: &Counts,
         mass_update_from: u64,
         identity: &str,
+        keep_runs: u64,
     ) -> Result<Committed> {
         let p = self.store.path.clone();
         let conn: &rusqlite::Connection = &self.tx;
@@ -132,12 +170,14 @@ impl RunWriter<'_> {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
                 )
                 .ctx(&p)?;
+            let mut lines = conn.prepare_cached(INSERT_LINE).ctx(&p)?;
             let mut write = |r: Packed, seq: &mut u64| -> Result<()> {
                 *seq += 1;
+                let id = request_id(self.run_id, *seq);
                 let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
                 insert
                     .execute(params![
-                        request_id(self.run_id, *seq),
+                        id,
                         self.run_id,
                         endpoint.as_str(),
                         r.operations as i64,
@@ -147,6 +187,7 @@ impl RunWriter<'_> {
                         self.rules
                     ])
                     .ctx(&p)?;
+                request_lines(&mut lines, self.run_id, &id, &r).ctx(&p)?;
                 written.requests += 1;
                 written.events += r.events as u64;
                 if *seq == 2 {
@@ -177,6 +218,16 @@ impl RunWriter<'_> {
             }
         }
         conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
+        // A streak of runs that found a row still rejected ends when its open reject closes or
+        // renews: one line, at the last of those runs.
+        conn.execute(
+            "INSERT INTO history (run_id, key, kind, hash, reject_id)
+             SELECT o.last_run, o.key, 'still_rejected', o.hash, o.reject_id
+             FROM open_reject o JOIN reject r ON r.id = o.reject_id
+             WHERE o.last_run > r.run_id AND o.key NOT IN (SELECT key FROM temp.run_open WHERE still = 1)",
+            [],
+        )
+        .ctx(&p)?;
         conn.execute_batch(
             "DELETE FROM open_reject WHERE key NOT IN (SELECT key FROM temp.run_open);",
         )
@@ -229,6 +280,7 @@ impl RunWriter<'_> {
             [now_rfc3339()],
         )
         .ctx(&p)?;
+        prune(conn, keep_runs).ctx(&p)?;
         crate::crash::point("before_commit");
         self.tx.commit().ctx(&p)?;
         crate::crash::point("after_commit");
@@ -283,8 +335,9 @@ impl Sink for RunWriter<'_> {
             s.execute(params![self.run_id, at.key, at.line.map(|l| l as i64), r.column, r.rule, r.reason])
         })
         .ctx(p)?;
+        let id = conn.last_insert_rowid();
+        self.last_reject = Some(id);
         if let Some((key, hash)) = at.row {
-            let id = conn.last_insert_rowid();
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO temp.run_open (key, hash, reject_id, still) VALUES (?1, ?2, ?3, 0)",
             )
@@ -302,6 +355,79 @@ impl Sink for RunWriter<'_> {
             .ctx(&self.store.path)?;
         Ok(())
     }
+
+    /// A line with an event waits for its request (see the module doc).
+    fn history(&mut self, line: Line<'_>) -> Result<()> {
+        if line.sent {
+            return Ok(());
+        }
+        let reject = match line.change {
+            Change::Rejected => self.last_reject.take(),
+            _ => None,
+        };
+        self.store
+            .conn
+            .prepare_cached(INSERT_LINE)
+            .and_then(|mut s| {
+                s.execute(params![
+                    self.run_id,
+                    line.key,
+                    line.change.as_str(),
+                    line.hash.map(|h| h.0.to_vec()),
+                    None::<String>,
+                    None::<i64>,
+                    None::<i64>,
+                    reject
+                ])
+            })
+            .ctx(&self.store.path)?;
+        Ok(())
+    }
+}
+
+/// Deletes what is older than the newest `keep_runs` runs, but what an open reject needs:
+/// - history lines of those runs, but an open reject's key's;
+/// - their rejects, but those an open reject or a kept line names;
+/// - their requests no longer pending, but those a kept line names (and their parts);
+/// - their run records, but those a kept line, reject or request still belongs to.
+///
+/// Each statement reads those runs' rows by index (`history_run`, `reject_run`,
+/// `request_run`): once past its first commit with `keep_runs` set, a commit prunes one run.
+pub(super) fn prune(conn: &rusqlite::Connection, keep_runs: u64) -> rusqlite::Result<()> {
+    let cutoff: Option<i64> = conn
+        .query_row(
+            "SELECT id FROM run ORDER BY id DESC LIMIT 1 OFFSET ?1",
+            [keep_runs.saturating_sub(1).min(i64::MAX as u64) as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(cutoff) = cutoff else {
+        return Ok(());
+    };
+    conn.execute(
+        "DELETE FROM history WHERE run_id < ?1 AND key NOT IN (SELECT key FROM open_reject)",
+        [cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM reject WHERE run_id < ?1
+           AND id NOT IN (SELECT reject_id FROM open_reject)
+           AND id NOT IN (SELECT reject_id FROM history WHERE run_id < ?1 AND reject_id IS NOT NULL)",
+        [cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM request WHERE run_id < ?1 AND state <> 'pending'
+           AND NOT EXISTS (SELECT 1 FROM history h WHERE h.run_id < ?1 AND h.request_id IS NOT NULL
+                           AND (request.id = h.request_id OR request.id LIKE h.request_id || '.%'))",
+        [cutoff],
+    )?;
+    conn.execute(
+        "DELETE FROM run WHERE id < ?1
+           AND NOT EXISTS (SELECT 1 FROM history h WHERE h.run_id = run.id)
+           AND NOT EXISTS (SELECT 1 FROM reject r WHERE r.run_id = run.id)
+           AND NOT EXISTS (SELECT 1 FROM request q WHERE q.run_id = run.id)",
+        [cutoff],
+    )?;
+    Ok(())
 }
 
 impl Commit for RunWriter<'_> {
@@ -309,7 +435,13 @@ impl Commit for RunWriter<'_> {
         self.run_id
     }
 
-    fn commit(self, counts: &Counts, mass_update_from: u64, identity: &str) -> Result<Committed> {
-        self.commit_all(counts, mass_update_from, identity)
+    fn commit(
+        self,
+        counts: &Counts,
+        mass_update_from: u64,
+        identity: &str,
+        keep_runs: u64,
+    ) -> Result<Committed> {
+        self.commit_all(counts, mass_update_from, identity, keep_runs)
     }
 }

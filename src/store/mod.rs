@@ -11,6 +11,7 @@
 
 mod baseline;
 pub mod commit;
+pub(crate) mod history;
 pub mod outbox;
 mod schema;
 
@@ -672,7 +673,9 @@ mod tests {
                  INSERT INTO reject (run_id, rule, reason, source) VALUES (999, 'r', 'x', 'local');",
             )
             .unwrap();
-        let err = w.commit(&Counts::default(), 10_000, "id").unwrap_err();
+        let err = w
+            .commit(&Counts::default(), 10_000, "id", 1000)
+            .unwrap_err();
         let err = crate::errors::chain(&err);
         assert!(err.contains("FOREIGN KEY"), "{err}");
         assert!(

@@ -7,12 +7,16 @@
 //! - An operation Batch drops turns each of its rows into a reject with Batch's reason, and puts
 //!   the row's baseline entry back as it was before the run that sent it, so a fixed row is
 //!   tried again (only where no later run has changed the entry since).
-//! - Delivered requests keep their counts but drop their bodies, so the store does not grow
-//!   with every event ever sent.
+//! - Each row of a dropped operation gets a history line in the answer's transaction:
+//!   `restored` when its baseline entry went back, `rejected` when a later run had written it.
+//! - Answered requests keep their counts and bodies (a row's history shows its event from
+//!   there) but drop their manifests; they go with their run when it is pruned
+//!   (`[state] keep_runs`), so the store does not grow with every event ever sent.
 
 use super::baseline::{self, State};
 use super::{now_rfc3339, Ctx, Result, Store};
 use crate::core::encode::{unhex, RowHash};
+use crate::core::history::Change;
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use crate::state::{dropped_ops, Outbox};
@@ -70,8 +74,24 @@ impl Store {
                     .ctx(p)?;
             }
             let held = self.baseline_get(&key)?;
-            if held.is_none_or(|(h, _)| h.0[..] != hash[..]) {
-                continue; // a later run changed the entry since: leave it
+            // Put back only where the baseline holds what the sending run wrote; a later run
+            // changed the entry otherwise, and it is left as it is.
+            let restored = held.is_some_and(|(h, _)| h.0[..] == hash[..]);
+            let change = if restored {
+                Change::Restored
+            } else {
+                Change::Rejected
+            };
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO history (run_id, key, kind, hash, request_id, reject_id, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![run_id, key, change.as_str(), hash, req.id, reject_id, now_rfc3339()])
+                })
+                .ctx(p)?;
+            if !restored {
+                continue;
             }
             restore.push(match &row.prev {
                 None => (key, State::Erased, RowHash::default()),
@@ -198,7 +218,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'delivered', delivered_events = ?2, attempts = attempts + 1, answered_at = ?3,
-                            body = x'', manifest = x'', last_error = NULL WHERE id = ?1",
+                            manifest = x'', last_error = NULL WHERE id = ?1",
                     params![req.id, delivered as i64, now_rfc3339()],
                 )
                 .ctx(&s.path)?;
@@ -220,7 +240,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'rejected', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
-                            body = x'', manifest = x'' WHERE id = ?1",
+                            manifest = x'' WHERE id = ?1",
                     params![req.id, now_rfc3339(), message],
                 )
                 .ctx(&s.path)?;
@@ -260,7 +280,7 @@ impl Outbox for Store {
             s.conn
                 .execute(
                     "UPDATE request SET state = 'split', attempts = attempts + 1, answered_at = ?2, last_error = ?3,
-                            body = x'', manifest = x'' WHERE id = ?1",
+                            manifest = x'' WHERE id = ?1",
                     params![req.id, now_rfc3339(), message],
                 )
                 .ctx(&s.path)?;

@@ -123,6 +123,28 @@ pub const MIGRATIONS: &[&str] = &[
         reject_id INTEGER NOT NULL REFERENCES reject(id)
     ) WITHOUT ROWID;
     "#,
+    // 5: each row's history (`explain`): one line per delta row a run changed, and per answer
+    // that dropped a row; the request that carried its event and where in it (operation `op`,
+    // event `ev`: answered requests keep their bodies now), the reject that says why. `at` is
+    // set for lines of answers; a run's lines take its start. Pruned with old runs
+    // (`[state] keep_runs`), as are requests no longer pending (`request_run`).
+    r#"
+    CREATE TABLE history (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER NOT NULL,
+        key        BLOB NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('added', 'reentered', 'changed', 'removed', 'rejected', 'still_rejected', 'restored')),
+        hash       BLOB,
+        request_id TEXT,
+        op         INTEGER,
+        ev         INTEGER,
+        reject_id  INTEGER,
+        at         TEXT
+    );
+    CREATE INDEX history_key ON history(key, run_id);
+    CREATE INDEX history_run ON history(run_id);
+    CREATE INDEX request_run ON request(run_id);
+    "#,
 ];
 
 /// A migration's data step, run after its SQL in the same transaction.

@@ -358,6 +358,7 @@ impl SqlDiff {
             delta,
             candidates,
             defer_removals: !loose.is_empty(),
+            record_only: policy.record_only,
         });
         tracing::debug!(
             rows,

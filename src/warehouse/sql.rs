@@ -48,7 +48,7 @@ pub struct Tables {
 
 impl Tables {
     /// Every table of a sync: what `setup` creates, and a run and `check` require.
-    pub const SUFFIXES: [&'static str; 7] = [
+    pub const SUFFIXES: [&'static str; 8] = [
         "meta",
         "runs",
         "baseline",
@@ -56,6 +56,7 @@ impl Tables {
         "outbox",
         "rejects",
         "open_rejects",
+        "history",
     ];
 
     /// `"schema"."<name>_<suffix>"`.
@@ -86,6 +87,9 @@ impl Tables {
     }
     pub fn open_rejects(&self) -> String {
         self.table("open_rejects")
+    }
+    pub fn history(&self) -> String {
+        self.table("history")
     }
     /// For messages: `schema.name`, unquoted.
     pub fn describe(&self) -> String {

@@ -13,16 +13,24 @@
 //!   network call. An operation Batch drops turns its rows into rejects and puts their
 //!   baseline entries back as they were, unless a later run wrote them since.
 //! - Request ids are the local store's (`r{run:08}-{seq:06}`), so their order is the send order.
+//! - History lines (`explain`) are written in the commit's transaction, in batches of
+//!   [`LINE_BATCH`] rows per statement (`unnest`): a row's line when `Apply` tells it, an
+//!   event's when its request is written (with its place in the body, which keeps the event:
+//!   answered requests keep their bodies until pruned); the rows the stage settled in SQL (changes and
+//!   removals no policy sends) get theirs from `<name>_delta` in one statement at the commit.
+//!   What is older than the newest `keep_runs` runs is pruned there too (the local store's
+//!   rules, `store::commit::prune`).
 
 use super::Db;
 use crate::core::encode::{unhex, RowHash};
+use crate::core::history::Change;
 use crate::core::mapping::{Event, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{
-    dropped_ops, Commit, Committed, OpenRejects, Outbox, Pending, PendingRequest, Rejected, Result,
-    RunLog, Sink, StateStore, StoreError,
+    dropped_ops, Commit, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest, Rejected,
+    Result, RunLog, Sink, StateStore, StoreError,
 };
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;
@@ -38,6 +46,8 @@ pub struct Staged {
     pub candidates: u64,
     /// Some rows' keys could not be read: removals are not recorded this run.
     pub defer_removals: bool,
+    /// The run only records the segment (the first under `initial = "baseline"`): no history.
+    pub record_only: bool,
 }
 
 pub struct DbStore {
@@ -203,6 +213,113 @@ impl DbStore {
         Ok(n as u64)
     }
 
+    /// The history of the row with this key text (see the local store's `explain`).
+    pub fn explain(&self, k: &str) -> Result<crate::state::Explained> {
+        use crate::core::history::answer;
+        use crate::state::HistoryLine;
+        self.db.settle()?;
+        let t = &self.db.tables;
+        let rows = self.db.query(
+            &format!(
+                "SELECT h.run_id, COALESCE(h.at, r.started_at), h.kind, h.hash, h.op, h.ev, h.request_id,
+                        j.reason, q.state, q.answered_at,
+                        (SELECT array_agg(p.state) FROM {outbox} p WHERE p.id LIKE h.request_id || '.%'),
+                        (SELECT b.reason FROM {rejects} b WHERE b.source = 'batch' AND b.k = h.k
+                           AND (b.request_id = h.request_id OR b.request_id LIKE h.request_id || '.%')
+                         ORDER BY b.id LIMIT 1)
+                 FROM {h} h
+                 LEFT JOIN {runs} r ON r.run_id = h.run_id
+                 LEFT JOIN {rejects} j ON j.id = h.reject_id
+                 LEFT JOIN {outbox} q ON q.id = h.request_id
+                 WHERE h.k = $1 ORDER BY h.run_id, h.id",
+                h = t.history(),
+                runs = t.runs(),
+                rejects = t.rejects(),
+                outbox = t.outbox()
+            ),
+            &[&k],
+        )?;
+        let mut lines = Vec::with_capacity(rows.len() + 1);
+        let mut bodies = crate::store::history::Bodies::default();
+        for r in &rows {
+            let run_id: i64 = r.get(0);
+            let kind: String = r.get(2);
+            let kind = Change::parse(&kind)
+                .ok_or_else(|| self.corrupt(format!("history of run {run_id}: kind {kind:?}")))?;
+            let (op, ev): (Option<i32>, Option<i32>) = (r.get(4), r.get(5));
+            let request: Option<String> = r.get(6);
+            let reason: Option<String> = r.get(7);
+            let state: Option<String> = r.get(8);
+            let parts: Vec<String> = r.get::<_, Option<Vec<String>>>(10).unwrap_or_default();
+            let dropped: Option<String> = r.get(11);
+            let event = match (&request, op, ev) {
+                (Some(id), Some(op), Some(ev)) => bodies.event(id, op.into(), ev.into(), |id| {
+                    Ok::<_, StoreError>(
+                        self.db
+                            .query_opt(
+                                &format!("SELECT body FROM {} WHERE id = $1", t.outbox()),
+                                &[&id],
+                            )?
+                            .map(|r| r.get::<_, Vec<u8>>(0)),
+                    )
+                })?,
+                _ => None,
+            };
+            lines.push(HistoryLine {
+                run_id,
+                at: r.get(1),
+                kind,
+                hash: r
+                    .get::<_, Option<Vec<u8>>>(3)
+                    .map(|h| crate::core::encode::hex(&h)),
+                event,
+                answer: request
+                    .as_ref()
+                    .and_then(|_| answer(state.as_deref(), &parts, dropped.is_some())),
+                reason: reason.or(dropped),
+                request,
+                answered_at: r.get(9),
+            });
+        }
+        // While the row's reject is open: the streak of runs that found it still rejected.
+        if let Some(r) = self.db.query_opt(
+            &format!(
+                "SELECT o.last_run, r.started_at, o.hash, j.reason FROM {open} o
+                 JOIN {rejects} j ON j.id = o.reject_id
+                 LEFT JOIN {runs} r ON r.run_id = o.last_run
+                 WHERE o.k = $1 AND o.last_run > j.run_id",
+                open = t.open_rejects(),
+                rejects = t.rejects(),
+                runs = t.runs()
+            ),
+            &[&k],
+        )? {
+            lines.push(HistoryLine {
+                run_id: r.get(0),
+                at: r.get(1),
+                kind: Change::StillRejected,
+                hash: Some(crate::core::encode::hex(r.get::<_, &[u8]>(2))),
+                event: None,
+                request: None,
+                answer: None,
+                reason: r.get(3),
+                answered_at: None,
+            });
+        }
+        let baseline = self
+            .db
+            .query_opt(
+                &format!("SELECT hash, present FROM {} WHERE k = $1", t.baseline()),
+                &[&k],
+            )?
+            .map(|r| (crate::core::encode::hex(r.get::<_, &[u8]>(0)), r.get(1)));
+        Ok(crate::state::Explained {
+            key: k.to_string(),
+            lines,
+            baseline,
+        })
+    }
+
     /// Rejects rows of one dropped operation and puts their baseline entries back.
     #[allow(clippy::too_many_arguments)]
     fn reject_rows(
@@ -240,13 +357,11 @@ impl DbStore {
                 )?;
             }
             // Only where the baseline still holds what the sending run wrote.
-            match &row.prev {
-                None => {
-                    db.execute(
-                        &format!("DELETE FROM {} WHERE k = $1 AND hash = $2", t.baseline()),
-                        &[&k, &hash],
-                    )?;
-                }
+            let restored = match &row.prev {
+                None => db.execute(
+                    &format!("DELETE FROM {} WHERE k = $1 AND hash = $2", t.baseline()),
+                    &[&k, &hash],
+                )?,
                 Some((prev, present)) => {
                     let prev = unhex(prev).unwrap_or_default();
                     db.execute(
@@ -255,9 +370,21 @@ impl DbStore {
                             t.baseline()
                         ),
                         &[&k, &hash, &prev, present, &run_id],
-                    )?;
+                    )?
                 }
-            }
+            };
+            let change = if restored > 0 {
+                Change::Restored
+            } else {
+                Change::Rejected
+            };
+            db.execute(
+                &format!(
+                    "INSERT INTO {} (run_id, k, kind, hash, request_id, reject_id, at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    t.history()
+                ),
+                &[&run_id, &k, &change.as_str(), &hash, &req.id, &reject_id, &now_rfc3339()],
+            )?;
         }
         Ok(())
     }
@@ -435,7 +562,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'delivered', delivered_events = $2, attempts = attempts + 1, answered_at = $3,
-                            body = '', manifest = '', last_error = NULL WHERE id = $1",
+                            manifest = '', last_error = NULL WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &(delivered as i64), &now_rfc3339()],
@@ -455,7 +582,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'rejected', attempts = attempts + 1, answered_at = $2, last_error = $3,
-                            body = '', manifest = '' WHERE id = $1",
+                            manifest = '' WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &now_rfc3339(), &message],
@@ -495,7 +622,7 @@ impl Outbox for DbStore {
             db.execute(
                 &format!(
                     "UPDATE {} SET state = 'split', attempts = attempts + 1, answered_at = $2, last_error = $3,
-                            body = '', manifest = '' WHERE id = $1",
+                            manifest = '' WHERE id = $1",
                     db.tables.outbox()
                 ),
                 &[&req.id, &now_rfc3339(), &message],
@@ -582,6 +709,8 @@ impl StateStore for DbStore {
             rules: rules.to_string(),
             puts: 0,
             done: false,
+            last_reject: None,
+            lines: Lines::default(),
         })
     }
 }
@@ -602,6 +731,62 @@ pub struct DbCommit<'a> {
     /// Rows `Apply` put: checked against what the baseline statement writes for fetched rows.
     puts: u64,
     done: bool,
+    /// The reject last recorded: a `Rejected` history line names it.
+    last_reject: Option<i64>,
+    /// History lines not yet written.
+    lines: Lines,
+}
+
+/// History lines per statement.
+pub const LINE_BATCH: usize = 5_000;
+
+/// History lines waiting for their statement, column by column (`unnest`'s arrays).
+#[derive(Default)]
+struct Lines {
+    k: Vec<String>,
+    kind: Vec<&'static str>,
+    hash: Vec<Option<Vec<u8>>>,
+    request: Vec<Option<String>>,
+    /// The event's place in the request's body: operation, event.
+    at: Vec<Option<(i32, i32)>>,
+    reject: Vec<Option<i64>>,
+}
+
+impl Lines {
+    fn push(
+        &mut self,
+        k: String,
+        change: Change,
+        hash: Option<Vec<u8>>,
+        request: Option<(String, i32, i32)>,
+        reject: Option<i64>,
+    ) {
+        self.k.push(k);
+        self.kind.push(change.as_str());
+        self.hash.push(hash);
+        self.at.push(request.as_ref().map(|(_, op, ev)| (*op, *ev)));
+        self.request.push(request.map(|(id, _, _)| id));
+        self.reject.push(reject);
+    }
+
+    /// Writes them in one statement.
+    fn flush(&mut self, db: &Db, run_id: i64) -> Result<()> {
+        if self.k.is_empty() {
+            return Ok(());
+        }
+        let op: Vec<Option<i32>> = self.at.iter().map(|a| a.map(|(op, _)| op)).collect();
+        let ev: Vec<Option<i32>> = self.at.iter().map(|a| a.map(|(_, ev)| ev)).collect();
+        db.execute(
+            &format!(
+                "INSERT INTO {} (run_id, k, kind, hash, request_id, op, ev, reject_id)
+                 SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[], $6::int[], $7::int[], $8::bigint[])",
+                db.tables.history()
+            ),
+            &[&run_id, &self.k, &self.kind, &self.hash, &self.request, &op, &ev, &self.reject],
+        )?;
+        *self = Lines::default();
+        Ok(())
+    }
 }
 
 impl DbCommit<'_> {
@@ -609,6 +794,20 @@ impl DbCommit<'_> {
         self.seq += 1;
         let db = &self.store.db;
         let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
+        let id = request_id(self.run_id, self.seq);
+        for (op, rows) in r.manifest.iter().enumerate() {
+            for (ev, row) in rows.iter().enumerate() {
+                let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
+                let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
+                self.lines.push(
+                    k.unwrap_or_else(|| row.key.clone()),
+                    change,
+                    unhex(&row.h),
+                    Some((id.clone(), op as i32, ev as i32)),
+                    None,
+                );
+            }
+        }
         db.execute(
             &format!(
                 "INSERT INTO {} (id, run_id, endpoint, operations, events, body, manifest, state, rules)
@@ -616,7 +815,7 @@ impl DbCommit<'_> {
                 db.tables.outbox()
             ),
             &[
-                &request_id(self.run_id, self.seq),
+                &id,
                 &self.run_id,
                 &self.endpoint.as_str(),
                 &(r.operations as i32),
@@ -628,6 +827,9 @@ impl DbCommit<'_> {
         )?;
         self.written.requests += 1;
         self.written.events += r.events as u64;
+        if self.lines.k.len() >= LINE_BATCH {
+            self.lines.flush(db, self.run_id)?;
+        }
         if self.seq == 2 {
             crate::crash::point("mid_commit");
         }
@@ -688,6 +890,7 @@ impl Sink for DbCommit<'_> {
                 &[&self.run_id, &at.key, &r.column, &r.rule, &r.reason],
             )?
             .get(0);
+        self.last_reject = Some(id);
         if let Some((k, hash)) = at.row {
             self.open.0.push(String::from_utf8_lossy(k).into_owned());
             self.open.1.push(hash.0.to_vec());
@@ -699,6 +902,28 @@ impl Sink for DbCommit<'_> {
     /// Never asked here: the stage statement finds the rows still rejected, and the commit
     /// keeps their open rejects from the delta table.
     fn still_rejected(&mut self, _: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// A line with an event waits for its request (see the module doc).
+    fn history(&mut self, line: Line<'_>) -> Result<()> {
+        if line.sent {
+            return Ok(());
+        }
+        let reject = match line.change {
+            Change::Rejected => self.last_reject.take(),
+            _ => None,
+        };
+        self.lines.push(
+            String::from_utf8_lossy(line.key).into_owned(),
+            line.change,
+            line.hash.map(|h| h.0.to_vec()),
+            None,
+            reject,
+        );
+        if self.lines.k.len() >= LINE_BATCH {
+            self.lines.flush(&self.store.db, self.run_id)?;
+        }
         Ok(())
     }
 }
@@ -713,6 +938,7 @@ impl Commit for DbCommit<'_> {
         counts: &Counts,
         _mass_update_from: u64,
         identity: &str,
+        keep_runs: u64,
     ) -> Result<Committed> {
         for r in self
             .packer
@@ -723,6 +949,7 @@ impl Commit for DbCommit<'_> {
             self.write(r)?;
         }
         let db = self.store.db.clone();
+        self.lines.flush(&db, self.run_id)?;
         let t = &db.tables;
         let delta = &self.staged.delta;
         let mut kinds = vec!["added", "reentered", "changed"];
@@ -730,6 +957,20 @@ impl Commit for DbCommit<'_> {
             kinds.push("removed");
         }
         let kinds: Vec<String> = kinds.into_iter().map(String::from).collect();
+        if !self.staged.record_only {
+            // The lines of the rows settled in SQL: every delta row the baseline takes that
+            // has no line of this run yet (rows fetched have theirs, rejected ones included).
+            db.execute(
+                &format!(
+                    "INSERT INTO {h} (run_id, k, kind, hash)
+                     SELECT $1, d.k, d.kind, CASE WHEN d.kind = 'removed' THEN d.old_hash ELSE d.hash END
+                     FROM {delta} d WHERE d.kind = ANY($2)
+                       AND NOT EXISTS (SELECT 1 FROM {h} x WHERE x.k = d.k AND x.run_id = $1)",
+                    h = t.history()
+                ),
+                &[&self.run_id, &kinds],
+            )?;
+        }
         db.execute(
             &format!(
                 "INSERT INTO {b} (k, hash, present, run_id)
@@ -743,6 +984,20 @@ impl Commit for DbCommit<'_> {
         // Open rejects: the rows still rejected keep theirs, the rows rejected now open (or
         // renew) one; every other closes (the row changed, was fixed, or left).
         let open = t.open_rejects();
+        // A streak of runs that found a row still rejected ends when its open reject closes
+        // or renews: one line, at the last of those runs.
+        db.execute(
+            &format!(
+                "INSERT INTO {h} (run_id, k, kind, hash, reject_id)
+                 SELECT o.last_run, o.k, 'still_rejected', o.hash, o.reject_id
+                 FROM {open} o JOIN {rejects} r ON r.id = o.reject_id
+                 WHERE o.last_run > r.run_id
+                   AND o.k NOT IN (SELECT k FROM {delta} WHERE kind = 'still_rejected')",
+                h = t.history(),
+                rejects = t.rejects()
+            ),
+            &[],
+        )?;
         db.execute(
             &format!(
                 "DELETE FROM {open} WHERE k NOT IN (SELECT k FROM {delta} WHERE kind = 'still_rejected')
@@ -795,10 +1050,65 @@ impl Commit for DbCommit<'_> {
             )?;
         }
         db.execute(&format!("DELETE FROM {delta}"), &[])?;
+        prune(&db, keep_runs)?;
         crate::crash::point("before_commit");
         self.done = true;
         db.commit()?;
         crate::crash::point("after_commit");
         Ok(self.written)
     }
+}
+
+/// What is older than the newest `keep_runs` runs, pruned by the local store's rules
+/// (`store::commit::prune`): never what an open reject needs.
+fn prune(db: &Db, keep_runs: u64) -> Result<()> {
+    let t = &db.tables;
+    let Some(cutoff) = db.query_opt(
+        &format!(
+            "SELECT run_id FROM {} ORDER BY run_id DESC LIMIT 1 OFFSET $1",
+            t.runs()
+        ),
+        &[&(keep_runs.saturating_sub(1).min(i64::MAX as u64) as i64)],
+    )?
+    else {
+        return Ok(());
+    };
+    let cutoff: i64 = cutoff.get(0);
+    let (h, rejects, outbox, runs, open) = (
+        t.history(),
+        t.rejects(),
+        t.outbox(),
+        t.runs(),
+        t.open_rejects(),
+    );
+    db.execute(
+        &format!("DELETE FROM {h} WHERE run_id < $1 AND k NOT IN (SELECT k FROM {open})"),
+        &[&cutoff],
+    )?;
+    db.execute(
+        &format!(
+            "DELETE FROM {rejects} WHERE run_id < $1
+               AND id NOT IN (SELECT reject_id FROM {open})
+               AND id NOT IN (SELECT reject_id FROM {h} WHERE run_id < $1 AND reject_id IS NOT NULL)"
+        ),
+        &[&cutoff],
+    )?;
+    db.execute(
+        &format!(
+            "DELETE FROM {outbox} q WHERE run_id < $1 AND state <> 'pending'
+               AND NOT EXISTS (SELECT 1 FROM {h} x WHERE x.run_id < $1 AND x.request_id IS NOT NULL
+                               AND (q.id = x.request_id OR q.id LIKE x.request_id || '.%'))"
+        ),
+        &[&cutoff],
+    )?;
+    db.execute(
+        &format!(
+            "DELETE FROM {runs} r WHERE run_id < $1
+               AND NOT EXISTS (SELECT 1 FROM {h} x WHERE x.run_id = r.run_id)
+               AND NOT EXISTS (SELECT 1 FROM {rejects} x WHERE x.run_id = r.run_id)
+               AND NOT EXISTS (SELECT 1 FROM {outbox} x WHERE x.run_id = r.run_id)"
+        ),
+        &[&cutoff],
+    )?;
+    Ok(())
 }

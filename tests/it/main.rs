@@ -11,6 +11,7 @@
 //! - `db_sources`: PostgreSQL, MariaDB and SQLite sources against real servers.
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
+//! - `explain`: a row's history across runs, in both modes, and its pruning by `keep_runs`.
 //! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
 //! - `warehouse_props`: the database mode held to the local mode's deltas (proptest), and to
 //!   its own promises about rendering and names.
@@ -29,6 +30,7 @@ mod crash;
 mod db_sources;
 mod diff_model;
 mod emulator;
+mod explain;
 mod layout;
 mod serve;
 mod ship;

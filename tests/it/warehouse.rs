@@ -84,6 +84,7 @@ impl Sync {
             "outbox",
             "rejects",
             "open_rejects",
+            "history",
         ]
         .iter()
         .map(|s| {
@@ -167,7 +168,7 @@ fn setup_says_what_it_created_and_check_verifies_without_writing() {
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
-    assert_eq!(created.len(), 8, "{first}");
+    assert_eq!(created.len(), 9, "{first}");
     assert!(created[0].starts_with("schema "), "{first}");
     assert!(
         created.iter().any(|c| c.ends_with("\"orders_outbox\"")),
@@ -176,7 +177,7 @@ fn setup_says_what_it_created_and_check_verifies_without_writing() {
     let (code, second) = json_of(s.dir.run(&["setup", "--json"]));
     assert_eq!(code, 0);
     assert_eq!(second["created"], Value::Array(vec![]), "{second}");
-    assert_eq!(second["existing"].as_array().unwrap().len(), 7);
+    assert_eq!(second["existing"].as_array().unwrap().len(), 8);
 
     let before = s.dump();
     let (code, check) = json_of(s.dir.run(&["check", "--json"]));

@@ -954,7 +954,7 @@ attributes = ["amount"]"#,
     assert_eq!(code, 0, "{setup}");
     assert_eq!(
         setup["created"].as_array().map(Vec::len),
-        Some(8),
+        Some(9),
         "{setup}"
     );
     let tables: Vec<String> = query_rows(
@@ -968,6 +968,7 @@ attributes = ["amount"]"#,
         [
             "hostile_baseline",
             "hostile_delta",
+            "hostile_history",
             "hostile_meta",
             "hostile_open_rejects",
             "hostile_outbox",
