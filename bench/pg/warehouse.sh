@@ -148,7 +148,7 @@ check() { # check FILE: the delta is the truth
     { echo "bench: wrong delta in $j: $got (want completed $ADDED $CHANGED $REMOVED $ADDED)" >&2; exit 1; }
 }
 
-declare -a L_MS L_RSS D_MS D_RSS D_STAGE D_COMMIT D_SHIP D_BYTES L_READ L_MERGE L_COMMIT L_BYTES
+declare -a L_MS L_RSS D_MS D_RSS D_STAGE D_COMMIT D_SHIP D_BYTES D_FETCH L_READ L_MERGE L_COMMIT L_BYTES
 ROWS_LOCAL=""
 ROWS_DB=""
 for i in $(seq 1 "$REPEAT"); do
@@ -168,6 +168,10 @@ for i in $(seq 1 "$REPEAT"); do
   e="$WORK/database/second$i.err"
   D_MS+=("$MS") D_RSS+=("$RSS_KB") D_STAGE+=("$(field "$e" stage_ms)") D_COMMIT+=("$(field "$e" fetch_map_commit_ms)")
   D_SHIP+=("$(field "$e" ship_ms)") D_BYTES+=("$(field "$e" bytes_received)")
+  # The bytes of the fetch alone: received by the end of the fetch, less by the end of the stage.
+  staged_b=$(grep ' staged ' "$e" | grep -o 'bytes_received=[0-9]*' | tail -n1 | cut -d= -f2)
+  fetched_b=$(grep ' fetched ' "$e" | grep -o 'bytes_received=[0-9]*' | tail -n1 | cut -d= -f2)
+  D_FETCH+=("$((fetched_b - staged_b))")
   ROWS_DB+="| database | $i | $(awk "BEGIN {printf \"%.2f\", $MS / 1000}") | $(field "$e" stage_ms) | $(field "$e" fetch_map_commit_ms) | $(field "$e" ship_ms) | $((RSS_KB / 1024)) | $(field "$e" bytes_received) |"$'\n'
 done
 
@@ -183,6 +187,10 @@ median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR +
 s() { awk "BEGIN {printf \"%.2f\", $1 / 1000}"; }
 mib() { awk "BEGIN {printf \"%.0f\", $1 / 1024}"; }
 DB_BYTES=$(median "${D_BYTES[@]}")
+DB_FETCH=$(median "${D_FETCH[@]}")
+L_BYTES_MED=$(median "${L_BYTES[@]}")
+# The local mode reads the whole table (ROWS + ADDED - REMOVED rows) with a plain SELECT *.
+WIRE=$((L_BYTES_MED * ADDED / (ROWS + ADDED - REMOVED)))
 
 cat <<EOF
 ## The database mode against the local mode ($ROWS-row table, 10 columns; +$ADDED / $CHANGED changed / $REMOVED removed)
@@ -196,7 +204,9 @@ Medians of $REPEAT, alternating local and database runs from the same baseline:
 
 Database mode steps (median ms): stage $(median "${D_STAGE[@]}"), fetch + map + commit $(median "${D_COMMIT[@]}"), ship $(median "${D_SHIP[@]}").
 Local mode steps (median ms): read + diff + map (merge) $(median "${L_MERGE[@]}"), commit $(median "${L_COMMIT[@]}").
-The fetched rows' own size (their text, \`octet_length(t::text)\` summed): $FETCHED_TEXT bytes; received / fetched = $(awk "BEGIN {printf \"%.2f\", $DB_BYTES / $FETCHED_TEXT}").
+The fetched rows' own size: their text (\`octet_length(t::text)\` summed) $FETCHED_TEXT bytes; on the wire, at the local mode's bytes per row of a plain \`SELECT *\` of the same table, $WIRE bytes.
+Bytes received by the database mode: $DB_BYTES in all, of which the fetch $DB_FETCH (the rest: reading the outbox's request bodies back to send them, and the statements' answers).
+Fetch / the rows' wire size = $(awk "BEGIN {printf \"%.2f\", $DB_FETCH / $WIRE}"); fetch / their text = $(awk "BEGIN {printf \"%.2f\", $DB_FETCH / $FETCHED_TEXT}"); all received / their text = $(awk "BEGIN {printf \"%.2f\", $DB_BYTES / $FETCHED_TEXT}").
 
 | mode | run | wall s | stage / merge ms | fetch+map+commit / commit ms | ship ms | peak RSS MiB | bytes received |
 |---|---|---|---|---|---|---|---|

@@ -40,6 +40,10 @@ pub struct RunWriter<'a> {
     rules: String,
     /// The reject last recorded: a `Rejected` history line names it.
     last_reject: Option<i64>,
+    /// Present entries after this commit: every key the baseline held gets one of `put`,
+    /// `tombstone` or `keep`, and every new key a `put`, so the puts and the entries kept
+    /// present are the whole count (what `status` shows without reading the baseline).
+    present: u64,
 }
 
 const INSERT_LINE: &str = "INSERT INTO history (run_id, key, kind, hash, request_id, op, ev, reject_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
@@ -92,6 +96,7 @@ impl Store {
             events: 0,
             layer: None,
             rules: rules.to_string(),
+            present: 0,
             last_reject: None,
         };
         // run_open: the keys whose reject is open after this run (still rejected, or
@@ -280,6 +285,11 @@ impl RunWriter<'_> {
             [now_rfc3339()],
         )
         .ctx(&p)?;
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('present_rows', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            [self.present.to_string()],
+        )
+        .ctx(&p)?;
         prune(conn, keep_runs).ctx(&p)?;
         crate::crash::point("before_commit");
         self.tx.commit().ctx(&p)?;
@@ -293,6 +303,7 @@ impl Sink for RunWriter<'_> {
 
     /// The key is in the segment with this hash. Keys come in increasing order.
     fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+        self.present += 1;
         self.push(key, State::Present, &hash)
     }
 
@@ -303,6 +314,7 @@ impl Sink for RunWriter<'_> {
 
     /// A baseline entry the run leaves as it was: written only into a new base.
     fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
+        self.present += present as u64;
         if !self.compacting() {
             return Ok(());
         }

@@ -200,7 +200,18 @@ impl Store {
 
     /// Present entries of the baseline (tombstones not counted): a full read, for `status`.
     /// A run counts them as its merge reads the baseline.
+    /// Present entries of the baseline: the count each commit records (and each answer that
+    /// puts entries back keeps true), so `status` reads no baseline; a full read on a store
+    /// whose last commit predates the count.
     pub fn baseline_present(&self) -> Result<u64> {
+        if let Some(n) = self.meta("present_rows")?.and_then(|v| v.parse().ok()) {
+            return Ok(n);
+        }
+        self.baseline_present_counted()
+    }
+
+    /// Present entries of the baseline, counted by reading all of it.
+    pub fn baseline_present_counted(&self) -> Result<u64> {
         let mut n = 0;
         for r in self.baseline_iter() {
             n += r?.present as u64;

@@ -114,6 +114,26 @@ impl Store {
 }
 
 impl Store {
+    /// Puts baseline entries back after Batch dropped their rows, and keeps the count of
+    /// present entries true: each entry put back was present (the sending run's), and is no
+    /// longer unless it goes back to present.
+    fn restore(&self, run_id: i64, restore: Vec<(Vec<u8>, State, RowHash)>) -> Result<()> {
+        let gone = restore
+            .iter()
+            .filter(|(_, st, _)| *st != State::Present)
+            .count() as i64;
+        baseline::write_delta(self, run_id, restore)?;
+        if gone > 0 {
+            self.conn
+                .execute(
+                    "UPDATE meta SET value = CAST(CAST(value AS INTEGER) - ?1 AS TEXT) WHERE name = 'present_rows'",
+                    [gone],
+                )
+                .ctx(&self.path)?;
+        }
+        Ok(())
+    }
+
     /// The shipping run's record counts each answer as it is recorded, in the answer's own
     /// transaction: a run killed while shipping keeps true counts (the summary it would have
     /// written at its end holds the same totals).
@@ -212,7 +232,7 @@ impl Outbox for Store {
                 s.reject_rows(req, op.rows, run_id, op.column, op.rule, op.reason, &mut restore)?;
                 rejected += op.rows.len() as u64;
             }
-            baseline::write_delta(s, run_id, restore)?;
+            s.restore(run_id, restore)?;
             let delivered = req.events.saturating_sub(rejected);
             s.count_answer(run_id, delivered, rejected)?;
             s.conn
@@ -235,7 +255,7 @@ impl Outbox for Store {
                 s.reject_rows(req, rows, run_id, None, "batch_bad_request", message, &mut restore)?;
                 rejected += rows.len() as u64;
             }
-            baseline::write_delta(s, run_id, restore)?;
+            s.restore(run_id, restore)?;
             s.count_answer(run_id, 0, rejected)?;
             s.conn
                 .execute(

@@ -328,7 +328,8 @@ impl SqlDiff {
         // What crosses the wire per row: the baseline's presence (the kind: none is added,
         // false re-entered, true changed), the key text, the hashes, and the used columns.
         // A row that reads differently the second time is left out by the hash check, and the
-        // count tells it.
+        // count tells it. The check is `IS NOT DISTINCT FROM`, not `=`: an equality would be
+        // taken as a second hash-join key, and the hash computed for every row of the query.
         let offset = 4;
         if candidates > 0 {
             let cid = &cols[plan.custom_id].expr;
@@ -339,7 +340,7 @@ impl SqlDiff {
                      SELECT d.old_present, d.k, d.hash, d.old_hash, {}
                      FROM ({query}
                      ) AS u JOIN {delta} AS d ON d.k = {k}
-                     WHERE d.kind = ANY($1) AND ({h}) = d.hash
+                     WHERE d.kind = ANY($1) AND ({h}) IS NOT DISTINCT FROM d.hash
                      ORDER BY ({cid})::text COLLATE \"C\", d.seq",
                     list.join(", ")
                 ),

@@ -72,6 +72,15 @@ fn partial_errors_become_rejects_with_batchs_reason_and_are_retried_once_fixed()
         ],
     );
     assert_eq!(emu.received().len(), 10);
+    // The entries put back are not present: status's count, kept by the answers, agrees
+    // with a full read of the baseline.
+    let (_, st) = json_of(dir.run(&["status", "--json"]));
+    let present = baseline(&dir.state()).iter().filter(|(_, _, p)| *p).count();
+    assert_eq!(
+        (st["baseline_rows"].as_u64(), present),
+        (Some(10), 10),
+        "{st}"
+    );
     let (_, open) = json_of(dir.run(&["rejects", "--json"]));
     assert_eq!(open.as_array().unwrap().len(), 2, "{open}");
     assert_eq!(

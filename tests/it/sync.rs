@@ -698,6 +698,10 @@ fn the_baseline_stays_exact_through_many_runs_and_compactions() {
         }
         expected = next;
         assert_eq!(entries(&dir), expected, "version {version}");
+        // status reads the count each commit records, not the baseline: the same number.
+        let (_, st) = json_of(dir.run(&["status", "--json"]));
+        let present = expected.values().filter(|(_, p)| *p).count();
+        assert_eq!(st["baseline_rows"], present, "version {version}");
 
         let c = rusqlite::Connection::open(dir.state()).unwrap();
         let base: i64 = c
