@@ -22,6 +22,7 @@
 //! the local Batch-compatible server; `demo` wires them together; `serve` runs the sync on a
 //! schedule in one process, with metrics and health over HTTP.
 
+mod accept;
 pub mod cli;
 pub mod commands;
 pub mod config;

@@ -26,7 +26,6 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::{Body, Bytes, Incoming};
@@ -38,7 +37,6 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
 
 use super::exchange::{Outcome, Request, Response};
 use super::{admin, api, Shared};
@@ -56,34 +54,12 @@ pub(crate) async fn serve(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    // Answers are small and written in one piece; do not let Nagle hold them.
-                    let _ = stream.set_nodelay(true);
-                    connections.spawn(serve_connection(stream, Arc::clone(&shared)));
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "emulator cannot accept a connection");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(joined) = connections.join_next(), if !connections.is_empty() => {
-                if let Err(e) = joined {
-                    if e.is_panic() {
-                        tracing::error!(error = %e, "an emulator connection task panicked");
-                    }
-                }
-            }
-        }
-    }
-    drop(listener);
-    connections.shutdown().await;
+    crate::accept::accept_until(listener, shutdown, "emulator", |stream| {
+        // Answers are small and written in one piece; do not let Nagle hold them.
+        let _ = stream.set_nodelay(true);
+        serve_connection(stream, Arc::clone(&shared))
+    })
+    .await;
 }
 
 /// Serves one connection until the client closes it, it fails, or a handler asks to hang up.
@@ -223,6 +199,7 @@ mod tests {
 
     use super::*;
     use crate::emulate::{EmulatorConfig, Faults, Scripted};
+    use std::time::Duration;
 
     fn shared(faults: Faults) -> Arc<Shared> {
         let config = EmulatorConfig {

@@ -28,7 +28,6 @@ use hyper::service::service_fn;
 use hyper::{Method, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 
 use super::schedule::Health;
 use super::Shared;
@@ -47,40 +46,24 @@ pub(super) async fn serve(
     shared: Arc<Shared>,
     shutdown: impl Future<Output = ()>,
 ) {
-    tokio::pin!(shutdown);
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
-                    let shared = Arc::clone(&shared);
-                    connections.spawn(async move {
-                        let service = service_fn(move |request| {
-                            let shared = Arc::clone(&shared);
-                            async move { Ok::<_, Infallible>(respond(&shared, request).await) }
-                        });
-                        let served = http1::Builder::new()
-                            .timer(TokioTimer::new())
-                            .header_read_timeout(HEAD_TIMEOUT)
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                        if let Err(e) = served {
-                            tracing::debug!(error = %e, "a metrics connection ended with an error");
-                        }
-                    });
-                }
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "cannot accept a connection on the metrics listener");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    crate::accept::accept_until(listener, shutdown, "metrics", |stream| {
+        let shared = Arc::clone(&shared);
+        async move {
+            let service = service_fn(move |request| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(respond(&shared, request).await) }
+            });
+            let served = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEAD_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "a metrics connection ended with an error");
+            }
         }
-    }
-    drop(listener);
-    connections.shutdown().await;
+    })
+    .await;
 }
 
 async fn respond(shared: &Arc<Shared>, request: hyper::Request<Incoming>) -> HttpResponse {
