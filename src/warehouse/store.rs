@@ -54,6 +54,57 @@ pub struct DbStore {
     pub db: Rc<Db>,
     pub staged: Rc<RefCell<Option<Staged>>>,
     mass_update_from: u64,
+    /// The bodies of the requests this process committed, so that shipping them does not read
+    /// them back from the database (most of the bytes a run would otherwise receive). A cache:
+    /// a request not in it (an earlier process's, a split half) is read from the outbox.
+    spool: RefCell<Spool>,
+}
+
+/// Request bodies in a temporary file (deleted when closed), by request id; an unusable
+/// file only means the bodies are read from the database.
+#[derive(Default)]
+pub struct Spool {
+    file: Option<std::fs::File>,
+    at: std::collections::HashMap<String, (u64, usize)>,
+    len: u64,
+}
+
+impl Spool {
+    fn put(&mut self, id: &str, body: &[u8]) {
+        use std::os::unix::fs::FileExt;
+        if self.file.is_none() {
+            self.file = tempfile::tempfile().ok();
+        }
+        let Some(f) = &self.file else { return };
+        if f.write_all_at(body, self.len).is_ok() {
+            self.at.insert(id.to_string(), (self.len, body.len()));
+            self.len += body.len() as u64;
+        }
+    }
+
+    fn get(&self, id: &str) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let (offset, len) = *self.at.get(id)?;
+        let mut body = vec![0; len];
+        self.file.as_ref()?.read_exact_at(&mut body, offset).ok()?;
+        Some(body)
+    }
+
+    /// Takes another spool's bodies (a commit's, once it has committed).
+    fn extend(&mut self, other: Spool) {
+        for (id, (offset, len)) in &other.at {
+            if let Some(body) = other.get_at(*offset, *len) {
+                self.put(id, &body);
+            }
+        }
+    }
+
+    fn get_at(&self, offset: u64, len: usize) -> Option<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut body = vec![0; len];
+        self.file.as_ref()?.read_exact_at(&mut body, offset).ok()?;
+        Some(body)
+    }
 }
 
 impl DbStore {
@@ -62,6 +113,7 @@ impl DbStore {
             db: Rc::new(db),
             staged: Rc::default(),
             mass_update_from,
+            spool: RefCell::default(),
         }
     }
 
@@ -507,7 +559,7 @@ impl Outbox for DbStore {
         self.db.settle()?;
         let Some(r) = self.db.query_opt(
             &format!(
-                "SELECT id, run_id, endpoint, operations, events, body, attempts, rules FROM {}
+                "SELECT id, run_id, endpoint, operations, events, attempts, rules FROM {}
                  WHERE state = 'pending' AND id > $1 ORDER BY id LIMIT 1",
                 self.db.tables.outbox()
             ),
@@ -520,14 +572,25 @@ impl Outbox for DbStore {
         let endpoint: String = r.get(2);
         let endpoint = Endpoint::parse(&endpoint)
             .ok_or_else(|| self.corrupt(format!("request {id}: unknown endpoint {endpoint:?}")))?;
+        let spooled = self.spool.borrow().get(&id);
+        let body = match spooled {
+            Some(body) => body,
+            None => self
+                .db
+                .query_one(
+                    &format!("SELECT body FROM {} WHERE id = $1", self.db.tables.outbox()),
+                    &[&id],
+                )?
+                .get::<_, Vec<u8>>(0),
+        };
         Ok(Some(PendingRequest {
             run_id: r.get(1),
             endpoint,
             operations: r.get::<_, i32>(3) as usize,
             events: r.get::<_, i64>(4) as u64,
-            body: r.get::<_, Vec<u8>>(5),
-            attempts: r.get::<_, i32>(6) as u32,
-            rules: r.get(7),
+            body,
+            attempts: r.get::<_, i32>(5) as u32,
+            rules: r.get(6),
             id,
         }))
     }
@@ -704,6 +767,7 @@ impl StateStore for DbStore {
             endpoint,
             packer: Some(Packer::new(endpoint)),
             seq: 0,
+            spool: Spool::default(),
             written: Committed::default(),
             open: (Vec::new(), Vec::new(), Vec::new()),
             rules: rules.to_string(),
@@ -718,6 +782,8 @@ impl StateStore for DbStore {
 /// One run's commit in the database: open until [`Commit::commit`], rolled back when dropped.
 pub struct DbCommit<'a> {
     store: &'a DbStore,
+    /// This commit's request bodies, the store's to ship from once it has committed.
+    spool: Spool,
     run_id: i64,
     staged: Staged,
     endpoint: Endpoint,
@@ -795,6 +861,7 @@ impl DbCommit<'_> {
         let db = &self.store.db;
         let manifest = serde_json::to_vec(&r.manifest).expect("manifest serialises");
         let id = request_id(self.run_id, self.seq);
+        self.spool.put(&id, r.body.as_bytes());
         for (op, rows) in r.manifest.iter().enumerate() {
             for (ev, row) in rows.iter().enumerate() {
                 let k = unhex(&row.k).and_then(|k| String::from_utf8(k).ok());
@@ -1054,6 +1121,13 @@ impl Commit for DbCommit<'_> {
         crate::crash::point("before_commit");
         self.done = true;
         db.commit()?;
+        let committed = std::mem::take(&mut self.spool);
+        let mut spool = self.store.spool.borrow_mut();
+        if spool.at.is_empty() {
+            *spool = committed;
+        } else {
+            spool.extend(committed);
+        }
         crate::crash::point("after_commit");
         Ok(self.written)
     }
