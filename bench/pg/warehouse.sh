@@ -48,35 +48,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-sql() { psql "$PG_URL" -v ON_ERROR_STOP=1 -q -c "$1" >/dev/null; }
+. "$ROOT/bench/pg/orders.sh"
 val() { psql "$PG_URL" -v ON_ERROR_STOP=1 -Atq -c "$1"; }
-
-echo "bench: creating $TABLE with $ROWS rows" >&2
-ROW_SQL="g AS order_id,
-  'customer' || (g % 200000) || '@example.com' AS customer_email,
-  timestamptz '2026-01-01T00:00:00Z' + g * interval '7 seconds' AS ordered_at,
-  ((g::bigint * 7919) % 100000) / 100.0 AS amount,
-  (ARRAY['EUR', 'USD', 'GBP'])[1 + g % 3] AS currency,
-  g % 7 = 0 AS gift,
-  CASE WHEN g % 5 = 0 THEN NULL ELSE (ARRAY['black_friday', 'vip', 'newsletter', 'spring_sale'])[1 + g % 4] END AS campaign,
-  'paid' AS status,
-  (1 + g % 9)::int AS quantity,
-  (g % 1000) / 8.0::float8 AS score"
-sql "CREATE TABLE $TABLE (
-  order_id bigint PRIMARY KEY, customer_email text NOT NULL, ordered_at timestamptz NOT NULL,
-  amount numeric(10, 2), currency text, gift boolean, campaign text, status text,
-  quantity int, score float8)"
-sql "INSERT INTO $TABLE SELECT $ROW_SQL FROM generate_series(1, $ROWS) g ORDER BY md5(g::text)"
-sql "VACUUM ANALYZE $TABLE"
-
-export BATCH_REST_API_KEY="bench-rest-key" BATCH_PROJECT_KEY="bench-project-key"
-"$BIN" emulate --no-limits --port 0 >"$WORK/emulator.out" 2>"$WORK/emulator.err" &
-EMU_PID=$!
-for _ in $(seq 1 100); do
-  [ -s "$WORK/emulator.out" ] && break
-  sleep 0.1
-done
-ENDPOINT=$(jq -r .endpoint "$WORK/emulator.out")
+create_orders "$TABLE" "$ROWS"
+start_emulator
 
 mkdir -p "$WORK/local" "$WORK/database"
 config() {

@@ -26,7 +26,9 @@ use crate::common::crash_support::{
 use crate::common::db::{warehouse_config, Pg, Schema, PG_VAR};
 use crate::common::Dir;
 use crate::url_or_skip;
-use batchsync::emulate::{Faults, Received};
+use batchsync::emulate::Faults;
+// The requests a dead (or failed) run had in flight, against the events its outbox still holds.
+use crate::common::crash_support::in_flight_of as in_flight;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -600,23 +602,6 @@ impl Paused {
         self.child().kill().unwrap();
         self.wait()
     }
-}
-
-/// The requests a dead (or failed) run had in flight: those Batch received from it (`since`)
-/// whose answer the outbox never recorded (still pending). Each will be received once more.
-fn in_flight(since: &[Received], pending: &BTreeSet<EventKey>) -> Vec<Vec<EventKey>> {
-    by_request(since)
-        .into_values()
-        .filter(|evs| {
-            let hit = evs.iter().filter(|e| pending.contains(e)).count();
-            assert!(
-                hit == 0 || hit == evs.len(),
-                "a request received by the emulator is half pending in the outbox ({hit} of {})",
-                evs.len()
-            );
-            hit > 0
-        })
-        .collect()
 }
 
 fn assert_same_events(got: &BTreeSet<EventKey>, want: &BTreeSet<EventKey>, what: &str) {

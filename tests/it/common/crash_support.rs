@@ -530,13 +530,18 @@ pub fn by_request(received: &[Received]) -> BTreeMap<u64, Vec<EventKey>> {
 /// emulator request, its events. Each of them will be received once more on resume.
 pub fn in_flight(since: &[Received], state: &Path) -> Vec<Vec<EventKey>> {
     let pending: BTreeSet<EventKey> = pending_events(state).into_values().flatten().collect();
+    in_flight_of(since, &pending)
+}
+
+/// [`in_flight`] against the events still pending in any outbox (the database mode's too).
+pub fn in_flight_of(since: &[Received], pending: &BTreeSet<EventKey>) -> Vec<Vec<EventKey>> {
     by_request(since)
         .into_values()
         .filter(|evs| {
             let hit = evs.iter().filter(|e| pending.contains(e)).count();
             assert!(
                 hit == 0 || hit == evs.len(),
-                "a request received by the emulator is half pending in the store ({hit} of {})",
+                "a request received by the emulator is half pending in the outbox ({hit} of {})",
                 evs.len()
             );
             hit > 0
