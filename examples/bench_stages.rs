@@ -25,7 +25,8 @@
 
 use batchsync::config::{Settings, SourceSettings};
 use batchsync::core::encode::RowHash;
-use batchsync::core::mapping::{Event, Reject};
+use batchsync::core::diff::BaseRow;
+use batchsync::core::mapping::{Operation, Reject};
 use batchsync::core::pack::RowRef;
 use batchsync::core::run::Counts;
 use batchsync::pipeline::{self, delta::Apply, diff::LocalDiff};
@@ -202,17 +203,17 @@ struct Nothing;
 
 impl Sink for Nothing {
     type Error = std::convert::Infallible;
-    fn put(&mut self, _: &[u8], _: RowHash) -> Result<(), Self::Error> {
+    fn put(&mut self, _: &[u8], _: RowHash, _: Option<RowHash>) -> Result<(), Self::Error> {
         Ok(())
     }
     fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<(), Self::Error> {
         Ok(())
     }
-    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<(), Self::Error> {
+    fn keep(&mut self, _: &BaseRow) -> Result<(), Self::Error> {
         Ok(())
     }
-    fn event(&mut self, e: &Event, _: RowRef) -> Result<(), Self::Error> {
-        std::hint::black_box(e);
+    fn send(&mut self, op: &Operation, _: RowRef) -> Result<(), Self::Error> {
+        std::hint::black_box(op);
         Ok(())
     }
     fn still_rejected(&mut self, _: &[u8]) -> Result<(), Self::Error> {
@@ -273,12 +274,16 @@ fn write(s: &Settings) -> Res<Timed> {
         rows,
         ..diffed.counts
     };
-    writer.commit(
-        &counts,
-        s.destination.mass_update_from,
-        &s.plan.identity(),
-        s.keep_runs,
-    )?;
+    let identity = s.plan.identity();
+    let profile = s.plan.profile_identity();
+    let meta = batchsync::state::CommitMeta {
+        identity: &identity,
+        profile: &profile,
+        backfill: false,
+        mass_update_from: s.destination.mass_update_from,
+        keep_runs: s.keep_runs,
+    };
+    writer.commit(&counts, &meta)?;
     Ok(Timed {
         ms,
         extra_ms: since(t),

@@ -193,6 +193,7 @@ impl Snapshot {
                             has_key,
                             columns: plan.columns.len(),
                             payloads: payloads == Payloads::Keep,
+                            profile: cells::ProfileHash::new(plan),
                         },
                         budget,
                         spill_dir,
@@ -256,6 +257,12 @@ fn read_rows(
     let mut steps = runs::Steps::<STEPS>::new();
     let mut hashed = 0u64;
     let mut encoder = cells::RowEncoder::new(r.plan, r.tz);
+    let profile = cells::ProfileHash::new(r.plan);
+    let stride = if r.payloads == Payloads::Keep || !profile.is_empty() {
+        r.plan.columns.len()
+    } else {
+        0
+    };
     let mut cells = Vec::with_capacity(r.plan.columns.len());
     let mut batch = Batch::new();
     let mut loose = Vec::new();
@@ -296,23 +303,25 @@ fn read_rows(
         if let (Some(p), OnBadRow::Fail) = (&bad, r.on_bad_row) {
             return Err(bad_row(r.what, read.line, p).into());
         }
-        if r.payloads == Payloads::Keep {
+        if stride > 0 {
             batch.spans.extend_from_slice(encoder.spans());
         }
         batch.rows.push(Pending {
             line: read.line,
             input: input as u32,
+            hashed: encoder.hashed_len(),
+            profile: RowHash::default(),
             key: (batch.buf.len() - at - input) as u32,
             hash: RowHash::default(),
             bad,
         });
         steps.mark(ENCODE);
         if batch.rows.len() == BATCH_ROWS {
-            batch = to_sorter.send(batch, &mut steps, &mut hashed)?;
+            batch = to_sorter.send(batch, (&profile, stride), &mut steps, &mut hashed)?;
         }
     }
     if !batch.rows.is_empty() {
-        to_sorter.send(batch, &mut steps, &mut hashed)?;
+        to_sorter.send(batch, (&profile, stride), &mut steps, &mut hashed)?;
     }
     source.finish()?;
     steps.mark(PARSE);
@@ -345,11 +354,12 @@ impl Sorter<'_> {
     fn send(
         &self,
         mut batch: Batch,
+        (profile, stride): (&cells::ProfileHash, usize),
         steps: &mut runs::Steps<STEPS>,
         hashed: &mut u64,
     ) -> Result<Batch, Stop> {
         if self.queued.load(Ordering::Relaxed) >= BEHIND {
-            batch.hash();
+            batch.hash(profile, stride);
             *hashed += 1;
             steps.mark(HASH);
         }
@@ -629,6 +639,7 @@ mod tests {
             rows.push(SnapRow {
                 key,
                 hash,
+                profile: None,
                 payload,
                 line,
                 bad,

@@ -13,9 +13,10 @@
 //! - [`RunLog`]: run records are written outside the commit too (a run that fails before its
 //!   commit still leaves a record).
 
+use crate::core::diff::BaseRow;
 use crate::core::encode::RowHash;
 use crate::core::history::Change;
-use crate::core::mapping::{Event, Reject};
+use crate::core::mapping::{Operation, Reject};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunSummary};
@@ -172,18 +173,20 @@ pub trait RunLog {
 /// `put`, `tombstone` or `keep`.
 pub trait Sink {
     type Error;
-    /// The key is in the segment with this hash.
-    fn put(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
-    /// The key left the segment; `hash` is the one the baseline held.
-    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
-    /// The baseline's entry for this key stays as it was.
-    fn keep(
+    /// The key is in the segment with this hash (and this profile hash, when the sync maps
+    /// profile attributes).
+    fn put(
         &mut self,
         key: &[u8],
         hash: RowHash,
-        present: bool,
+        profile: Option<RowHash>,
     ) -> std::result::Result<(), Self::Error>;
-    fn event(&mut self, event: &Event, row: RowRef) -> std::result::Result<(), Self::Error>;
+    /// The key left the segment; `hash` is the one the baseline held.
+    fn tombstone(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
+    /// The baseline's entry for this key stays as it was.
+    fn keep(&mut self, base: &BaseRow) -> std::result::Result<(), Self::Error>;
+    /// One row's operation: its event, its profile attributes, or both.
+    fn send(&mut self, op: &Operation, row: RowRef) -> std::result::Result<(), Self::Error>;
     fn reject(&mut self, at: Rejected<'_>, reject: &Reject)
         -> std::result::Result<(), Self::Error>;
     /// The row with this key is its open reject's row still (same key and hash, same mapping
@@ -202,7 +205,7 @@ pub struct Line<'a> {
     pub change: Change,
     /// The row's hash (a removal's: the one the baseline held); none for rows sharing a key.
     pub hash: Option<RowHash>,
-    /// Its event went to [`Sink::event`] just before: the store completes the line with the
+    /// Its operation went to [`Sink::send`] just before: the store completes the line with the
     /// request that carries it, when it packs the event. Otherwise the line is complete (a
     /// `Rejected` one names the reject the sink was told just before).
     pub sent: bool,
@@ -308,18 +311,26 @@ pub struct Committed {
     pub events: u64,
 }
 
+/// What a commit records besides the delta, and how it routes its requests.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitMeta<'a> {
+    /// The mapping's identity (`ColumnPlan::identity`).
+    pub identity: &'a str,
+    /// The profile attributes' identity (`ColumnPlan::profile_identity`; empty without).
+    pub profile: &'a str,
+    /// The run is its sync's first with these profile attributes: its profile updates may go
+    /// to mass-update ([`Endpoint::for_run`]).
+    pub backfill: bool,
+    pub mass_update_from: u64,
+    pub keep_runs: u64,
+}
+
 /// One run's commit, open until [`Commit::commit`]; dropped, it is undone.
 pub trait Commit: Sink<Error = StoreError> {
     fn run_id(&self) -> i64;
-    /// Packs the events into requests, writes the run's counts, prunes what is older than
+    /// Packs the operations into requests, writes the run's counts, prunes what is older than
     /// the newest `keep_runs` runs (never an open reject's) and commits, all at once.
-    fn commit(
-        self,
-        counts: &Counts,
-        mass_update_from: u64,
-        identity: &str,
-        keep_runs: u64,
-    ) -> Result<Committed>;
+    fn commit(self, counts: &Counts, meta: &CommitMeta<'_>) -> Result<Committed>;
 }
 
 /// A sync's whole state: baseline, outbox, rejects and runs.
@@ -329,6 +340,9 @@ pub trait StateStore: Outbox + RunLog {
         Self: 'a;
     /// Refuses a state written for another key or column set.
     fn check_identity(&self, identity: &str) -> Result<()>;
+    /// The profile attributes' identity the last commit recorded (none before any, or
+    /// before profile attributes existed).
+    fn profile_identity(&self) -> Result<Option<String>>;
     /// Whether a run has committed a baseline (the first run's `initial` no longer applies).
     fn has_baseline(&self) -> Result<bool>;
     /// The open rejects recorded under these rules (`Settings::rules_identity`). The database

@@ -14,7 +14,7 @@ use super::source::{
     DEFAULT_QUERY_TIMEOUT,
 };
 use super::{
-    parse_duration, ConfigError, DestinationSettings, Guard, Initial, OnBadRow, OnChange, Reentry,
+    parse_duration, ConfigError, DestinationSettings, Guard, Initial, OnBadRow, OnChange, OnRemove, Reentry,
     Settings, SyncSettings, WarehouseSettings,
 };
 use crate::core::mapping::{ColumnPlan, LatePolicy, MappingSpec};
@@ -131,11 +131,30 @@ struct MappingTable {
     time: Option<String>,
     label: Option<String>,
     attributes: Option<Spanned<Vec<String>>>,
+    profile_attributes: Option<Spanned<ProfileAttributes>>,
     /// Keys spanned, not the table: toml cannot span a table written with dotted keys
     /// (`mapping.types.amount = …`).
     #[serde(default)]
     types: BTreeMap<Spanned<String>, Type>,
     timezone: Option<Spanned<String>>,
+}
+
+/// `[mapping] profile_attributes`: columns set under their own names, or a table of
+/// attribute name to column.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ProfileAttributes {
+    Columns(Vec<String>),
+    Named(BTreeMap<String, String>),
+}
+
+impl ProfileAttributes {
+    fn pairs(&self) -> Vec<(String, String)> {
+        match self {
+            ProfileAttributes::Columns(c) => c.iter().map(|c| (c.clone(), c.clone())).collect(),
+            ProfileAttributes::Named(m) => m.iter().map(|(n, c)| (n.clone(), c.clone())).collect(),
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -157,6 +176,8 @@ struct SyncTable {
     max_changed: Option<Spanned<toml::Value>>,
     #[serde(default)]
     event_id: bool,
+    #[serde(default)]
+    on_remove: OnRemove,
 }
 
 #[derive(Deserialize, Default)]
@@ -435,13 +456,22 @@ impl Reader<'_> {
                 .map(|(column, ty)| (column.get_ref().clone(), *ty))
                 .collect(),
         };
-        ColumnPlan::new(spec).map_err(|e| {
+        let profile = m
+            .profile_attributes
+            .as_ref()
+            .map(|p| p.get_ref().pairs())
+            .unwrap_or_default();
+        ColumnPlan::with_profile(spec, profile).map_err(|e| {
             let (table, span) = match e.key {
                 "primary_key" => ("source", s.primary_key.as_ref().map(Spanned::span)),
                 "custom_id" => ("mapping", Some(m.custom_id.span())),
                 "event" => ("mapping", m.event.as_ref().map(Spanned::span)),
                 "event_column" => ("mapping", m.event_column.as_ref().map(Spanned::span)),
                 "attributes" => ("mapping", m.attributes.as_ref().map(Spanned::span)),
+                "profile_attributes" => (
+                    "mapping",
+                    m.profile_attributes.as_ref().map(Spanned::span),
+                ),
                 // The table's first line: the message names the column.
                 "types" => (
                     "mapping",
@@ -503,6 +533,7 @@ impl Reader<'_> {
                 SyncSettings::DEFAULT_MAX_CHANGED,
             )?,
             event_id: t.event_id,
+            on_remove: t.on_remove,
         })
     }
 
@@ -594,6 +625,14 @@ impl Reader<'_> {
         let source = self.source(file.source.kind)?;
         let timezone = self.timezone(file.mapping.timezone.as_ref())?;
         let plan = self.plan(&file.source, &file.mapping)?;
+        let warehouse = self.warehouse(&file.state, &file.source)?;
+        if let (Some(_), Some(p)) = (&warehouse, &file.mapping.profile_attributes) {
+            return Err(self.invalid(
+                "mapping.profile_attributes",
+                &p.span(),
+                "is not available with [state] store = \"database\" yet (its SQL diff keeps one hash a row); use store = \"local\" for a sync with profile attributes",
+            ));
+        }
         Ok(Settings {
             file: self.path.to_path_buf(),
             source,
@@ -607,7 +646,7 @@ impl Reader<'_> {
                     .as_ref()
                     .map_or(Settings::DEFAULT_STATE_PATH, |p| p.get_ref()),
             ),
-            warehouse: self.warehouse(&file.state, &file.source)?,
+            warehouse,
             keep_runs: self.at_least_one(
                 "state.keep_runs",
                 file.state.keep_runs.as_ref(),

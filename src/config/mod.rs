@@ -92,6 +92,17 @@ pub enum OnChange {
     Event,
 }
 
+/// `[sync] on_remove`: what a row that left the segment does to its profile attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnRemove {
+    /// The profile keeps them.
+    #[default]
+    Keep,
+    /// They are sent as null: Batch deletes them.
+    Unset,
+}
+
 /// `[sync] reentry`: whether a row that left the segment and came back is a new event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +137,7 @@ pub struct SyncSettings {
     /// Guards changed rows when they send something (`on_change = "event"`).
     pub max_changed: Guard,
     pub event_id: bool,
+    pub on_remove: OnRemove,
 }
 
 impl SyncSettings {
@@ -240,6 +252,17 @@ impl Settings {
             s.on_change,
             s.reentry
         );
+        // Profile attributes join the fingerprint only when mapped, so that stores written
+        // before them keep their open rejects.
+        let text = if self.plan.has_profile() {
+            format!(
+                "{text}|profile={}|{:?}",
+                self.plan.profile_identity(),
+                s.on_remove
+            )
+        } else {
+            text
+        };
         crate::core::encode::hex(&blake3::hash(text.as_bytes()).as_bytes()[..12])
     }
 

@@ -18,6 +18,8 @@ use std::iter::Peekable;
 pub struct SnapRow {
     pub key: Vec<u8>,
     pub hash: RowHash,
+    /// The profile hash, when the sync maps profile attributes.
+    pub profile: Option<RowHash>,
     /// The canonical encoding of the used columns' values, in plan order (values only).
     pub payload: Vec<u8>,
     /// Where the row came from: the 1-based line (files) or row number (queries).
@@ -32,6 +34,8 @@ pub struct BaseRow {
     pub key: Vec<u8>,
     pub hash: RowHash,
     pub present: bool,
+    /// The profile hash of the attributes last sent (or recorded) for this row, if any.
+    pub profile: Option<RowHash>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,6 +51,11 @@ pub enum Delta {
     },
     Unchanged {
         key: Vec<u8>,
+    },
+    /// The row hash is the baseline's, but the profile attributes differ from the ones last
+    /// sent (or were never sent): a profile update, never a changed row.
+    Profile {
+        row: SnapRow,
     },
     Removed {
         key: Vec<u8>,
@@ -72,9 +81,10 @@ impl Delta {
     /// The row key this delta is about.
     pub fn key(&self) -> &[u8] {
         match self {
-            Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Bad { row, .. } => {
-                &row.key
-            }
+            Delta::Added { row, .. }
+            | Delta::Changed { row, .. }
+            | Delta::Bad { row, .. }
+            | Delta::Profile { row } => &row.key,
             Delta::Unchanged { key } | Delta::Removed { key, .. } | Delta::Absent { key } => key,
             Delta::Duplicate { rows, .. } => &rows[0].key,
         }
@@ -172,6 +182,9 @@ where
                     reentry: false,
                 },
                 Some(b) if !b.present => Delta::Added { row, reentry: true },
+                Some(b) if b.hash == row.hash && row.profile.is_some() && row.profile != b.profile => {
+                    Delta::Profile { row }
+                }
                 Some(b) if b.hash == row.hash => Delta::Unchanged { key: row.key },
                 Some(b) => Delta::Changed { row, old: b.hash },
             }
@@ -222,6 +235,7 @@ pub fn decide(delta: &Delta, policy: Policy) -> (bool, BaselineWrite) {
             BaselineWrite::Put { hash: row.hash },
         ),
         Delta::Removed { .. } => (false, BaselineWrite::Tombstone),
+        Delta::Profile { row } => (false, BaselineWrite::Put { hash: row.hash }),
         Delta::Unchanged { .. }
         | Delta::Absent { .. }
         | Delta::Duplicate { .. }
@@ -244,6 +258,7 @@ mod tests {
         SnapRow {
             key: vec![key],
             hash: h(hash),
+            profile: None,
             payload: vec![],
             line,
             bad: None,
@@ -276,6 +291,7 @@ mod tests {
                     key: vec![7],
                     hash: h(hash),
                     present,
+                    profile: None,
                 }]
             })
             .unwrap_or_default();
@@ -293,6 +309,39 @@ mod tests {
         assert_eq!(got, kind);
     }
 
+    #[rstest]
+    // (snapshot's profile hash, baseline's) → the delta, the row hash being the same.
+    #[case::never_sent(Some(5), None, "profile")]
+    #[case::differs(Some(5), Some(4), "profile")]
+    #[case::same(Some(5), Some(5), "unchanged")]
+    // A sync without profile attributes ignores what an earlier one recorded.
+    #[case::not_mapped(None, Some(5), "unchanged")]
+    fn a_profile_change_alone_is_a_profile_delta_never_a_changed_row(
+        #[case] new: Option<u8>,
+        #[case] old: Option<u8>,
+        #[case] kind: &str,
+    ) {
+        let mut row = snap(7, 1, 1);
+        row.profile = new.map(h);
+        let base = BaseRow {
+            key: vec![7],
+            hash: h(1),
+            present: true,
+            profile: old.map(h),
+        };
+        let d = deltas(vec![row.clone()], vec![base.clone()]);
+        let got = match &d[0] {
+            Delta::Profile { .. } => "profile",
+            Delta::Unchanged { .. } => "unchanged",
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(got, kind);
+        // With another row hash, it is a changed row, whatever the profile hashes.
+        row.hash = h(2);
+        let d = deltas(vec![row], vec![base]);
+        assert!(matches!(d[0], Delta::Changed { .. }), "{:?}", d[0]);
+    }
+
     #[test]
     fn rows_sharing_a_key_are_all_rejected_and_the_key_is_not_removed() {
         let d = deltas(
@@ -301,6 +350,7 @@ mod tests {
                 key: vec![3],
                 hash: h(1),
                 present: true,
+                profile: None,
             }],
         );
         assert!(
@@ -330,6 +380,7 @@ mod tests {
                 key: vec![3],
                 hash: h(1),
                 present: true,
+                profile: None,
             }],
         );
         assert!(matches!(
@@ -418,10 +469,10 @@ mod tests {
             old in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), (0u8..3, any::<bool>()), 0..30),
         ) {
             let s: Vec<SnapRow> = new.iter().enumerate()
-                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), payload: vec![], line: i as u64 + 1, bad: None })
+                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), profile: None, payload: vec![], line: i as u64 + 1, bad: None })
                 .collect();
             let base: BTreeMap<Vec<u8>, (RowHash, bool)> = old.iter().map(|(k, (hh, p))| (k.clone(), (h(*hh), *p))).collect();
-            let b: Vec<BaseRow> = base.iter().map(|(k, (hh, p))| BaseRow { key: k.clone(), hash: *hh, present: *p }).collect();
+            let b: Vec<BaseRow> = base.iter().map(|(k, (hh, p))| BaseRow { key: k.clone(), hash: *hh, present: *p, profile: None }).collect();
             let got: BTreeMap<Vec<u8>, &str> = deltas(s.clone(), b).into_iter().map(|d| match d {
                 Delta::Added { row, reentry: false } => (row.key, "added"),
                 Delta::Added { row, reentry: true } => (row.key, "reentry"),
@@ -431,6 +482,7 @@ mod tests {
                 Delta::Absent { key } => (key, "absent"),
                 Delta::Duplicate { rows, .. } => (rows[0].key.clone(), "dup"),
                 Delta::Bad { row, .. } => (row.key, "bad"),
+                Delta::Profile { row } => (row.key, "profile"),
             }).collect();
             prop_assert_eq!(got, model(&s, &base));
         }

@@ -12,7 +12,9 @@
 //!   microseconds since the epoch, UTC); `0x06` URL (as text); `0x07` string array (u32 BE
 //!   count, then each as text); `0x08` JSON (its compact serialisation with object keys sorted,
 //!   as text).
-//! - Row hash = the first 16 bytes of BLAKE3(`"batchsync-row-v1\0"` ‖ encoding).
+//! - Row hash = the first 16 bytes of BLAKE3(`"batchsync-row-v1\0"` ‖ encoding). The row
+//!   encoding covers the event's columns only: a column used by profile attributes alone is
+//!   covered by the profile hash ([`hash_profile`]) instead.
 //! - Row key = the values of the primary-key columns, in configured order, each encoded as
 //!   above; without a primary key, the row hash.
 //!
@@ -186,6 +188,37 @@ pub(crate) fn put_key_part(buf: &mut Vec<u8>, value: Range<usize>) -> bool {
     }
     buf.extend_from_within(value);
     true
+}
+
+/// The profile hash, kept beside the row hash when a sync maps profile attributes: the first
+/// 16 bytes of BLAKE3(`"batchsync-profile-v1\0"` ‖ per profile attribute in ascending byte
+/// order of its name: the name's header (`put_name`) ‖ its column's value, encoded as above).
+/// `parts` yields (name header, value bytes) in that order.
+pub fn hash_profile<'a>(parts: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RowHash {
+    let mut h = blake3::Hasher::new();
+    h.update(PROFILE_DOMAIN);
+    for (name, value) in parts {
+        h.update(name);
+        h.update(value);
+    }
+    let mut out = [0u8; 16];
+    h.finalize_xof().fill(&mut out);
+    RowHash(out)
+}
+
+const PROFILE_DOMAIN: &[u8] = b"batchsync-profile-v1\0";
+
+/// What an open reject remembers of a row: its row hash, or with profile attributes, a hash of
+/// both hashes, so that a row whose profile attributes alone change is tried again.
+pub fn reject_hash(hash: RowHash, profile: Option<RowHash>) -> RowHash {
+    let Some(p) = profile else { return hash };
+    let mut h = blake3::Hasher::new();
+    h.update(b"batchsync-reject-v1\0");
+    h.update(&hash.0);
+    h.update(&p.0);
+    let mut out = [0u8; 16];
+    h.finalize_xof().fill(&mut out);
+    RowHash(out)
 }
 
 pub fn hash_encoding(encoding: &[u8]) -> RowHash {

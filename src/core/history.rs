@@ -35,10 +35,12 @@ pub enum Change {
     StillRejected,
     /// Batch dropped the row's event, and its baseline entry was put back as it was.
     Restored,
+    /// The row's profile attributes alone changed (or were never sent): a profile update.
+    Profile,
 }
 
 impl Change {
-    pub const ALL: [Change; 7] = [
+    pub const ALL: [Change; 8] = [
         Change::Added,
         Change::Reentered,
         Change::Changed,
@@ -46,6 +48,7 @@ impl Change {
         Change::Rejected,
         Change::StillRejected,
         Change::Restored,
+        Change::Profile,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -57,6 +60,7 @@ impl Change {
             Change::Rejected => "rejected",
             Change::StillRejected => "still_rejected",
             Change::Restored => "restored",
+            Change::Profile => "profile",
         }
     }
 

@@ -52,6 +52,95 @@ pub struct ColumnPlan {
     pub time: Option<usize>,
     pub label: Option<usize>,
     pub attributes: Vec<usize>,
+    /// Columns `0..hashed` are the event's: the row hash covers them. Profile attributes'
+    /// columns that the event does not use follow them, in name order, outside the row hash.
+    pub hashed: usize,
+    /// The profile attributes (`[mapping] profile_attributes`), sorted by attribute name: the
+    /// order of the profile hash's input.
+    pub profile: Vec<ProfileAttr>,
+}
+
+/// One profile attribute: the name it has on the Batch profile and its column.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProfileAttr {
+    pub name: String,
+    pub column: usize,
+    pub native: Option<Native>,
+}
+
+/// Batch's native profile attributes, each with its own value rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Native {
+    EmailAddress,
+    EmailMarketing,
+    PhoneNumber,
+    SmsMarketing,
+    Language,
+    Region,
+    Timezone,
+}
+
+impl Native {
+    pub const ALL: [(&'static str, Native); 7] = [
+        ("$email_address", Native::EmailAddress),
+        ("$email_marketing", Native::EmailMarketing),
+        ("$phone_number", Native::PhoneNumber),
+        ("$sms_marketing", Native::SmsMarketing),
+        ("$language", Native::Language),
+        ("$region", Native::Region),
+        ("$timezone", Native::Timezone),
+    ];
+
+    pub fn of(name: &str) -> Option<Native> {
+        Native::ALL.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+    }
+
+    /// The rule a value must follow, as a reject's reason tells it.
+    pub fn rule(self) -> &'static str {
+        match self {
+            Native::EmailAddress => "an email address (one @, a domain with a dot, no spaces, at most 256 characters)",
+            Native::EmailMarketing | Native::SmsMarketing => "\"subscribed\" or \"unsubscribed\"",
+            Native::PhoneNumber => "a phone number in E.164 form (+ then 2 to 15 digits, the first not 0)",
+            Native::Language => "an ISO 639-1 language code (2 lowercase letters, e.g. \"fr\")",
+            Native::Region => "an ISO 3166-1 alpha-2 region code (2 uppercase letters, e.g. \"FR\")",
+            Native::Timezone => "an IANA time zone name (e.g. \"Europe/Paris\")",
+        }
+    }
+
+    /// Whether a (non-null) text value follows the rule.
+    pub fn accepts(self, s: &str) -> bool {
+        match self {
+            Native::EmailAddress => valid_email(s),
+            Native::EmailMarketing | Native::SmsMarketing => {
+                matches!(s, "subscribed" | "unsubscribed")
+            }
+            Native::PhoneNumber => {
+                let digits = s.strip_prefix('+').unwrap_or("");
+                (2..=15).contains(&digits.len())
+                    && digits.bytes().all(|b| b.is_ascii_digit())
+                    && !digits.starts_with('0')
+            }
+            Native::Language => s.len() == 2 && s.bytes().all(|b| b.is_ascii_lowercase()),
+            Native::Region => s.len() == 2 && s.bytes().all(|b| b.is_ascii_uppercase()),
+            Native::Timezone => s.parse::<chrono_tz::Tz>().is_ok(),
+        }
+    }
+}
+
+fn valid_email(s: &str) -> bool {
+    if s.chars().count() > 256 || s.chars().any(char::is_whitespace) {
+        return false;
+    }
+    match s.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        None => false,
+    }
 }
 
 /// A config-time mapping error: the key of the config it concerns and what is wrong.
@@ -80,6 +169,14 @@ const NAME_RULE: &str = "must match ^[a-z0-9_]{1,30}$ (Batch's rule for names)";
 
 impl ColumnPlan {
     pub fn new(spec: MappingSpec) -> Result<ColumnPlan, SpecError> {
+        ColumnPlan::with_profile(spec, Vec::new())
+    }
+
+    /// The plan with profile attributes: `(attribute name, column)` pairs, as configured.
+    pub fn with_profile(
+        spec: MappingSpec,
+        profile: Vec<(String, String)>,
+    ) -> Result<ColumnPlan, SpecError> {
         if spec.custom_id.trim().is_empty() {
             return Err(spec_err("custom_id", "names no column"));
         }
@@ -146,6 +243,16 @@ impl ColumnPlan {
         used.extend(spec.attributes.iter().cloned());
         used.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
         used.dedup();
+        let hashed = used.len();
+        check_profile(&spec, &profile)?;
+        let mut profile_only: Vec<String> = profile
+            .iter()
+            .map(|(_, c)| c.clone())
+            .filter(|c| !used.contains(c))
+            .collect();
+        profile_only.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        profile_only.dedup();
+        used.extend(profile_only);
 
         for (col, ty) in &spec.types {
             if !used.contains(col) {
@@ -168,6 +275,11 @@ impl ColumnPlan {
                 role_conflict("label or event name", &[Type::String])
             } else if *col == spec.custom_id {
                 role_conflict("custom id", &[Type::String, Type::Integer, Type::Number])
+            } else if let Some((name, _)) = profile
+                .iter()
+                .find(|(n, c)| c == col && Native::of(n).is_some())
+            {
+                role_conflict(&format!("native profile attribute {name}"), &[Type::String])
             } else {
                 None
             };
@@ -197,10 +309,40 @@ impl ColumnPlan {
             time: spec.time.as_ref().map(idx),
             label: spec.label.as_ref().map(idx),
             attributes: spec.attributes.iter().map(idx).collect(),
+            hashed,
+            profile: {
+                let mut p: Vec<ProfileAttr> = profile
+                    .iter()
+                    .map(|(name, column)| ProfileAttr {
+                        name: name.clone(),
+                        column: idx(column),
+                        native: Native::of(name),
+                    })
+                    .collect();
+                p.sort_by(|a, b| a.name.as_bytes().cmp(b.name.as_bytes()));
+                p
+            },
             types,
             columns: used,
             spec,
         })
+    }
+
+    pub fn has_profile(&self) -> bool {
+        !self.profile.is_empty()
+    }
+
+    /// A fingerprint of the profile attributes (names, columns, types): what a profile hash
+    /// was computed under. Empty without profile attributes.
+    pub fn profile_identity(&self) -> String {
+        self.profile
+            .iter()
+            .map(|a| match self.types[a.column] {
+                Some(t) => format!("{}={}:{t}", a.name, self.columns[a.column]),
+                None => format!("{}={}", a.name, self.columns[a.column]),
+            })
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     pub fn has_key(&self) -> bool {
@@ -214,8 +356,7 @@ impl ColumnPlan {
     /// A fingerprint of what decides row keys and hashes; a store written under another one
     /// cannot be diffed against without re-firing every row.
     pub fn identity(&self) -> String {
-        let types: Vec<String> = self
-            .columns
+        let types: Vec<String> = self.columns[..self.hashed]
             .iter()
             .zip(&self.types)
             .map(|(c, t)| match t {
@@ -230,6 +371,54 @@ impl ColumnPlan {
             types.join(",")
         )
     }
+}
+
+/// The rules of `[mapping] profile_attributes`: one row per profile (the primary key is the
+/// custom id), Batch's names or its native attributes, each name once.
+fn check_profile(spec: &MappingSpec, profile: &[(String, String)]) -> Result<(), SpecError> {
+    if profile.is_empty() {
+        return Ok(());
+    }
+    let key = "profile_attributes";
+    if spec.primary_key != [spec.custom_id.clone()] {
+        return Err(spec_err(
+            key,
+            format!(
+                "profile attributes need one row per profile: [source] primary_key must be [{:?}], the custom_id column (it is {:?})",
+                spec.custom_id, spec.primary_key
+            ),
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, column) in profile {
+        if column.is_empty() {
+            return Err(spec_err(key, format!("{name:?} names no column")));
+        }
+        if name.starts_with('$') {
+            if Native::of(name).is_none() {
+                let natives: Vec<&str> = Native::ALL.iter().map(|(n, _)| *n).collect();
+                return Err(spec_err(
+                    key,
+                    format!(
+                        "{name:?} is not one of Batch's native profile attributes ({})",
+                        natives.join(", ")
+                    ),
+                ));
+            }
+        } else if !valid_name(name) {
+            return Err(spec_err(key, format!("{name:?} {NAME_RULE}")));
+        }
+        if !seen.insert(name) {
+            return Err(spec_err(key, format!("{name:?} is listed twice")));
+        }
+        if *column == spec.custom_id {
+            return Err(spec_err(
+                key,
+                format!("{name:?}: the custom_id column identifies the profile; it is not an attribute of it"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What the mapping does with times outside Batch's window: `[sync] late_events`.
@@ -293,16 +482,68 @@ fn has_scheme(url: &str) -> bool {
     }
 }
 
-/// Turns a row (values in `plan.columns` order) into an event, or says which rule it breaks.
-/// `event_id` is the deterministic id put in the `event_id` attribute when the rules ask for it.
-pub fn build_event(
-    plan: &ColumnPlan,
-    row: &[Value],
-    rules: &EventRules,
-    event_id: &str,
-) -> Result<Event, Reject> {
-    let col = |i: usize| Some(plan.columns[i].as_str());
+/// One non-null attribute value as Batch takes it: its key (`date(name)`, `url(name)` for those
+/// types) and JSON value, or the rule it breaks.
+/// `column` is the one a reject names.
+fn attribute(
+    name: &str,
+    column: &str,
+    v: &Value,
+) -> Result<(String, serde_json::Value), Reject> {
+    let col = Some(column);
+    Ok(match v {
+        Value::Text(s) => {
+            let n = s.chars().count();
+            if n == 0 {
+                return Err(Reject::new(col, "string_empty", "Batch does not take empty strings; make it null to leave the attribute out"));
+            }
+            if n > MAX_STRING {
+                return Err(Reject::new(
+                    col,
+                    "string_too_long",
+                    format!("{n} characters; Batch takes at most {MAX_STRING}"),
+                ));
+            }
+            (name.to_string(), serde_json::Value::String(s.clone()))
+        }
+        Value::Time(t) => (format!("date({name})"), format_time(*t).into()),
+        Value::Url(u) => {
+            if u.chars().count() > MAX_URL || !has_scheme(u) {
+                return Err(Reject::new(
+                    col,
+                    "url",
+                    format!("a URL must have a scheme and at most {MAX_URL} characters"),
+                ));
+            }
+            (format!("url({name})"), u.clone().into())
+        }
+        Value::StrArray(items) => {
+            if items.len() > MAX_ARRAY {
+                return Err(Reject::new(
+                    col,
+                    "array_too_long",
+                    format!("{} items; Batch takes at most {MAX_ARRAY}", items.len()),
+                ));
+            }
+            if let Some(bad) = items
+                .iter()
+                .find(|s| s.is_empty() || s.chars().count() > MAX_STRING)
+            {
+                return Err(Reject::new(
+                    col,
+                    "array_item",
+                    format!("item {bad:?} is empty or longer than {MAX_STRING} characters"),
+                ));
+            }
+            (name.to_string(), json_of(v))
+        }
+        v => (name.to_string(), json_of(v)),
+    })
+}
 
+/// The row's custom id, as the profile's identifier, or the rule it breaks.
+fn custom_id_of(plan: &ColumnPlan, row: &[Value]) -> Result<String, Reject> {
+    let col = |i: usize| Some(plan.columns[i].as_str());
     let custom_id = match row[plan.custom_id].as_text() {
         Some(s) if !s.trim().is_empty() => s,
         Some(_) | None if !matches!(row[plan.custom_id], Value::Null | Value::Text(_)) => {
@@ -327,6 +568,135 @@ pub fn build_event(
             format!("the custom id is longer than {MAX_CUSTOM_ID} characters"),
         ));
     }
+
+    Ok(custom_id)
+}
+
+/// A row's profile attributes as an operation's `attributes` object: every profile attribute,
+/// a null value as null (Batch deletes the attribute: the profile mirrors the segment), under
+/// its bare name (`renews_on`, not `date(renews_on)`); or the rule a value breaks.
+pub fn build_profile(plan: &ColumnPlan, row: &[Value]) -> Result<Profile, Reject> {
+    let custom_id = custom_id_of(plan, row)?;
+    let mut attributes = serde_json::Map::new();
+    for a in &plan.profile {
+        let column = plan.columns[a.column].as_str();
+        let v = &row[a.column];
+        if matches!(v, Value::Null) {
+            attributes.insert(a.name.clone(), serde_json::Value::Null);
+            continue;
+        }
+        if let Some(native) = a.native {
+            match v {
+                Value::Text(s) if native.accepts(s) => {
+                    attributes.insert(a.name.clone(), s.clone().into());
+                }
+                other => {
+                    return Err(Reject::new(
+                        Some(column),
+                        "profile_native",
+                        format!(
+                            "{} must be {}, found {}",
+                            a.name,
+                            native.rule(),
+                            super::value::render(other)
+                        ),
+                    ))
+                }
+            }
+            continue;
+        }
+        if matches!(v, Value::Json(_)) {
+            return Err(Reject::new(
+                Some(column),
+                "profile_object",
+                format!(
+                    "profile attribute {}: objects and arrays of objects are allowed in event attributes only",
+                    a.name
+                ),
+            ));
+        }
+        let (key, value) = attribute(&a.name, column, v)?;
+        attributes.insert(key, value);
+    }
+    Ok(Profile {
+        custom_id,
+        attributes: serde_json::Value::Object(attributes),
+    })
+}
+
+/// The profile update of a row that left the segment under `on_remove = "unset"`: every
+/// profile attribute null. `custom_id` comes from the row key (the key is the custom id).
+pub fn unset_profile(plan: &ColumnPlan, custom_id: String) -> Profile {
+    let attributes = plan
+        .profile
+        .iter()
+        .map(|a| (a.name.clone(), serde_json::Value::Null))
+        .collect();
+    Profile {
+        custom_id,
+        attributes: serde_json::Value::Object(attributes),
+    }
+}
+
+/// What one row sends in its operation: its event, its profile attributes, or both.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Operation {
+    pub custom_id: String,
+    pub event: Option<serde_json::Value>,
+    /// The operation's `attributes` object.
+    pub attributes: Option<serde_json::Value>,
+}
+
+impl Operation {
+    pub fn new(event: Option<Event>, profile: Option<Profile>) -> Option<Operation> {
+        let custom_id = match (&event, &profile) {
+            (Some(e), _) => e.custom_id.clone(),
+            (None, Some(p)) => p.custom_id.clone(),
+            (None, None) => return None,
+        };
+        Some(Operation {
+            custom_id,
+            event: event.map(|e| e.body),
+            attributes: profile.map(|p| p.attributes),
+        })
+    }
+
+    /// The operation as Batch takes it (for `plan`'s sample).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut op = serde_json::Map::new();
+        op.insert(
+            "identifiers".into(),
+            serde_json::json!({ "custom_id": self.custom_id }),
+        );
+        if let Some(a) = &self.attributes {
+            op.insert("attributes".into(), a.clone());
+        }
+        if let Some(e) = &self.event {
+            op.insert("events".into(), serde_json::Value::Array(vec![e.clone()]));
+        }
+        serde_json::Value::Object(op)
+    }
+}
+
+/// A profile update ready for the outbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Profile {
+    pub custom_id: String,
+    /// The operation's `attributes` object, exactly as sent.
+    pub attributes: serde_json::Value,
+}
+
+/// Turns a row (values in `plan.columns` order) into an event, or says which rule it breaks.
+/// `event_id` is the deterministic id put in the `event_id` attribute when the rules ask for it.
+pub fn build_event(
+    plan: &ColumnPlan,
+    row: &[Value],
+    rules: &EventRules,
+    event_id: &str,
+) -> Result<Event, Reject> {
+    let col = |i: usize| Some(plan.columns[i].as_str());
+
+    let custom_id = custom_id_of(plan, row)?;
 
     let name = match &plan.event {
         EventName::Constant(n) => n.clone(),
@@ -411,56 +781,10 @@ pub fn build_event(
         }
     }
     for &i in &plan.attributes {
-        let name = &plan.columns[i];
-        let (key, value) = match &row[i] {
-            Value::Null => continue,
-            Value::Text(s) => {
-                let n = s.chars().count();
-                if n == 0 {
-                    return Err(Reject::new(Some(name), "string_empty", "Batch does not take empty strings; make it null to leave the attribute out"));
-                }
-                if n > MAX_STRING {
-                    return Err(Reject::new(
-                        Some(name),
-                        "string_too_long",
-                        format!("{n} characters; Batch takes at most {MAX_STRING}"),
-                    ));
-                }
-                (name.clone(), serde_json::Value::String(s.clone()))
-            }
-            Value::Time(t) => (format!("date({name})"), format_time(*t).into()),
-            Value::Url(u) => {
-                if u.chars().count() > MAX_URL || !has_scheme(u) {
-                    return Err(Reject::new(
-                        Some(name),
-                        "url",
-                        format!("a URL must have a scheme and at most {MAX_URL} characters"),
-                    ));
-                }
-                (format!("url({name})"), u.clone().into())
-            }
-            Value::StrArray(items) => {
-                if items.len() > MAX_ARRAY {
-                    return Err(Reject::new(
-                        Some(name),
-                        "array_too_long",
-                        format!("{} items; Batch takes at most {MAX_ARRAY}", items.len()),
-                    ));
-                }
-                if let Some(bad) = items
-                    .iter()
-                    .find(|s| s.is_empty() || s.chars().count() > MAX_STRING)
-                {
-                    return Err(Reject::new(
-                        Some(name),
-                        "array_item",
-                        format!("item {bad:?} is empty or longer than {MAX_STRING} characters"),
-                    ));
-                }
-                (name.clone(), json_of(&row[i]))
-            }
-            v => (name.clone(), json_of(v)),
-        };
+        if matches!(row[i], Value::Null) {
+            continue;
+        }
+        let (key, value) = attribute(&plan.columns[i], &plan.columns[i], &row[i])?;
         attributes.insert(key, value);
     }
     if rules.event_id {

@@ -56,6 +56,18 @@ impl Endpoint {
         }
     }
 
+    /// A run's endpoint: [`Endpoint::for_delta`] over its operations, except that profile
+    /// updates go to `/profiles/update` unless the run is a backfill (its first with these
+    /// profile attributes): mass-update is processed asynchronously, and could apply two runs'
+    /// updates to one profile out of order (DESIGN.md "Profile attributes").
+    pub fn for_run(events: u64, profile_updates: u64, mass_from: u64, backfill: bool) -> Endpoint {
+        if profile_updates > 0 && !backfill {
+            Endpoint::Update
+        } else {
+            Endpoint::for_delta(events.max(profile_updates), mass_from)
+        }
+    }
+
     pub fn max_ops(self) -> usize {
         match self {
             Endpoint::Update => UPDATE_OPS,
@@ -75,6 +87,26 @@ pub struct RowRef {
     pub h: String,
     /// The baseline entry it replaced: hash hex and presence, or none for a new key.
     pub prev: Option<(String, bool)>,
+    /// What the row's operation carries for it: its event (with its profile attributes, if
+    /// any), when absent; otherwise a profile update alone.
+    #[serde(default, rename = "o", skip_serializing_if = "Option::is_none")]
+    pub only: Option<ProfileOnly>,
+    /// The profile hash this run put in the baseline, hex (profile attributes only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<String>,
+    /// The profile hash of the entry it replaced, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pp: Option<String>,
+}
+
+/// A row whose operation carries no event, only profile attributes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProfileOnly {
+    /// Its profile attributes changed (or were never sent): they are set.
+    Update,
+    /// It left the segment under `on_remove = "unset"`: they are sent as null.
+    Unset,
 }
 
 impl RowRef {
@@ -89,15 +121,37 @@ impl RowRef {
             k: hex(key),
             h: hash.to_hex(),
             prev: prev.map(|(h, p)| (h.to_hex(), p)),
+            only: None,
+            p: None,
+            pp: None,
         }
+    }
+
+    /// The profile hashes: the one this run puts in the baseline and the one it replaces.
+    pub fn with_profile(mut self, put: Option<RowHash>, prev: Option<RowHash>) -> RowRef {
+        self.p = put.map(RowHash::to_hex);
+        self.pp = prev.map(RowHash::to_hex);
+        self
+    }
+
+    /// Whether the row's operation carries its event.
+    pub fn has_event(&self) -> bool {
+        self.only.is_none()
     }
 }
 
-/// One event for the packer: its custom id, its JSON text and its row.
+/// Events among a manifest's rows (the others are profile updates alone).
+pub fn events_in(rows: &[RowRef]) -> usize {
+    rows.iter().filter(|r| r.has_event()).count()
+}
+
+/// One row's part of an operation for the packer: its custom id, its event's JSON text, its
+/// profile attributes' JSON object text (either or both), and its row.
 #[derive(Debug, Clone)]
 pub struct PackEvent {
     pub custom_id: String,
-    pub event_json: String,
+    pub event_json: Option<String>,
+    pub attributes_json: Option<String>,
     pub row: RowRef,
 }
 
@@ -122,6 +176,7 @@ pub struct Packer {
     // The operation under construction.
     op_id: Option<String>,
     op_events: Vec<String>,
+    op_attributes: Option<String>,
     op_rows: Vec<RowRef>,
 }
 
@@ -140,6 +195,7 @@ impl Packer {
             events: 0,
             op_id: None,
             op_events: Vec::new(),
+            op_attributes: None,
             op_rows: Vec::new(),
         }
     }
@@ -148,12 +204,16 @@ impl Packer {
     pub fn push(&mut self, e: PackEvent) -> Vec<Packed> {
         let mut done = Vec::new();
         let same_op = self.op_id.as_deref() == Some(e.custom_id.as_str())
-            && self.op_events.len() < self.events_per_op;
+            && (e.event_json.is_none() || self.op_events.len() < self.events_per_op)
+            && (e.attributes_json.is_none() || self.op_attributes.is_none());
         if !same_op {
             done.extend(self.close_op());
             self.op_id = Some(e.custom_id);
         }
-        self.op_events.push(e.event_json);
+        self.op_events.extend(e.event_json);
+        if e.attributes_json.is_some() {
+            self.op_attributes = e.attributes_json;
+        }
         self.op_rows.push(e.row);
         done
     }
@@ -171,14 +231,22 @@ impl Packer {
             String::with_capacity(64 + self.op_events.iter().map(String::len).sum::<usize>());
         op.push_str("{\"identifiers\":{\"custom_id\":");
         op.push_str(&serde_json::Value::String(id).to_string());
-        op.push_str("},\"events\":[");
-        for (i, ev) in self.op_events.drain(..).enumerate() {
-            if i > 0 {
-                op.push(',');
-            }
-            op.push_str(ev.as_str());
+        op.push('}');
+        if let Some(attributes) = self.op_attributes.take() {
+            op.push_str(",\"attributes\":");
+            op.push_str(&attributes);
         }
-        op.push_str("]}");
+        if !self.op_events.is_empty() {
+            op.push_str(",\"events\":[");
+            for (i, ev) in self.op_events.drain(..).enumerate() {
+                if i > 0 {
+                    op.push(',');
+                }
+                op.push_str(ev.as_str());
+            }
+            op.push(']');
+        }
+        op.push('}');
         let rows = std::mem::take(&mut self.op_rows);
 
         let mut finished = None;
@@ -190,7 +258,7 @@ impl Packer {
         self.body
             .push(if self.manifest.is_empty() { '[' } else { ',' });
         self.body.push_str(&op);
-        self.events += rows.len();
+        self.events += events_in(&rows);
         self.manifest.push(rows);
         finished
     }
@@ -240,7 +308,10 @@ mod tests {
     fn ev(id: &str, n: usize) -> PackEvent {
         PackEvent {
             custom_id: id.into(),
-            event_json: format!("{{\"name\":\"e\",\"attributes\":{{\"n\":{n}}}}}"),
+            event_json: Some(format!(
+                "{{\"name\":\"e\",\"attributes\":{{\"n\":{n}}}}}"
+            )),
+            attributes_json: None,
             row: RowRef::new(
                 format!("{{\"id\":{n}}}"),
                 &[n as u8],

@@ -123,6 +123,10 @@ pub struct Counts {
     pub still_rejected: u64,
     /// Events this run's commit put in the outbox.
     pub events: u64,
+    /// Operations this run's commit put in the outbox that carry profile attributes (with
+    /// the row's event or alone): DESIGN.md "Profile attributes".
+    #[serde(default)]
+    pub profile_updates: u64,
     /// Events whose delivery this run recorded.
     pub events_sent: u64,
     pub events_pending: u64,
@@ -144,6 +148,7 @@ impl AddAssign for Counts {
         self.rejected += o.rejected;
         self.still_rejected += o.still_rejected;
         self.events += o.events;
+        self.profile_updates += o.profile_updates;
         self.events_sent += o.events_sent;
         self.events_pending += o.events_pending;
         self.requests += o.requests;

@@ -10,12 +10,14 @@
 //!   records the segment writes none, and a row still rejected none (its store writes one
 //!   line when the streak ends).
 
-use crate::config::{Initial, Settings};
+use crate::config::{Initial, OnRemove, Settings};
 use crate::core::diff::{decide, BaseRow, BaselineWrite, Delta, Policy, SnapRow};
-use crate::core::encode::{display_key, hex, Decoder, RowHash};
+use crate::core::encode::{display_key, hex, reject_hash, Decoder, RowHash};
 use crate::core::history::Change;
-use crate::core::mapping::{build_event, ColumnPlan, EventRules, Reject};
-use crate::core::pack::RowRef;
+use crate::core::mapping::{
+    build_event, build_profile, unset_profile, ColumnPlan, EventRules, Operation, Reject,
+};
+use crate::core::pack::{ProfileOnly, RowRef};
 use crate::core::run::Counts;
 use crate::core::value::Value;
 use crate::snapshot::LooseReject;
@@ -33,6 +35,8 @@ pub struct Apply<'a> {
     pub text_keys: bool,
     /// Open rejects under this run's rules: a row that matches its own is still rejected.
     pub open: OpenRejects,
+    /// `[sync] on_remove = "unset"`: a removed row's profile attributes are sent as null.
+    pub unset_on_remove: bool,
 }
 
 impl<'a> Apply<'a> {
@@ -55,6 +59,7 @@ impl<'a> Apply<'a> {
             defer_removals: loose && settings.plan.has_key(),
             text_keys: settings.warehouse.is_some(),
             open: OpenRejects::new(),
+            unset_on_remove: settings.sync.on_remove == OnRemove::Unset,
         }
     }
 
@@ -71,6 +76,7 @@ impl<'a> Apply<'a> {
             defer_removals: true,
             text_keys: false,
             open: OpenRejects::new(),
+            unset_on_remove: false,
         }
     }
 }
@@ -87,7 +93,7 @@ fn rules(settings: &Settings) -> EventRules {
 /// The baseline's entry stays as it was (if there was one).
 fn keep<S: Sink>(sink: &mut S, base: Option<BaseRow>) -> Result<(), S::Error> {
     match base {
-        Some(b) => sink.keep(&b.key, b.hash, b.present),
+        Some(b) => sink.keep(&b),
         None => Ok(()),
     }
 }
@@ -146,7 +152,7 @@ impl Apply<'_> {
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<bool, S::Error> {
-        if self.open.get(&row.key) != Some(&row.hash) {
+        if self.open.get(&row.key) != Some(&reject_hash(row.hash, row.profile)) {
             return Ok(false);
         }
         sink.still_rejected(&row.key)?;
@@ -163,7 +169,7 @@ impl Apply<'_> {
         let key = self.key_of(&row.key);
         let at = Rejected {
             key: Some(&key),
-            row: Some((&row.key, row.hash)),
+            row: Some((&row.key, reject_hash(row.hash, row.profile))),
             line: Some(row.line),
         };
         sink.reject(at, rej)?;
@@ -187,29 +193,58 @@ impl Apply<'_> {
         Ok(())
     }
 
-    fn wanted<S: Sink>(
+    /// Whether the run sends profile attributes (a run that only records sends nothing).
+    fn profiles(&self) -> bool {
+        self.plan.has_profile() && !self.policy.record_only
+    }
+
+    /// Whether a row's profile attributes differ from those the baseline entry last sent.
+    fn profile_changed(&self, row: &SnapRow, base: Option<&BaseRow>) -> bool {
+        self.profiles() && row.profile != base.and_then(|b| b.profile)
+    }
+
+    /// One row that may send something: its event (`event`), its profile attributes
+    /// (`profile`), both or neither. What it sends goes out as one operation, and the baseline
+    /// takes the row; a row that breaks a rule is rejected whole and the baseline keeps its
+    /// entry. `prev` is the entry replaced, as the manifest keeps it.
+    #[allow(clippy::too_many_arguments)]
+    fn row<S: Sink>(
         &self,
         row: &SnapRow,
         prev: Option<(RowHash, bool)>,
         base: Option<BaseRow>,
+        (event, profile): (bool, bool),
+        change: Change,
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
+        if !event && !profile {
+            sink.put(&row.key, row.hash, row.profile)?;
+            return self.line(sink, &row.key, change, Some(row.hash), false);
+        }
         let built = decode(self.plan, &row.payload).and_then(|values| {
-            build_event(
-                self.plan,
-                &values,
-                &self.rules,
-                &event_id(&row.key, row.hash),
-            )
+            let e = event
+                .then(|| {
+                    let id = event_id(&row.key, row.hash);
+                    build_event(self.plan, &values, &self.rules, &id)
+                })
+                .transpose()?;
+            let p = profile
+                .then(|| build_profile(self.plan, &values))
+                .transpose()?;
+            Ok((e, p))
         });
         match built {
-            Ok(event) => {
-                let rref = RowRef::new(self.key_of(&row.key), &row.key, row.hash, prev);
-                sink.event(&event, rref)?;
-                sink.put(&row.key, row.hash)?;
-                counts.events += 1;
-                let change = Change::of_event(prev.map(|(_, present)| present));
+            Ok((e, p)) => {
+                counts.events += e.is_some() as u64;
+                counts.profile_updates += p.is_some() as u64;
+                let only = e.is_none().then_some(ProfileOnly::Update);
+                let op = Operation::new(e, p).expect("an event or a profile update");
+                let mut rref = RowRef::new(self.key_of(&row.key), &row.key, row.hash, prev)
+                    .with_profile(row.profile, base.as_ref().and_then(|b| b.profile));
+                rref.only = only;
+                sink.send(&op, rref)?;
+                sink.put(&row.key, row.hash, row.profile)?;
                 self.line(sink, &row.key, change, Some(row.hash), true)?;
             }
             Err(rej) => {
@@ -219,6 +254,36 @@ impl Apply<'_> {
             }
         }
         Ok(())
+    }
+
+    /// A removed row under `on_remove = "unset"` whose profile attributes were sent: they go
+    /// as null. The custom id is the row key's one value (profile attributes need it so).
+    fn unset<S: Sink>(
+        &self,
+        key: &[u8],
+        hash: RowHash,
+        base: &BaseRow,
+        sink: &mut S,
+        counts: &mut Counts,
+    ) -> Result<bool, S::Error> {
+        if !self.unset_on_remove || !self.profiles() || base.profile.is_none() {
+            return Ok(false);
+        }
+        let custom_id = match Decoder::new(key).value() {
+            Ok(v) => match v.as_text() {
+                Some(id) if !id.trim().is_empty() => id,
+                _ => return Ok(false),
+            },
+            Err(_) => return Ok(false),
+        };
+        let op = Operation::new(None, Some(unset_profile(self.plan, custom_id)))
+            .expect("a profile update");
+        let mut rref = RowRef::new(self.key_of(key), key, hash, Some((hash, true)))
+            .with_profile(None, base.profile);
+        rref.only = Some(ProfileOnly::Unset);
+        sink.send(&op, rref)?;
+        counts.profile_updates += 1;
+        Ok(true)
     }
 
     /// Applies one delta; `base` is the baseline entry it met, kept when the delta leaves it.
@@ -231,7 +296,7 @@ impl Apply<'_> {
     ) -> Result<(), S::Error> {
         let (wants, write) = decide(&delta, self.policy);
         match delta {
-            Delta::Added { row, .. } | Delta::Changed { row, .. }
+            Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Profile { row }
                 if self.still(&row, sink, counts)? =>
             {
                 keep(sink, base)?;
@@ -239,35 +304,38 @@ impl Apply<'_> {
             Delta::Added { row, reentry } => {
                 counts.added += 1;
                 counts.reentered += reentry as u64;
+                // A re-entering key's tombstone keeps its old hash; the manifest restores the
+                // tombstone, whatever hash it held, if Batch drops the event.
                 let prev = reentry.then_some((RowHash::default(), false));
-                if wants {
-                    // A re-entering key's tombstone keeps its old hash; the manifest restores the
-                    // tombstone, whatever hash it held, if Batch drops the event.
-                    self.wanted(&row, prev, base, sink, counts)?;
+                let change = if reentry {
+                    Change::Reentered
                 } else {
-                    sink.put(&row.key, row.hash)?;
-                    let change = if reentry {
-                        Change::Reentered
-                    } else {
-                        Change::Added
-                    };
-                    self.line(sink, &row.key, change, Some(row.hash), false)?;
-                }
+                    Change::Added
+                };
+                let sends = (wants, self.profiles());
+                self.row(&row, prev, base, sends, change, sink, counts)?;
             }
             Delta::Changed { row, old } => {
                 counts.changed += 1;
-                if wants {
-                    self.wanted(&row, Some((old, true)), base, sink, counts)?;
-                } else {
-                    sink.put(&row.key, row.hash)?;
-                    self.line(sink, &row.key, Change::Changed, Some(row.hash), false)?;
-                }
+                let sends = (wants, self.profile_changed(&row, base.as_ref()));
+                let prev = Some((old, true));
+                self.row(&row, prev, base, sends, Change::Changed, sink, counts)?;
+            }
+            Delta::Profile { row } => {
+                counts.unchanged += 1;
+                let sends = (false, self.profiles());
+                let prev = Some((row.hash, true));
+                self.row(&row, prev, base, sends, Change::Profile, sink, counts)?;
             }
             Delta::Removed { key, hash } => {
                 counts.removed += 1;
                 if write == BaselineWrite::Tombstone && !self.defer_removals {
                     sink.tombstone(&key, hash)?;
-                    self.line(sink, &key, Change::Removed, Some(hash), false)?;
+                    let sent = match &base {
+                        Some(b) => self.unset(&key, hash, b, sink, counts)?,
+                        None => false,
+                    };
+                    self.line(sink, &key, Change::Removed, Some(hash), sent)?;
                 } else {
                     keep(sink, base)?;
                 }

@@ -9,7 +9,7 @@ use super::{RunError, RunOptions};
 use crate::config::Settings;
 use crate::core::diff::BaseRow;
 use crate::core::encode::RowHash;
-use crate::core::mapping::{Event, Reject};
+use crate::core::mapping::{Operation, Reject};
 use crate::core::pack::{Endpoint, RowRef};
 use crate::core::run::check_guards;
 use crate::ship::StopFlag;
@@ -62,23 +62,30 @@ const SAMPLE: usize = 5;
 #[derive(Default)]
 struct Samples {
     events: Vec<serde_json::Value>,
+    /// Operations that carry profile attributes alone.
+    profiles: Vec<serde_json::Value>,
     rejects: Vec<serde_json::Value>,
 }
 
 impl Sink for Samples {
     type Error = Infallible;
-    fn put(&mut self, _: &[u8], _: RowHash) -> Result<(), Infallible> {
+    fn put(&mut self, _: &[u8], _: RowHash, _: Option<RowHash>) -> Result<(), Infallible> {
         Ok(())
     }
     fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<(), Infallible> {
         Ok(())
     }
-    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<(), Infallible> {
+    fn keep(&mut self, _: &BaseRow) -> Result<(), Infallible> {
         Ok(())
     }
-    fn event(&mut self, event: &Event, _: RowRef) -> Result<(), Infallible> {
-        if self.events.len() < SAMPLE {
-            self.events.push(serde_json::json!({ "identifiers": { "custom_id": event.custom_id }, "events": [event.body] }));
+    fn send(&mut self, op: &Operation, _: RowRef) -> Result<(), Infallible> {
+        let sample = if op.event.is_some() {
+            &mut self.events
+        } else {
+            &mut self.profiles
+        };
+        if sample.len() < SAMPLE {
+            sample.push(op.to_json());
         }
         Ok(())
     }

@@ -18,7 +18,7 @@ use crate::config::Settings;
 use crate::core::run::{check_guards, status, RunStatus, RunSummary};
 use crate::ship::client::{Client, Credentials};
 use crate::ship::{Halt, Progress, ShipOptions, StopFlag};
-use crate::state::{Commit, StateStore};
+use crate::state::{Commit, CommitMeta, StateStore};
 use crate::ui::Ui;
 use std::time::{Duration, Instant};
 
@@ -198,12 +198,16 @@ impl<'a, S: StateStore> Run<'a, S> {
         let mut counts = self.summary.counts;
         counts += diffed.counts;
         let run_id = writer.run_id();
-        let written = writer.commit(
-            &counts,
-            settings.destination.mass_update_from,
-            &settings.plan.identity(),
-            settings.keep_runs,
-        )?;
+        let identity = settings.plan.identity();
+        let profile = settings.plan.profile_identity();
+        let meta = CommitMeta {
+            identity: &identity,
+            profile: &profile,
+            backfill: backfill(settings, self.store.profile_identity()?),
+            mass_update_from: settings.destination.mass_update_from,
+            keep_runs: settings.keep_runs,
+        };
+        let written = writer.commit(&counts, &meta)?;
         tracing::debug!(
             merge_ms = merged.as_millis() as u64,
             commit_ms = (t0.elapsed() - merged).as_millis() as u64,
@@ -305,4 +309,11 @@ impl<'a, S: StateStore> Run<'a, S> {
             }
         }
     }
+}
+
+/// Whether a run is its sync's first with these profile attributes (`stored`: what the last
+/// commit recorded): a backfill, whose profile updates may go to mass-update.
+pub fn backfill(settings: &Settings, stored: Option<String>) -> bool {
+    let current = settings.plan.profile_identity();
+    settings.plan.has_profile() && stored.as_deref() != Some(current.as_str())
 }

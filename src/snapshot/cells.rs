@@ -15,7 +15,8 @@
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
 
 use crate::core::encode::{
-    encode_value, put_bool, put_int, put_key_part, put_name, put_null, put_text, put_time,
+    encode_value, hash_profile, put_bool, put_int, put_key_part, put_name, put_null, put_text,
+    put_time, RowHash,
 };
 use crate::core::mapping::{ColumnPlan, Reject};
 use crate::core::value::{coerce, parse_text, Cell, Type, TypeError, Value};
@@ -30,6 +31,43 @@ pub(super) struct RowEncoder {
     headers: Vec<Vec<u8>>,
     /// Where column `i`'s value sits in the last row's hash input: `spans[i]`, from its start.
     spans: Vec<(u32, u32)>,
+    /// Columns `0..hashed` are the row hash's (`ColumnPlan::hashed`).
+    hashed: usize,
+}
+
+/// What the profile hash reads of a row: per profile attribute, in name order, its name header
+/// and its column. Empty when the sync maps no profile attributes.
+#[derive(Clone, Default)]
+pub(super) struct ProfileHash {
+    parts: Vec<(Vec<u8>, usize)>,
+}
+
+impl ProfileHash {
+    pub(super) fn new(plan: &ColumnPlan) -> ProfileHash {
+        ProfileHash {
+            parts: plan
+                .profile
+                .iter()
+                .map(|a| {
+                    let mut h = Vec::new();
+                    put_name(&a.name, &mut h);
+                    (h, a.column)
+                })
+                .collect(),
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// The profile hash of a row: its hash `input` and where each column's value sits in it.
+    pub(super) fn of(&self, input: &[u8], spans: &[(u32, u32)]) -> RowHash {
+        hash_profile(self.parts.iter().map(|(head, c)| {
+            let (a, b) = spans[*c];
+            (&head[..], &input[a as usize..b as usize])
+        }))
+    }
 }
 
 impl RowEncoder {
@@ -50,7 +88,14 @@ impl RowEncoder {
             tz,
             headers,
             spans: Vec::with_capacity(plan.columns.len()),
+            hashed: plan.hashed,
         }
+    }
+
+    /// The length of the last row's row-hash input: its first `hashed` columns (profile
+    /// attributes' own columns follow them, outside the row hash).
+    pub(super) fn hashed_len(&self) -> u32 {
+        self.spans[self.hashed - 1].1
     }
 
     /// Appends the row's hash input to `out`: per column in plan order, its name header and its

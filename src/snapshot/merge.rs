@@ -48,7 +48,7 @@ impl Cursor {
                     Err(e) => return Err(e),
                 }
                 let h = header(rec);
-                rec.resize(HEADER + h.key + h.payload + h.bad, 0);
+                rec.resize(h.len(), 0);
                 r.read_exact(&mut rec[HEADER..])?;
                 Ok(true)
             }
@@ -213,7 +213,7 @@ impl Iterator for Rows {
         }
         let rec = &self.buf[self.at..];
         let h = header(rec);
-        let end = HEADER + h.key + h.payload + h.bad;
+        let end = h.len();
         self.at += end;
         Some(row(&h, &rec[HEADER..end]))
     }

@@ -15,6 +15,7 @@
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
 
+use super::cells::ProfileHash;
 use crate::core::diff::SnapRow;
 use crate::core::encode::{hash_encoding, RowHash};
 use crate::core::mapping::Reject;
@@ -75,6 +76,10 @@ pub(super) struct Batch {
 pub(super) struct Pending {
     pub(super) line: u64,
     pub(super) input: u32,
+    /// The row hash's input: the first `hashed` bytes of `input` (the event's columns).
+    pub(super) hashed: u32,
+    /// Filled in with `hash` when the sync maps profile attributes.
+    pub(super) profile: RowHash,
     /// 0 when the plan has no primary key: the key is then the hash.
     pub(super) key: u32,
     pub(super) hash: RowHash,
@@ -91,13 +96,19 @@ impl Batch {
         }
     }
 
-    pub(super) fn hash(&mut self) {
+    /// Fills in the rows' hashes; `profile`'s too when the sync maps profile attributes (the
+    /// batch then carries `stride` value spans a row).
+    pub(super) fn hash(&mut self, profile: &ProfileHash, stride: usize) {
         if self.hashed {
             return;
         }
         let mut at = 0;
-        for r in &mut self.rows {
-            r.hash = hash_encoding(&self.buf[at..at + r.input as usize]);
+        for (i, r) in self.rows.iter_mut().enumerate() {
+            let input = &self.buf[at..at + r.input as usize];
+            r.hash = hash_encoding(&input[..r.hashed as usize]);
+            if !profile.is_empty() {
+                r.profile = profile.of(input, &self.spans[i * stride..(i + 1) * stride]);
+            }
             at += (r.input + r.key) as usize;
         }
         self.hashed = true;
@@ -128,6 +139,18 @@ pub(super) struct Header {
     pub(super) bad: usize,
     pub(super) line: u64,
     pub(super) hash: RowHash,
+    /// Whether the record ends with a profile hash (16 bytes after the reject).
+    pub(super) profile: bool,
+}
+
+/// The line's top bit in a header: the record carries a profile hash.
+const PROFILE_BIT: u64 = 1 << 63;
+
+impl Header {
+    /// The whole record's length, header included.
+    pub(super) fn len(&self) -> usize {
+        HEADER + self.key + self.payload + self.bad + if self.profile { 16 } else { 0 }
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> usize {
@@ -135,12 +158,14 @@ fn u32_at(b: &[u8], at: usize) -> usize {
 }
 
 pub(super) fn header(b: &[u8]) -> Header {
+    let line = u64::from_le_bytes(b[12..20].try_into().expect("8 bytes"));
     Header {
         key: u32_at(b, 0),
         payload: u32_at(b, 4),
         bad: u32_at(b, 8),
-        line: u64::from_le_bytes(b[12..20].try_into().expect("8 bytes")),
+        line: line & !PROFILE_BIT,
         hash: RowHash(b[20..36].try_into().expect("16 bytes")),
+        profile: line & PROFILE_BIT != 0,
     }
 }
 
@@ -178,13 +203,19 @@ fn decode_reject(b: &[u8]) -> io::Result<Reject> {
     })
 }
 
-/// A row from its header and its body (key ‖ payload ‖ reject).
+/// A row from its header and its body (key ‖ payload ‖ reject ‖ profile hash, if any).
 pub(super) fn row(h: &Header, body: &[u8]) -> io::Result<SnapRow> {
     let (key, rest) = body.split_at(h.key);
-    let (payload, bad) = rest.split_at(h.payload);
+    let (payload, rest) = rest.split_at(h.payload);
+    let (bad, profile) = rest.split_at(h.bad);
     Ok(SnapRow {
         key: key.to_vec(),
         hash: h.hash,
+        profile: h
+            .profile
+            .then(|| profile[..16].try_into().map(RowHash))
+            .transpose()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt profile hash"))?,
         payload: payload.to_vec(),
         line: h.line,
         bad: if h.bad == 0 {
@@ -213,7 +244,7 @@ impl Run {
     fn push(
         &mut self,
         key: &[u8],
-        hash: RowHash,
+        (hash, profile): (RowHash, Option<RowHash>),
         line: u64,
         (input, values): (&[u8], &[(u32, u32)]),
         bad: Option<&Reject>,
@@ -231,7 +262,8 @@ impl Run {
         let mut head = [0u8; HEADER];
         head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         head[4..8].copy_from_slice(&payload.to_le_bytes());
-        head[12..20].copy_from_slice(&line.to_le_bytes());
+        let flagged = if profile.is_some() { line | PROFILE_BIT } else { line };
+        head[12..20].copy_from_slice(&flagged.to_le_bytes());
         head[20..36].copy_from_slice(&hash.0);
         let d = &mut self.data;
         d.reserve(HEADER + key.len() + payload as usize);
@@ -248,11 +280,14 @@ impl Run {
             let n = (d.len() - from) as u32;
             d[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
         }
+        if let Some(p) = profile {
+            d.extend_from_slice(&p.0);
+        }
     }
 
     pub(super) fn record(&self, at: usize) -> &[u8] {
         let h = header(&self.data[at..at + HEADER]);
-        &self.data[at..at + HEADER + h.key + h.payload + h.bad]
+        &self.data[at..at + h.len()]
     }
 
     /// The offset of the `i`th record in sorted order (once sorted).
@@ -363,8 +398,22 @@ pub(super) struct Layout {
     /// Without a primary key, a row's key is its hash.
     pub(super) has_key: bool,
     pub(super) columns: usize,
-    /// Whether records keep their payload; the batches then carry `columns` spans a row.
+    /// Whether records keep their payload.
     pub(super) payloads: bool,
+    /// The profile hash's reading of a row (empty: no profile attributes).
+    pub(super) profile: ProfileHash,
+}
+
+impl Layout {
+    /// Value spans a batch carries per row: `columns` when records keep their payload or the
+    /// profile hash needs them, else none.
+    pub(super) fn stride(&self) -> usize {
+        if self.payloads || !self.profile.is_empty() {
+            self.columns
+        } else {
+            0
+        }
+    }
 }
 
 /// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
@@ -392,13 +441,18 @@ pub(super) fn sort_batches(
         queued.fetch_sub(1, AtomicOrdering::Relaxed);
         steps.mark(WAIT);
         hashed += !batch.hashed as u64;
-        batch.hash();
+        let stride = layout.stride();
+        batch.hash(&layout.profile, stride);
         steps.mark(HASH);
         rows += batch.rows.len() as u64;
-        let columns = if layout.payloads { layout.columns } else { 0 };
+        let profiled = !layout.profile.is_empty();
         let mut at = 0;
         for (i, r) in batch.rows.drain(..).enumerate() {
-            let spans = &batch.spans[i * columns..(i + 1) * columns];
+            let spans = if layout.payloads {
+                &batch.spans[i * stride..(i + 1) * stride]
+            } else {
+                &[][..]
+            };
             let input = &batch.buf[at..at + r.input as usize];
             let key_at = at + r.input as usize;
             at = key_at + r.key as usize;
@@ -407,7 +461,8 @@ pub(super) fn sort_batches(
             } else {
                 &r.hash.0[..]
             };
-            run.push(key, r.hash, r.line, (input, spans), r.bad.as_deref());
+            let hashes = (r.hash, profiled.then_some(r.profile));
+            run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
             if run.bytes() >= budget {
                 steps.mark(ARRANGE);
                 let d = match &dir {
@@ -497,7 +552,7 @@ mod tests {
             })
             .collect();
         for (key, line) in &rows {
-            run.push(key, RowHash::default(), *line, (&[], &[]), None);
+            run.push(key, (RowHash::default(), None), *line, (&[], &[]), None);
         }
         run.sort();
         let mut expected = rows.clone();

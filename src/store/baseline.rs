@@ -18,8 +18,11 @@
 //!   holding the whole new baseline and deletes every older layer (a compaction: when there is
 //!   no base yet, the deltas hold more than a quarter of the base's entries, or there are more
 //!   than [`MAX_LAYERS`] layers). Either way the change is part of the run's one commit.
-//! - An entry: its state byte (0 tombstone, 1 present, 2 erased), the key's length (LEB128),
-//!   the key, and for a tombstone or a present entry the 16-byte row hash.
+//! - An entry: its state byte (0 tombstone, 1 present, 2 erased, 3 present with a profile
+//!   hash), the key's length (LEB128), the key, and for a tombstone or a present entry the
+//!   16-byte row hash, then for state 3 the 16-byte profile hash. Stores written before
+//!   profile attributes hold no 3s: their entries read with no profile hash, which the next
+//!   run with profile attributes sees as never set (a backfill).
 
 use super::{Ctx, Result, Store};
 use crate::core::diff::BaseRow;
@@ -32,6 +35,9 @@ const PAGE_BYTES: usize = 64 * 1024;
 pub(crate) const MAX_LAYERS: usize = 16;
 /// Deltas holding more than 1/COMPACT_SHARE of the base's entries are compacted.
 const COMPACT_SHARE: u64 = 4;
+
+/// The state byte of a present entry that carries a profile hash.
+const PRESENT_WITH_PROFILE: u8 = 3;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum State {
@@ -47,6 +53,7 @@ impl State {
             0 => Some(State::Tombstone),
             1 => Some(State::Present),
             2 => Some(State::Erased),
+            PRESENT_WITH_PROFILE => Some(State::Present),
             _ => None,
         }
     }
@@ -111,12 +118,19 @@ fn read_len(b: &[u8], at: &mut usize) -> Option<usize> {
     None
 }
 
-fn encode(out: &mut Vec<u8>, key: &[u8], state: State, hash: &RowHash) {
-    out.push(state as u8);
+fn encode(out: &mut Vec<u8>, key: &[u8], state: State, hash: &RowHash, profile: Option<&RowHash>) {
+    let profile = profile.filter(|_| state == State::Present);
+    out.push(match profile {
+        Some(_) => PRESENT_WITH_PROFILE,
+        None => state as u8,
+    });
     put_len(out, key.len());
     out.extend_from_slice(key);
     if state != State::Erased {
         out.extend_from_slice(&hash.0);
+    }
+    if let Some(p) = profile {
+        out.extend_from_slice(&p.0);
     }
 }
 
@@ -126,11 +140,13 @@ struct Head {
     key: (usize, usize),
     state: State,
     hash: RowHash,
+    profile: Option<RowHash>,
 }
 
 /// Decodes the entry at `*at` and moves past it; `None` on corrupt bytes.
 fn decode(b: &[u8], at: &mut usize) -> Option<Head> {
-    let state = State::of(*b.get(*at)?)?;
+    let byte = *b.get(*at)?;
+    let state = State::of(byte)?;
     *at += 1;
     let len = read_len(b, at)?;
     let key = (*at, *at + len);
@@ -140,7 +156,17 @@ fn decode(b: &[u8], at: &mut usize) -> Option<Head> {
         hash.0 = b.get(*at..*at + 16)?.try_into().ok()?;
         *at += 16;
     }
-    (*at <= b.len()).then_some(Head { key, state, hash })
+    let mut profile = None;
+    if byte == PRESENT_WITH_PROFILE {
+        profile = Some(RowHash(b.get(*at..*at + 16)?.try_into().ok()?));
+        *at += 16;
+    }
+    (*at <= b.len()).then_some(Head {
+        key,
+        state,
+        hash,
+        profile,
+    })
 }
 
 /// Writes one layer, page by page, inside the caller's transaction.
@@ -187,6 +213,7 @@ impl LayerWriter {
         key: &[u8],
         state: State,
         hash: &RowHash,
+        profile: Option<&RowHash>,
     ) -> Result<()> {
         if self.entries > 0 && key <= self.last.as_slice() {
             return Err(store.corrupt(format!(
@@ -194,7 +221,7 @@ impl LayerWriter {
                 self.layer
             )));
         }
-        encode(&mut self.page, key, state, hash);
+        encode(&mut self.page, key, state, hash, profile);
         self.last.clear();
         self.last.extend_from_slice(key);
         self.page_entries += 1;
@@ -395,6 +422,7 @@ fn row_of(key: Vec<u8>, head: Head) -> Option<BaseRow> {
         key,
         hash: head.hash,
         present: head.state == State::Present,
+        profile: head.profile,
     })
 }
 
@@ -428,7 +456,7 @@ impl Iterator for BaselineIter<'_> {
 }
 
 /// The baseline's entry for one key: (hash, present), or `None` when the key is not in it.
-pub(crate) fn lookup(store: &Store, key: &[u8]) -> Result<Option<(RowHash, bool)>> {
+pub(crate) fn lookup(store: &Store, key: &[u8]) -> Result<Option<Held>> {
     for l in layers(store)?.iter().rev() {
         let page: Option<(i64, Vec<u8>)> = store
             .conn
@@ -452,7 +480,11 @@ pub(crate) fn lookup(store: &Store, key: &[u8]) -> Result<Option<(RowHash, bool)
                 std::cmp::Ordering::Equal => {
                     return Ok(match h.state {
                         State::Erased => None,
-                        s => Some((h.hash, s == State::Present)),
+                        s => Some(Held {
+                            hash: h.hash,
+                            present: s == State::Present,
+                            profile: h.profile,
+                        }),
                     })
                 }
             }
@@ -461,23 +493,30 @@ pub(crate) fn lookup(store: &Store, key: &[u8]) -> Result<Option<(RowHash, bool)
     Ok(None)
 }
 
+/// What the baseline holds for one key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub hash: RowHash,
+    pub present: bool,
+    pub profile: Option<RowHash>,
+}
+
+/// One entry to write: key, state, row hash, profile hash.
+pub(crate) type Entry = (Vec<u8>, State, RowHash, Option<RowHash>);
+
 /// Writes entries given in any order as one delta layer (sorted, the last of a key winning).
-pub(crate) fn write_delta(
-    store: &Store,
-    run_id: i64,
-    mut entries: Vec<(Vec<u8>, State, RowHash)>,
-) -> Result<()> {
+pub(crate) fn write_delta(store: &Store, run_id: i64, mut entries: Vec<Entry>) -> Result<()> {
     if entries.is_empty() {
         return Ok(());
     }
     // Stable: among equal keys the last written stays last, and wins below.
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     let mut w = LayerWriter::begin(store, false, run_id)?;
-    for (i, (key, state, hash)) in entries.iter().enumerate() {
+    for (i, (key, state, hash, profile)) in entries.iter().enumerate() {
         if entries.get(i + 1).is_some_and(|n| &n.0 == key) {
             continue;
         }
-        w.push(store, key, *state, hash)?;
+        w.push(store, key, *state, hash, profile.as_ref())?;
     }
     w.finish(store)?;
     Ok(())
@@ -514,7 +553,7 @@ pub(crate) fn pack_legacy(store: &Store) -> Result<()> {
             } else {
                 State::Tombstone
             };
-            w.push(store, &key, state, &h)?;
+            w.push(store, &key, state, &h, None)?;
         }
     }
     w.finish(store)?;
@@ -547,20 +586,32 @@ mod tests {
     #[test]
     fn entries_round_trip_through_their_encoding() {
         let mut b = Vec::new();
-        encode(&mut b, &[7; 300], State::Present, &h(1));
-        encode(&mut b, b"", State::Tombstone, &h(2));
-        encode(&mut b, b"k", State::Erased, &h(3));
+        encode(&mut b, &[7; 300], State::Present, &h(1), None);
+        encode(&mut b, b"", State::Tombstone, &h(2), Some(&h(9)));
+        encode(&mut b, b"k", State::Erased, &h(3), None);
+        encode(&mut b, b"p", State::Present, &h(4), Some(&h(5)));
         let mut at = 0;
-        let e: Vec<Head> = (0..3).map(|_| decode(&b, &mut at).unwrap()).collect();
+        let e: Vec<Head> = (0..4).map(|_| decode(&b, &mut at).unwrap()).collect();
         assert_eq!(at, b.len());
         assert_eq!(&b[e[0].key.0..e[0].key.1], &[7; 300][..]);
-        assert_eq!((e[0].state, e[0].hash), (State::Present, h(1)));
-        assert_eq!((e[1].key.1 - e[1].key.0, e[1].state), (0, State::Tombstone));
+        assert_eq!(
+            (e[0].state, e[0].hash, e[0].profile),
+            (State::Present, h(1), None)
+        );
+        // A tombstone keeps no profile hash.
+        assert_eq!(
+            (e[1].key.1 - e[1].key.0, e[1].state, e[1].profile),
+            (0, State::Tombstone, None)
+        );
         assert_eq!(e[2].state, State::Erased);
+        assert_eq!(
+            (e[3].state, e[3].hash, e[3].profile),
+            (State::Present, h(4), Some(h(5)))
+        );
         // Cut short anywhere, it is an error, not a wrong entry.
         for cut in 0..b.len() {
             let mut at = 0;
-            let ok = (0..3).all(|_| decode(&b[..cut], &mut at).is_some());
+            let ok = (0..4).all(|_| decode(&b[..cut], &mut at).is_some());
             assert!(!ok, "cut at {cut}");
         }
     }
@@ -570,8 +621,8 @@ mod tests {
         let (_d, s) = store();
         s.conn.execute_batch("BEGIN").unwrap();
         let mut w = LayerWriter::begin(&s, true, 1).unwrap();
-        w.push(&s, b"b", State::Present, &h(1)).unwrap();
-        let err = w.push(&s, b"a", State::Present, &h(1)).unwrap_err();
+        w.push(&s, b"b", State::Present, &h(1), None).unwrap();
+        let err = w.push(&s, b"a", State::Present, &h(1), None).unwrap_err();
         assert!(err.to_string().contains("out of order"), "{err}");
     }
 
@@ -579,12 +630,12 @@ mod tests {
     fn a_new_base_replaces_every_older_layer() {
         let (_d, s) = store();
         let mut w = LayerWriter::begin(&s, true, 1).unwrap();
-        w.push(&s, b"a", State::Present, &h(1)).unwrap();
+        w.push(&s, b"a", State::Present, &h(1), None).unwrap();
         w.finish(&s).unwrap();
-        write_delta(&s, 2, vec![(b"b".to_vec(), State::Present, h(2))]).unwrap();
+        write_delta(&s, 2, vec![(b"b".to_vec(), State::Present, h(2), None)]).unwrap();
         assert_eq!(layers(&s).unwrap().len(), 2);
         let mut w = LayerWriter::begin(&s, true, 3).unwrap();
-        w.push(&s, b"c", State::Tombstone, &h(3)).unwrap();
+        w.push(&s, b"c", State::Tombstone, &h(3), None).unwrap();
         w.finish(&s).unwrap();
         let l = layers(&s).unwrap();
         assert_eq!(l.len(), 1);
@@ -599,7 +650,8 @@ mod tests {
             vec![BaseRow {
                 key: b"c".to_vec(),
                 hash: h(3),
-                present: false
+                present: false,
+                profile: None
             }]
         );
     }
@@ -631,14 +683,16 @@ mod tests {
 
     #[derive(Debug, Clone)]
     enum Op {
-        Put(u16, u8),
+        /// With a profile hash, or not.
+        Put(u16, u8, Option<u8>),
         Tomb(u16, u8),
         Erase(u16),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => (0u16..400, any::<u8>()).prop_map(|(k, v)| Op::Put(k, v)),
+            3 => (0u16..400, any::<u8>(), proptest::option::of(any::<u8>()))
+                .prop_map(|(k, v, p)| Op::Put(k, v, p)),
             1 => (0u16..400, any::<u8>()).prop_map(|(k, v)| Op::Tomb(k, v)),
             1 => (0u16..400).prop_map(Op::Erase),
         ]
@@ -661,22 +715,23 @@ mod tests {
             compact_at in proptest::option::of(0usize..8),
         ) {
             let (_d, s) = store();
-            let mut model: BTreeMap<Vec<u8>, (RowHash, bool)> = BTreeMap::new();
+            let mut model: BTreeMap<Vec<u8>, Held> = BTreeMap::new();
+            let held = |hash, present, profile| Held { hash, present, profile };
             for (i, batch) in batches.iter().enumerate() {
                 let mut entries = Vec::new();
                 for op in batch {
                     match *op {
-                        Op::Put(k, v) => {
-                            model.insert(key(k), (h(v), true));
-                            entries.push((key(k), State::Present, h(v)));
+                        Op::Put(k, v, p) => {
+                            model.insert(key(k), held(h(v), true, p.map(h)));
+                            entries.push((key(k), State::Present, h(v), p.map(h)));
                         }
                         Op::Tomb(k, v) => {
-                            model.insert(key(k), (h(v), false));
-                            entries.push((key(k), State::Tombstone, h(v)));
+                            model.insert(key(k), held(h(v), false, None));
+                            entries.push((key(k), State::Tombstone, h(v), None));
                         }
                         Op::Erase(k) => {
                             model.remove(&key(k));
-                            entries.push((key(k), State::Erased, RowHash::default()));
+                            entries.push((key(k), State::Erased, RowHash::default(), None));
                         }
                     }
                 }
@@ -686,7 +741,7 @@ mod tests {
                     let mut w = LayerWriter::begin(&s, true, 99).unwrap();
                     for r in &rows {
                         let st = if r.present { State::Present } else { State::Tombstone };
-                        w.push(&s, &r.key, st, &r.hash).unwrap();
+                        w.push(&s, &r.key, st, &r.hash, r.profile.as_ref()).unwrap();
                     }
                     w.finish(&s).unwrap();
                     prop_assert_eq!(layers(&s).unwrap().len(), 1);
@@ -694,7 +749,7 @@ mod tests {
             }
             let expected: Vec<BaseRow> = model
                 .iter()
-                .map(|(k, (hash, present))| BaseRow { key: k.clone(), hash: *hash, present: *present })
+                .map(|(k, m)| BaseRow { key: k.clone(), hash: m.hash, present: m.present, profile: m.profile })
                 .collect();
             prop_assert_eq!(all(&s), expected);
             for k in 0u16..400 {
@@ -708,7 +763,7 @@ mod tests {
         let (_d, s) = store();
         let mut w = LayerWriter::begin(&s, true, 1).unwrap();
         for k in 0u32..20_000 {
-            w.push(&s, &k.to_be_bytes(), State::Present, &h(k as u8))
+            w.push(&s, &k.to_be_bytes(), State::Present, &h(k as u8), None)
                 .unwrap();
         }
         w.finish(&s).unwrap();
@@ -722,7 +777,11 @@ mod tests {
         assert!(rows.windows(2).all(|w| w[0].key < w[1].key));
         assert_eq!(
             lookup(&s, &12_345u32.to_be_bytes()).unwrap(),
-            Some((h(12_345u32 as u8), true))
+            Some(Held {
+                hash: h(12_345u32 as u8),
+                present: true,
+                profile: None
+            })
         );
         assert_eq!(lookup(&s, &[0xff; 5]).unwrap(), None);
     }

@@ -20,12 +20,13 @@
 
 use super::baseline::{self, LayerWriter, State};
 use super::{now_rfc3339, Ctx, Result, Store, StoreError};
+use crate::core::diff::BaseRow;
 use crate::core::encode::{unhex, RowHash};
 use crate::core::history::Change;
-use crate::core::mapping::{Event, Reject};
-use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
+use crate::core::mapping::{Operation, Reject};
+use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, ProfileOnly, RowRef};
 use crate::core::run::{Counts, RunStatus};
-use crate::state::{Commit, Line, Rejected, Sink};
+use crate::state::{Commit, CommitMeta, Line, Rejected, Sink};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
 
 pub use crate::state::Committed;
@@ -57,8 +58,15 @@ fn request_lines(
     r: &Packed,
 ) -> rusqlite::Result<()> {
     for (op, rows) in r.manifest.iter().enumerate() {
-        for (ev, row) in rows.iter().enumerate() {
-            let change = Change::of_event(row.prev.as_ref().map(|(_, present)| *present));
+        let mut ev = 0i64;
+        for row in rows {
+            // A profile update alone has no event: its line points at the operation only.
+            let (change, at) = match row.only {
+                None => (Change::of_event(row.prev.as_ref().map(|(_, present)| *present)), Some(ev)),
+                Some(ProfileOnly::Update) => (Change::Profile, None),
+                Some(ProfileOnly::Unset) => (Change::Removed, None),
+            };
+            ev += at.is_some() as i64;
             st.execute(params![
                 run_id,
                 unhex(&row.k).unwrap_or_default(),
@@ -66,7 +74,7 @@ fn request_lines(
                 unhex(&row.h),
                 id,
                 op as i64,
-                ev as i64,
+                at,
                 None::<i64>
             ])?;
         }
@@ -103,8 +111,8 @@ impl Store {
         // rejected now with their hash and reject record); every other open reject closes.
         self.conn
             .execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS new_event (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT NOT NULL, row TEXT NOT NULL);
-                 DELETE FROM temp.new_event;
+                "CREATE TEMP TABLE IF NOT EXISTS new_op (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT, attributes TEXT, row TEXT NOT NULL);
+                 DELETE FROM temp.new_op;
                  CREATE TEMP TABLE IF NOT EXISTS run_open (key BLOB PRIMARY KEY, hash BLOB, reject_id INTEGER, still INTEGER NOT NULL) WITHOUT ROWID;
                  DELETE FROM temp.run_open;",
             )
@@ -146,25 +154,30 @@ impl RunWriter<'_> {
         self.layer.as_ref().is_some_and(LayerWriter::is_base)
     }
 
-    fn push(&mut self, key: &[u8], state: State, hash: &RowHash) -> Result<()> {
+    fn push(
+        &mut self,
+        key: &[u8],
+        state: State,
+        hash: &RowHash,
+        profile: Option<&RowHash>,
+    ) -> Result<()> {
         let store = self.store;
-        self.layer().push(store, key, state, hash)
+        self.layer().push(store, key, state, hash, profile)
     }
 
     /// Packs the events into requests, writes the run record, and commits.
-    fn commit_all(
-        mut self,
-        counts: &Counts,
-        mass_update_from: u64,
-        identity: &str,
-        keep_runs: u64,
-    ) -> Result<Committed> {
+    fn commit_all(mut self, counts: &Counts, meta: &CommitMeta<'_>) -> Result<Committed> {
         let p = self.store.path.clone();
         let conn: &rusqlite::Connection = &self.tx;
         if let Some(layer) = self.layer.take() {
             layer.finish(self.store)?;
         }
-        let endpoint = Endpoint::for_delta(self.events, mass_update_from);
+        let endpoint = Endpoint::for_run(
+            self.events,
+            counts.profile_updates,
+            meta.mass_update_from,
+            meta.backfill,
+        );
         let mut packer = Packer::new(endpoint);
         let mut seq = 0u64;
         let mut written = Committed::default();
@@ -201,18 +214,20 @@ impl RunWriter<'_> {
                 Ok(())
             };
             let mut st = conn
-                .prepare("SELECT custom_id, body, row FROM temp.new_event ORDER BY custom_id, seq")
+                .prepare("SELECT custom_id, body, attributes, row FROM temp.new_op ORDER BY custom_id, seq")
                 .ctx(&p)?;
             let mut rows = st.query([]).ctx(&p)?;
             while let Some(row) = rows.next().ctx(&p)? {
                 let custom_id: String = row.get(0).ctx(&p)?;
-                let event_json: String = row.get(1).ctx(&p)?;
-                let row_json: String = row.get(2).ctx(&p)?;
+                let event_json: Option<String> = row.get(1).ctx(&p)?;
+                let attributes_json: Option<String> = row.get(2).ctx(&p)?;
+                let row_json: String = row.get(3).ctx(&p)?;
                 let rref: RowRef = serde_json::from_str(&row_json)
                     .map_err(|e| self.store.corrupt(format!("temp event row: {e}")))?;
                 for r in packer.push(PackEvent {
                     custom_id,
                     event_json,
+                    attributes_json,
                     row: rref,
                 }) {
                     write(r, &mut seq)?;
@@ -222,7 +237,7 @@ impl RunWriter<'_> {
                 write(r, &mut seq)?;
             }
         }
-        conn.execute("DELETE FROM temp.new_event", []).ctx(&p)?;
+        conn.execute("DELETE FROM temp.new_op", []).ctx(&p)?;
         // A streak of runs that found a row still rejected ends when its open reject closes or
         // renews: one line, at the last of those runs.
         conn.execute(
@@ -258,7 +273,7 @@ impl RunWriter<'_> {
         };
         conn.execute(
             "UPDATE run SET status = ?2, rows = ?3, added = ?4, changed = ?5, removed = ?6, rejected = ?7, events = ?8,
-                    events_pending = ?8, unchanged = ?9, reentered = ?10, still_rejected = ?11
+                    events_pending = ?8, unchanged = ?9, reentered = ?10, still_rejected = ?11, profile_updates = ?12
              WHERE id = ?1",
             params![
                 self.run_id,
@@ -271,13 +286,19 @@ impl RunWriter<'_> {
                 written.events as i64,
                 counts.unchanged as i64,
                 counts.reentered as i64,
-                counts.still_rejected as i64
+                counts.still_rejected as i64,
+                counts.profile_updates as i64
             ],
         )
         .ctx(&p)?;
         conn.execute(
             "INSERT INTO meta (name, value) VALUES ('identity', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            [identity],
+            [meta.identity],
+        )
+        .ctx(&p)?;
+        conn.execute(
+            "INSERT INTO meta (name, value) VALUES ('profile', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            [meta.profile],
         )
         .ctx(&p)?;
         conn.execute(
@@ -290,7 +311,7 @@ impl RunWriter<'_> {
             [self.present.to_string()],
         )
         .ctx(&p)?;
-        prune(conn, keep_runs).ctx(&p)?;
+        prune(conn, meta.keep_runs).ctx(&p)?;
         crate::crash::point("before_commit");
         self.tx.commit().ctx(&p)?;
         crate::crash::point("after_commit");
@@ -302,38 +323,40 @@ impl Sink for RunWriter<'_> {
     type Error = StoreError;
 
     /// The key is in the segment with this hash. Keys come in increasing order.
-    fn put(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
+    fn put(&mut self, key: &[u8], hash: RowHash, profile: Option<RowHash>) -> Result<()> {
         self.present += 1;
-        self.push(key, State::Present, &hash)
+        self.push(key, State::Present, &hash, profile.as_ref())
     }
 
     /// The key left the segment; `hash` is the one it had.
     fn tombstone(&mut self, key: &[u8], hash: RowHash) -> Result<()> {
-        self.push(key, State::Tombstone, &hash)
+        self.push(key, State::Tombstone, &hash, None)
     }
 
     /// A baseline entry the run leaves as it was: written only into a new base.
-    fn keep(&mut self, key: &[u8], hash: RowHash, present: bool) -> Result<()> {
-        self.present += present as u64;
+    fn keep(&mut self, b: &BaseRow) -> Result<()> {
+        self.present += b.present as u64;
         if !self.compacting() {
             return Ok(());
         }
-        let state = if present {
+        let state = if b.present {
             State::Present
         } else {
             State::Tombstone
         };
-        self.push(key, state, &hash)
+        self.push(&b.key, state, &b.hash, b.profile.as_ref())
     }
 
-    fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
+    fn send(&mut self, op: &Operation, row: RowRef) -> Result<()> {
         let row = serde_json::to_string(&row).expect("RowRef serialises");
+        let body = op.event.as_ref().map(|e| e.to_string());
+        let attributes = op.attributes.as_ref().map(|a| a.to_string());
         self.store
             .conn
-            .prepare_cached("INSERT INTO temp.new_event (custom_id, body, row) VALUES (?1, ?2, ?3)")
-            .and_then(|mut s| s.execute(params![event.custom_id, event.body.to_string(), row]))
+            .prepare_cached("INSERT INTO temp.new_op (custom_id, body, attributes, row) VALUES (?1, ?2, ?3, ?4)")
+            .and_then(|mut s| s.execute(params![op.custom_id, body, attributes, row]))
             .ctx(&self.store.path)?;
-        self.events += 1;
+        self.events += op.event.is_some() as u64;
         Ok(())
     }
 
@@ -447,13 +470,7 @@ impl Commit for RunWriter<'_> {
         self.run_id
     }
 
-    fn commit(
-        self,
-        counts: &Counts,
-        mass_update_from: u64,
-        identity: &str,
-        keep_runs: u64,
-    ) -> Result<Committed> {
-        self.commit_all(counts, mass_update_from, identity, keep_runs)
+    fn commit(self, counts: &Counts, meta: &CommitMeta<'_>) -> Result<Committed> {
+        self.commit_all(counts, meta)
     }
 }

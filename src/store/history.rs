@@ -95,7 +95,7 @@ impl Store {
             lines,
             baseline: self
                 .baseline_get(key)?
-                .map(|(h, present)| (h.to_hex(), present)),
+                .map(|h| (h.hash.to_hex(), h.present)),
         })
     }
 

@@ -225,7 +225,7 @@ impl Store {
     }
 
     /// The baseline's entry for one key: (hash, present), or `None`.
-    pub fn baseline_get(&self, key: &[u8]) -> Result<Option<(RowHash, bool)>> {
+    pub fn baseline_get(&self, key: &[u8]) -> Result<Option<baseline::Held>> {
         baseline::lookup(self, key)
     }
 
@@ -236,7 +236,7 @@ impl Store {
             .prepare(
                 "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
                         events_pending, requests, retries, error, unchanged, reentered, resumed_requests, duration_ms,
-                        sent_nothing_reason, still_rejected
+                        sent_nothing_reason, still_rejected, profile_updates
                  FROM run ORDER BY id DESC LIMIT ?1",
             )
             .ctx(&self.path)?;
@@ -263,6 +263,7 @@ impl Store {
                         reentered: n(16)?,
                         resumed_requests: n(17)?,
                         still_rejected: n(20)?,
+                        profile_updates: n(21)?,
                     },
                     error: r.get(14)?,
                     duration_ms: n(18)?,
@@ -380,9 +381,9 @@ impl FromSql for RunStatus {
 const SUMMARY_COLUMNS: &str = "finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
     rejected = ?8, events = ?9, events_sent = ?10, events_pending = ?11, requests = ?12, retries = ?13, error = ?14,
     unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19,
-    still_rejected = ?20";
+    still_rejected = ?20, profile_updates = ?21";
 
-fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 20] {
+fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 21] {
     use rusqlite::types::Value as V;
     let n = |v: u64| V::Integer(v as i64);
     let t = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
@@ -408,6 +409,7 @@ fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 20] {
         n(s.duration_ms),
         t(&s.sent_nothing_reason),
         n(c.still_rejected),
+        n(c.profile_updates),
     ]
 }
 
@@ -465,6 +467,10 @@ impl StateStore for Store {
     type Commit<'a> = commit::RunWriter<'a>;
 
     /// Refuses a store whose baseline was computed under another key or column set.
+    fn profile_identity(&self) -> Result<Option<String>> {
+        self.meta("profile")
+    }
+
     fn check_identity(&self, identity: &str) -> Result<()> {
         match self.meta("identity")? {
             Some(stored) if stored != identity && self.has_baseline()? => {
@@ -636,6 +642,7 @@ mod tests {
             retries: 12,
             resumed_requests: 13,
             still_rejected: 14,
+            profile_updates: 15,
         };
         s.finish_run(id, &summary).unwrap();
         assert_eq!(s.runs(1).unwrap(), vec![summary]);
@@ -665,7 +672,7 @@ mod tests {
         let s = Store::open(&dir.path().join("state.db")).unwrap();
         {
             let mut w = s.begin_run("x", None, "r").unwrap();
-            w.put(b"k", RowHash([1; 16])).unwrap();
+            w.put(b"k", RowHash([1; 16]), None).unwrap();
             // Dropped without a commit: rolled back.
         }
         assert!(
@@ -677,16 +684,21 @@ mod tests {
 
         // A COMMIT that fails (here a deferred foreign key) rolls back too.
         let mut w = s.begin_run("x", None, "r").unwrap();
-        w.put(b"k", RowHash([1; 16])).unwrap();
+        w.put(b"k", RowHash([1; 16]), None).unwrap();
         s.conn
             .execute_batch(
                 "PRAGMA defer_foreign_keys = ON;
                  INSERT INTO reject (run_id, rule, reason, source) VALUES (999, 'r', 'x', 'local');",
             )
             .unwrap();
-        let err = w
-            .commit(&Counts::default(), 10_000, "id", 1000)
-            .unwrap_err();
+        let meta = crate::state::CommitMeta {
+            identity: "id",
+            profile: "",
+            backfill: false,
+            mass_update_from: 10_000,
+            keep_runs: 1000,
+        };
+        let err = w.commit(&Counts::default(), &meta).unwrap_err();
         let err = crate::errors::chain(&err);
         assert!(err.contains("FOREIGN KEY"), "{err}");
         assert!(

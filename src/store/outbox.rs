@@ -15,9 +15,9 @@
 
 use super::baseline::{self, State};
 use super::{now_rfc3339, Ctx, Result, Store};
-use crate::core::encode::{unhex, RowHash};
+use crate::core::encode::{reject_hash, unhex, RowHash};
 use crate::core::history::Change;
-use crate::core::pack::{Endpoint, RowRef};
+use crate::core::pack::{events_in, Endpoint, RowRef};
 use crate::core::retry::PartialError;
 use crate::state::{dropped_ops, Outbox};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
@@ -47,7 +47,7 @@ impl Store {
         column: Option<&str>,
         rule: &str,
         reason: &str,
-        restore: &mut Vec<(Vec<u8>, State, RowHash)>,
+        restore: &mut Vec<baseline::Entry>,
     ) -> Result<()> {
         let p = &self.path;
         for row in rows {
@@ -61,6 +61,8 @@ impl Store {
             let (Some(key), Some(hash)) = (unhex(&row.k), unhex(&row.h)) else {
                 continue;
             };
+            let profile = row.p.as_deref().and_then(hash_of);
+            let open = reject_hash(hash_of(&row.h).unwrap_or_default(), profile);
             // Open under the rules its event was built with: the row, unchanged, is not sent
             // again (DESIGN.md "Rows that stay rejected").
             if let Some(rules) = &req.rules {
@@ -70,13 +72,15 @@ impl Store {
                          ON CONFLICT(key) DO UPDATE SET hash = excluded.hash, rules = excluded.rules,
                              last_run = excluded.last_run, reject_id = excluded.reject_id",
                     )
-                    .and_then(|mut s| s.execute(params![key, hash, rules, run_id, reject_id]))
+                    .and_then(|mut s| s.execute(params![key, &open.0[..], rules, run_id, reject_id]))
                     .ctx(p)?;
             }
             let held = self.baseline_get(&key)?;
             // Put back only where the baseline holds what the sending run wrote; a later run
             // changed the entry otherwise, and it is left as it is.
-            let restored = held.is_some_and(|(h, _)| h.0[..] == hash[..]);
+            let restored = held.is_some_and(|h| {
+                h.hash.0[..] == hash[..] && (profile.is_none() || h.profile == profile)
+            });
             let change = if restored {
                 Change::Restored
             } else {
@@ -94,18 +98,15 @@ impl Store {
                 continue;
             }
             restore.push(match &row.prev {
-                None => (key, State::Erased, RowHash::default()),
+                None => (key, State::Erased, RowHash::default(), None),
                 Some((prev, present)) => {
-                    let mut h = RowHash::default();
-                    let prev = unhex(prev).unwrap_or_default();
-                    let n = prev.len().min(16);
-                    h.0[..n].copy_from_slice(&prev[..n]);
+                    let h = hash_of(prev).unwrap_or_default();
                     let state = if *present {
                         State::Present
                     } else {
                         State::Tombstone
                     };
-                    (key, state, h)
+                    (key, state, h, row.pp.as_deref().and_then(hash_of))
                 }
             });
         }
@@ -113,14 +114,20 @@ impl Store {
     }
 }
 
+/// A 16-byte hash from its hex (as manifests keep it).
+fn hash_of(hex: &str) -> Option<RowHash> {
+    let b = unhex(hex)?;
+    Some(RowHash(b.get(..16)?.try_into().ok()?))
+}
+
 impl Store {
     /// Puts baseline entries back after Batch dropped their rows, and keeps the count of
     /// present entries true: each entry put back was present (the sending run's), and is no
     /// longer unless it goes back to present.
-    fn restore(&self, run_id: i64, restore: Vec<(Vec<u8>, State, RowHash)>) -> Result<()> {
+    fn restore(&self, run_id: i64, restore: Vec<baseline::Entry>) -> Result<()> {
         let gone = restore
             .iter()
-            .filter(|(_, st, _)| *st != State::Present)
+            .filter(|(_, st, _, _)| *st != State::Present)
             .count() as i64;
         baseline::write_delta(self, run_id, restore)?;
         if gone > 0 {
@@ -225,15 +232,16 @@ impl Outbox for Store {
         run_id: i64,
     ) -> Result<(u64, u64)> {
         self.tx(|s| {
-            let mut rejected = 0u64;
+            let (mut rejected, mut lost) = (0u64, 0u64);
             let mut restore = Vec::new();
             let manifest = if dropped.is_empty() { Vec::new() } else { s.manifest(&req.id)? };
             for op in dropped_ops(req, &manifest, dropped) {
                 s.reject_rows(req, op.rows, run_id, op.column, op.rule, op.reason, &mut restore)?;
                 rejected += op.rows.len() as u64;
+                lost += events_in(op.rows) as u64;
             }
             s.restore(run_id, restore)?;
-            let delivered = req.events.saturating_sub(rejected);
+            let delivered = req.events.saturating_sub(lost);
             s.count_answer(run_id, delivered, rejected)?;
             s.conn
                 .execute(
@@ -279,7 +287,7 @@ impl Outbox for Store {
         self.tx(|s| {
             let ids = [format!("{}.0", req.id), format!("{}.1", req.id)];
             for (id, (body, manifest)) in ids.iter().zip(halves.iter()) {
-                let events: usize = manifest.iter().map(Vec::len).sum();
+                let events: usize = manifest.iter().map(|rows| events_in(rows)).sum();
                 s.conn
                     .execute(
                         "INSERT INTO request (id, run_id, endpoint, operations, events, body, manifest, state, rules)

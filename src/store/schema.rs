@@ -145,6 +145,30 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX history_run ON history(run_id);
     CREATE INDEX request_run ON request(run_id);
     "#,
+    // 6: profile attributes (DESIGN.md): a run counts the operations that carry them, and a
+    // row's history has a `profile` line for an update of them alone (SQLite cannot change a
+    // CHECK in place: the table is copied). The baseline's pages take a new entry state for
+    // the profile hash (store::baseline): older entries read as never sent.
+    r#"
+    ALTER TABLE run ADD COLUMN profile_updates INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE history_v6 (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER NOT NULL,
+        key        BLOB NOT NULL,
+        kind       TEXT NOT NULL CHECK (kind IN ('added', 'reentered', 'changed', 'removed', 'rejected', 'still_rejected', 'restored', 'profile')),
+        hash       BLOB,
+        request_id TEXT,
+        op         INTEGER,
+        ev         INTEGER,
+        reject_id  INTEGER,
+        at         TEXT
+    );
+    INSERT INTO history_v6 SELECT id, run_id, key, kind, hash, request_id, op, ev, reject_id, at FROM history;
+    DROP TABLE history;
+    ALTER TABLE history_v6 RENAME TO history;
+    CREATE INDEX history_key ON history(key, run_id);
+    CREATE INDEX history_run ON history(run_id);
+    "#,
 ];
 
 /// A migration's data step, run after its SQL in the same transaction.

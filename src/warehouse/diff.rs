@@ -56,6 +56,7 @@ fn sends(kind: &str, policy: Policy) -> bool {
     let row = SnapRow {
         key: Vec::new(),
         hash: RowHash::default(),
+        profile: None,
         payload: Vec::new(),
         line: 0,
         bad: None,
@@ -441,6 +442,7 @@ impl SqlDiff {
         let row = SnapRow {
             key: k.into_bytes(),
             hash,
+            profile: None,
             payload,
             // No line: the database's rows have none (rejects keep null).
             line: 0,
@@ -491,6 +493,7 @@ impl DiffEngine for SqlDiff {
                 .map(|_| SnapRow {
                     key: k.clone().into_bytes(),
                     hash: RowHash::default(),
+                    profile: None,
                     payload: Vec::new(),
                     line: 0,
                     bad: None,

@@ -24,12 +24,13 @@
 use super::Db;
 use crate::core::encode::{unhex, RowHash};
 use crate::core::history::Change;
-use crate::core::mapping::{Event, Reject};
+use crate::core::diff::BaseRow;
+use crate::core::mapping::{Operation, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{
-    dropped_ops, Commit, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest, Rejected,
+    dropped_ops, Commit, CommitMeta, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest, Rejected,
     Result, RunLog, Sink, StateStore, StoreError,
 };
 use crate::store::commit::request_id;
@@ -710,6 +711,10 @@ impl Outbox for DbStore {
 impl StateStore for DbStore {
     type Commit<'a> = DbCommit<'a>;
 
+    fn profile_identity(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
+
     fn check_identity(&self, identity: &str) -> Result<()> {
         self.db.settle()?;
         match self.meta("identity")? {
@@ -918,25 +923,28 @@ impl Sink for DbCommit<'_> {
     type Error = StoreError;
 
     /// Written by the commit's baseline statement (see the module doc).
-    fn put(&mut self, _: &[u8], _: RowHash) -> Result<()> {
+    fn put(&mut self, _: &[u8], _: RowHash, _: Option<RowHash>) -> Result<()> {
         self.puts += 1;
         Ok(())
     }
     fn tombstone(&mut self, _: &[u8], _: RowHash) -> Result<()> {
         Ok(())
     }
-    fn keep(&mut self, _: &[u8], _: RowHash, _: bool) -> Result<()> {
+    fn keep(&mut self, _: &BaseRow) -> Result<()> {
         Ok(())
     }
 
-    fn event(&mut self, event: &Event, row: RowRef) -> Result<()> {
+    /// The database mode maps no profile attributes (the config refuses them): operations
+    /// carry events only.
+    fn send(&mut self, op: &Operation, row: RowRef) -> Result<()> {
         let done = self
             .packer
             .as_mut()
             .expect("a packer until the commit")
             .push(PackEvent {
-                custom_id: event.custom_id.clone(),
-                event_json: event.body.to_string(),
+                custom_id: op.custom_id.clone(),
+                event_json: op.event.as_ref().map(|e| e.to_string()),
+                attributes_json: op.attributes.as_ref().map(|a| a.to_string()),
                 row,
             });
         for r in done {
@@ -1000,13 +1008,8 @@ impl Commit for DbCommit<'_> {
         self.run_id
     }
 
-    fn commit(
-        mut self,
-        counts: &Counts,
-        _mass_update_from: u64,
-        identity: &str,
-        keep_runs: u64,
-    ) -> Result<Committed> {
+    fn commit(mut self, counts: &Counts, meta: &CommitMeta<'_>) -> Result<Committed> {
+        let (identity, keep_runs) = (meta.identity, meta.keep_runs);
         for r in self
             .packer
             .take()

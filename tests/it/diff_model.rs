@@ -130,6 +130,7 @@ fn kinds(
                 key: row.key,
                 hash: row.hash,
                 present: true,
+                profile: None,
             });
         }
     }
