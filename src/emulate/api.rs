@@ -5,8 +5,10 @@
 //! - Every API request gets the next sequence number and counts in `stats.requests`; once it
 //!   ends it counts exactly once more, in `by_status`, `dropped_before` or `dropped_after`.
 //! - Nothing is recorded unless the request reaches the per-operation rules; then exactly the
-//!   events of the operations that passed are recorded, all under one lock.
-//! - A 400, a 429 or an injected error takes no tokens and records nothing.
+//!   events of the operations that passed are recorded, and exactly those operations are
+//!   applied to their profiles (attributes upserted in bulk order), all under one lock. A
+//!   `DropAfter` has processed its request, so it has recorded and applied it too.
+//! - A 400, a 429 or an injected error takes no tokens, records nothing and changes no profile.
 //! - No key value ever appears in an answer or a log line.
 
 use std::sync::atomic::Ordering;
@@ -16,6 +18,7 @@ use serde_json::{json, Value};
 
 use super::exchange::{Outcome, Request, Response};
 use super::faults::Action;
+use super::profiles::ProfileUpdate;
 use super::validate::{self, BadRequest};
 use super::{lock, Endpoint, Received, Shared};
 
@@ -206,6 +209,8 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
     let mut errors = Vec::new();
     let mut accepted = Vec::new();
     let mut operations_accepted = 0;
+    let mut updates = Vec::new();
+    let mut profile_updates = 0;
     for (bulk_index, operation) in operations.into_iter().enumerate() {
         if listed(&reject_ids, &operation) {
             errors.push(json!({
@@ -228,11 +233,26 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
             continue;
         }
         operations_accepted += 1;
-        // An operation identified by `installation` is recorded with an empty custom id.
-        let custom_id = custom_id(&operation).unwrap_or_default().to_owned();
+        let id = custom_id(&operation).map(str::to_owned);
         let Value::Object(mut operation) = operation else {
             unreachable!("check_operation accepts objects only")
         };
+        let attributes = match operation.remove("attributes") {
+            Some(Value::Object(attributes)) => Some(attributes),
+            None => None,
+            Some(_) => unreachable!("check_operation accepts attributes objects only"),
+        };
+        profile_updates += u64::from(attributes.is_some());
+        // An operation identified by `installation` has no custom id to read its profile back
+        // by: its attributes are checked and counted, not kept.
+        if let Some(custom_id) = &id {
+            updates.push(ProfileUpdate {
+                custom_id: custom_id.clone(),
+                attributes,
+            });
+        }
+        // ... and its events are recorded with an empty custom id.
+        let custom_id = id.unwrap_or_default();
         let Some(Value::Array(events)) = operation.remove("events") else {
             continue;
         };
@@ -247,12 +267,12 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
     }
 
     let events_accepted = accepted.len() as u64;
-    if let Err(e) = shared.recorder.record(accepted) {
+    if let Err(e) = shared.recorder.record(accepted, updates) {
         tracing::error!(request = seq, error = %e, "emulator cannot write its record file");
         return Response::error(
             500,
             "SERVER_ERROR",
-            "the emulator could not write its record file; nothing was recorded",
+            "the emulator could not write its record file; nothing was recorded or applied",
         );
     }
     {
@@ -260,6 +280,7 @@ fn process(shared: &Shared, endpoint: Endpoint, request: &Request, seq: u64) -> 
         stats.operations_accepted += operations_accepted;
         stats.operations_rejected += errors.len() as u64;
         stats.events_accepted += events_accepted;
+        stats.profile_updates += profile_updates;
     }
     if errors.is_empty() {
         Response::json(202, &json!({ "code": "SUCCESS" }))

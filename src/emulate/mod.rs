@@ -18,7 +18,10 @@
 //!    reasons a client cannot check beforehand).
 //! 5. Recording: every event of every accepted operation becomes a [`Received`], in memory and
 //!    optionally as an NDJSON line in `record_path`. There is no deduplication: a replayed
-//!    request records its events again.
+//!    request records its events again. Every accepted operation is also applied to its
+//!    profile: its `attributes` are upserted (a `null` deletes one, unnamed ones stay), in bulk
+//!    order, under the same lock as its events; a replayed request applies them again, which
+//!    leaves the same attributes.
 //! 6. Answer, after `latency_ms` (plus a scripted `Delay`). A `DropAfter` waits the latency
 //!    too, then closes the connection after recording, without answering; a `DropBefore`
 //!    closes at once, before anything is parsed or recorded.
@@ -26,12 +29,17 @@
 //! Choices where the API is silent or the emulator simplifies:
 //! - The event time window is not enforced: the client applies `late_events`, the emulator
 //!   accepts any valid RFC 3339 `time`.
-//! - Only events are recorded. Profile `attributes` on an operation are accepted (if an
-//!   object) but not kept. An operation identified by `installation` is accepted and its
-//!   events are recorded with an empty `custom_id` (an empty custom id is otherwise invalid,
-//!   so the two cannot be confused).
+//! - Profile attributes are kept in memory only (the record file holds events) and the emulator
+//!   keeps no state across restarts. A profile exists once any operation for its custom id is
+//!   accepted, as Batch creates a profile on its first update: one that only got events reads
+//!   back with no attributes, one never accepted is a 404.
+//! - An operation identified by `installation` is accepted and its events are recorded with an
+//!   empty `custom_id` (an empty custom id is otherwise invalid, so the two cannot be
+//!   confused); its attributes are checked but not kept, having no custom id to read back by.
 //! - `/_emulator/*` needs no authentication and sees no faults: `GET received` (NDJSON),
-//!   `GET stats`, `GET`/`POST faults`, `POST script` (a JSON array of [`Scripted`]).
+//!   `GET stats`, `GET profiles` (every profile holding attributes), `GET profiles/{custom_id}`
+//!   (one profile, the id percent-decoded), `GET`/`POST faults`, `POST script` (a JSON array
+//!   of [`Scripted`]).
 //! - A body is parsed and checked on its connection's task, not in `spawn_blocking`: a
 //!   10,000-operation body takes milliseconds in a release build, which a loopback test tool
 //!   can afford, and it keeps the request borrowed instead of copied.
@@ -45,7 +53,8 @@
 //! - `api`: the Profile API; `admin`: the `/_emulator/*` endpoints. Both read an
 //!   `exchange::Request` and decide an `exchange::Outcome`, with no HTTP library in sight.
 //! - `validate`, `bucket`, `faults`, `record`: the rules, the rate limits, the fault draws and
-//!   the log of what was accepted, each usable on its own.
+//!   the log of what was accepted, each usable on its own; `profiles`: the attribute state
+//!   `record` keeps beside its log.
 
 mod admin;
 mod api;
@@ -53,6 +62,7 @@ mod bucket;
 mod cli;
 mod exchange;
 mod faults;
+mod profiles;
 mod record;
 mod server;
 mod validate;
@@ -66,6 +76,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::oneshot;
 
 pub use cli::{run_cli, EmulateArgs, DEMO_API_KEY, DEMO_PROJECT_KEY};
+pub use profiles::Attributes;
 
 use bucket::ProjectLimits;
 use faults::FaultState;
@@ -179,6 +190,10 @@ pub struct Stats {
     pub operations_accepted: u64,
     pub operations_rejected: u64,
     pub events_accepted: u64,
+    /// Accepted operations that carried an `attributes` object (an installation's included,
+    /// though only a custom id's profile is kept to read back).
+    #[serde(default)]
+    pub profile_updates: u64,
 }
 
 /// The two Profile API endpoints.
@@ -236,6 +251,14 @@ impl Shared {
 
     fn stats(&self) -> Stats {
         lock(&self.stats).clone()
+    }
+
+    fn profile(&self, custom_id: &str) -> Option<Attributes> {
+        self.recorder.profile(custom_id)
+    }
+
+    fn profiles(&self) -> BTreeMap<String, Attributes> {
+        self.recorder.profiles()
     }
 
     fn set_faults(&self, faults: Faults) {
@@ -308,6 +331,17 @@ impl Emulator {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    /// The attributes of the profile `custom_id` (sorted by key), `None` if no operation for
+    /// it was ever accepted; a profile that only got events has none.
+    pub fn profile(&self, custom_id: &str) -> Option<Attributes> {
+        self.shared.profile(custom_id)
+    }
+
+    /// Every profile holding at least one attribute, by custom id.
+    pub fn profiles(&self) -> BTreeMap<String, Attributes> {
+        self.shared.profiles()
     }
 
     /// Replaces the random faults (the script queue is kept).
@@ -398,6 +432,14 @@ impl EmulatorThread {
 
     pub fn stats(&self) -> Stats {
         self.shared.stats()
+    }
+
+    pub fn profile(&self, custom_id: &str) -> Option<Attributes> {
+        self.shared.profile(custom_id)
+    }
+
+    pub fn profiles(&self) -> BTreeMap<String, Attributes> {
+        self.shared.profiles()
     }
 
     pub fn set_faults(&self, faults: Faults) {

@@ -22,6 +22,16 @@
 //! - `null` is not an event attribute value (it deletes attributes on profiles only).
 //! - Nested objects (allowed in event attributes) have their keys and values checked with the
 //!   same rules, recursively; serde_json's own recursion limit bounds the depth.
+//! - Profile `attributes` (the operation's own, not an event's) follow the same name, wrapper
+//!   and value rules, except that `null` is allowed (it deletes the attribute) and objects and
+//!   arrays of anything but strings are not. Their only `$` names are the native attributes
+//!   ([`NATIVE_PROFILE_ATTRIBUTES`]), each string-valued in its own format or `null`. No limit
+//!   on the number of attributes per profile update is enforced: BATCH_API.md states none.
+//! - The native formats are checked by shape, not against code lists: `$language` is two
+//!   lowercase letters, `$region` two uppercase ones, `$email_address` a plausible address.
+//!   `$timezone` alone is checked against a real list, the tz database chrono-tz ships.
+
+use std::str::FromStr;
 
 use serde_json::{Map, Value};
 
@@ -38,6 +48,20 @@ pub(crate) const MAX_TAGS: usize = 10;
 pub(crate) const MAX_TAG_CHARS: usize = 64;
 pub(crate) const MAX_URL_CHARS: usize = 2048;
 pub(crate) const MAX_ARRAY_ITEMS: usize = 25;
+pub(crate) const MAX_EMAIL_CHARS: usize = 256;
+/// E.164 allows at most 15 digits after the `+`.
+pub(crate) const MAX_PHONE_DIGITS: usize = 15;
+
+/// The `$` attributes a profile may carry (`check_native` holds their formats).
+pub(crate) const NATIVE_PROFILE_ATTRIBUTES: [&str; 7] = [
+    "$email_address",
+    "$email_marketing",
+    "$sms_marketing",
+    "$phone_number",
+    "$language",
+    "$region",
+    "$timezone",
+];
 
 /// Why the whole call is rejected (answered 400 `BAD_REQUEST`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,7 +146,7 @@ pub(crate) fn check_operation(operation: &Value) -> Result<(), OperationError> {
     }
     check_identifiers(op)?;
     if let Some(attributes) = op.get("attributes") {
-        if !attributes.is_object() {
+        let Some(attributes) = attributes.as_object() else {
             return Err(OperationError::new(
                 "INVALID_OPERATION",
                 format!(
@@ -130,6 +154,11 @@ pub(crate) fn check_operation(operation: &Value) -> Result<(), OperationError> {
                     kind_of(attributes)
                 ),
             ));
+        };
+        for (key, value) in attributes {
+            check_profile_attribute(key, value).map_err(|reason| {
+                OperationError::attribute(key, format!("profile attribute {key:?}: {reason}"))
+            })?;
         }
     }
     let Some(events) = op.get("events") else {
@@ -272,27 +301,155 @@ fn check_attribute(key: &str, value: &Value, top_level: bool) -> Result<(), Stri
         "$tags" if top_level => check_tags(value),
         _ if key.starts_with('$') => Err("only $label and $tags may start with '$'".to_owned()),
         _ => {
-            if let Some(name) = wrapped(key, "date") {
-                check_name(name)?;
-                let date = value
-                    .as_str()
-                    .ok_or_else(|| format!("a date must be a string, not {}", kind_of(value)))?;
-                if is_rfc3339(date) {
-                    Ok(())
-                } else {
-                    Err(format!("{date:?} is not an RFC 3339 date-time"))
-                }
-            } else if let Some(name) = wrapped(key, "url") {
-                check_name(name)?;
-                let url = value
-                    .as_str()
-                    .ok_or_else(|| format!("a URL must be a string, not {}", kind_of(value)))?;
-                check_url(url)
-            } else {
-                check_name(key)?;
-                check_value(value)
+            let (kind, name) = split_key(key);
+            check_name(name)?;
+            match kind {
+                KeyKind::Date => check_date(value),
+                KeyKind::Url => check_url_value(value),
+                KeyKind::Plain => check_value(value),
             }
         }
+    }
+}
+
+/// Checks one profile attribute: a native `$` one, or a custom one whose value may be `null`
+/// (which deletes it) but not an object, nor an array of anything but strings.
+fn check_profile_attribute(key: &str, value: &Value) -> Result<(), String> {
+    if key.starts_with('$') {
+        return check_native(key, value);
+    }
+    let (kind, name) = split_key(key);
+    check_name(name)?;
+    match (kind, value) {
+        (_, Value::Null) => Ok(()),
+        (KeyKind::Date, _) => check_date(value),
+        (KeyKind::Url, _) => check_url_value(value),
+        (KeyKind::Plain, Value::Object(_)) => {
+            Err("objects are allowed in event attributes only".to_owned())
+        }
+        (KeyKind::Plain, Value::Array(items)) if !items.iter().all(Value::is_string) => Err(
+            "a profile attribute array must hold only strings; objects are allowed in event \
+             attributes only"
+                .to_owned(),
+        ),
+        (KeyKind::Plain, _) => check_value(value),
+    }
+}
+
+/// The native profile attributes, each `null` (deletes it) or a value of its own format.
+fn check_native(key: &str, value: &Value) -> Result<(), String> {
+    let format: fn(&str) -> Result<(), String> = match key {
+        "$email_address" => check_email,
+        "$email_marketing" | "$sms_marketing" => check_subscription,
+        "$phone_number" => check_phone_number,
+        "$language" => check_language,
+        "$region" => check_region,
+        "$timezone" => check_timezone,
+        _ => {
+            return Err(format!(
+                "not a native profile attribute; only {} may start with '$'",
+                NATIVE_PROFILE_ATTRIBUTES.join(", ")
+            ))
+        }
+    };
+    match value {
+        Value::Null => Ok(()),
+        Value::String(s) => format(s),
+        other => Err(format!(
+            "{key} must be a string or null, not {}",
+            kind_of(other)
+        )),
+    }
+}
+
+/// One `@`, a non-empty local part, a domain with a `.` not at either end, no whitespace: a
+/// plausibility check, not RFC 5322.
+fn check_email(email: &str) -> Result<(), String> {
+    let chars = char_count(email);
+    if chars > MAX_EMAIL_CHARS {
+        return Err(format!(
+            "an email address of {chars} characters; at most {MAX_EMAIL_CHARS}"
+        ));
+    }
+    if email.chars().any(char::is_whitespace) {
+        return Err("an email address holds no whitespace".to_owned());
+    }
+    let plausible = match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        }
+        None => false,
+    };
+    if plausible {
+        Ok(())
+    } else {
+        Err(format!(
+            "{email:?} is not an email address (local@domain.tld, one '@')"
+        ))
+    }
+}
+
+fn check_subscription(state: &str) -> Result<(), String> {
+    if matches!(state, "subscribed" | "unsubscribed") {
+        Ok(())
+    } else {
+        Err(format!(
+            "{state:?} is not a subscription state: \"subscribed\" or \"unsubscribed\""
+        ))
+    }
+}
+
+/// E.164: `+`, then 2 to 15 digits, the first not 0.
+fn check_phone_number(phone: &str) -> Result<(), String> {
+    let e164 = phone.strip_prefix('+').is_some_and(|digits| {
+        (2..=MAX_PHONE_DIGITS).contains(&digits.len())
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && !digits.starts_with('0')
+    });
+    if e164 {
+        Ok(())
+    } else {
+        Err(format!(
+            "{phone:?} is not an E.164 phone number ('+', then 2 to {MAX_PHONE_DIGITS} digits, \
+             the first not 0)"
+        ))
+    }
+}
+
+/// ISO 639-1 by its shape: two lowercase ASCII letters (the emulator keeps no code list).
+fn check_language(language: &str) -> Result<(), String> {
+    if language.len() == 2 && language.bytes().all(|b| b.is_ascii_lowercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{language:?} is not an ISO 639-1 language code (two lowercase letters, as in \"fr\")"
+        ))
+    }
+}
+
+/// ISO 3166-1 alpha-2 by its shape: two uppercase ASCII letters.
+fn check_region(region: &str) -> Result<(), String> {
+    if region.len() == 2 && region.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{region:?} is not an ISO 3166-1 alpha-2 region code (two uppercase letters, as in \
+             \"FR\")"
+        ))
+    }
+}
+
+/// An IANA zone name as the tz database spells it (case matters, as in `Europe/Paris`).
+fn check_timezone(zone: &str) -> Result<(), String> {
+    match chrono_tz::Tz::from_str(zone) {
+        Ok(_) => Ok(()),
+        Err(_) => Err(format!(
+            "{zone:?} is not an IANA time zone name (as in \"Europe/Paris\")"
+        )),
     }
 }
 
@@ -329,6 +486,24 @@ fn check_value(value: &Value) -> Result<(), String> {
             .iter()
             .try_for_each(|(k, v)| check_attribute(k, v, false).map_err(|e| format!("{k:?}: {e}"))),
     }
+}
+
+fn check_date(value: &Value) -> Result<(), String> {
+    let date = value
+        .as_str()
+        .ok_or_else(|| format!("a date must be a string, not {}", kind_of(value)))?;
+    if is_rfc3339(date) {
+        Ok(())
+    } else {
+        Err(format!("{date:?} is not an RFC 3339 date-time"))
+    }
+}
+
+fn check_url_value(value: &Value) -> Result<(), String> {
+    let url = value
+        .as_str()
+        .ok_or_else(|| format!("a URL must be a string, not {}", kind_of(value)))?;
+    check_url(url)
 }
 
 fn check_tags(value: &Value) -> Result<(), String> {
@@ -391,6 +566,28 @@ pub(crate) fn is_valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// The type a key declares by its wrapper.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    /// `date(name)`: an RFC 3339 string.
+    Date,
+    /// `url(name)`: a URL with a scheme.
+    Url,
+    /// A bare name: the value's JSON type is its type.
+    Plain,
+}
+
+/// A key's declared type and the name its 30-character rule applies to.
+fn split_key(key: &str) -> (KeyKind, &str) {
+    if let Some(name) = wrapped(key, "date") {
+        (KeyKind::Date, name)
+    } else if let Some(name) = wrapped(key, "url") {
+        (KeyKind::Url, name)
+    } else {
+        (KeyKind::Plain, key)
+    }
 }
 
 /// The name inside `wrapper(name)`, if `key` has that shape.

@@ -233,3 +233,153 @@ fn the_operation_shape_is_checked(#[case] op: Value, #[case] category: Option<&s
 fn names_are_lower_case_ascii_digits_and_underscores(#[case] name: &str, #[case] ok: bool) {
     assert_eq!(is_valid_name(name), ok);
 }
+
+fn op_with_profile(attributes: Value) -> Value {
+    json!({ "identifiers": { "custom_id": "u1" }, "attributes": attributes })
+}
+
+#[rstest]
+// Custom attributes: names, wrappers and values.
+#[case::string(json!({ "plan": "pro" }), None)]
+#[case::string_300(json!({ "note": s(300) }), None)]
+#[case::string_301(json!({ "note": s(301) }), Some("note"))]
+#[case::empty_string(json!({ "plan": "" }), Some("plan"))]
+#[case::integer(json!({ "seats": 3 }), None)]
+#[case::float(json!({ "ltv": 1200.5 }), None)]
+#[case::boolean(json!({ "vip": true }), None)]
+#[case::null_deletes(json!({ "old": null }), None)]
+#[case::string_array(json!({ "tags": ["a", "b"] }), None)]
+#[case::string_array_25(json!({ "tags": vec!["t"; 25] }), None)]
+#[case::string_array_26(json!({ "tags": vec!["t"; 26] }), Some("tags"))]
+#[case::string_array_empty_item(json!({ "tags": ["a", ""] }), Some("tags"))]
+#[case::string_array_item_301(json!({ "tags": [s(301)] }), Some("tags"))]
+#[case::number_array(json!({ "tags": [1, 2] }), Some("tags"))]
+#[case::object(json!({ "address": { "city": "Paris" } }), Some("address"))]
+#[case::object_array(json!({ "items": [{ "sku": "a1" }] }), Some("items"))]
+#[case::name_30(json!({ NAME_30: 1 }), None)]
+#[case::name_31(json!({ NAME_31: 1 }), Some(NAME_31))]
+#[case::name_upper(json!({ "Plan": "pro" }), Some("Plan"))]
+#[case::date(json!({ "date(renews_on)": "2026-01-02T00:00:00Z" }), None)]
+#[case::date_null(json!({ "date(renews_on)": null }), None)]
+#[case::date_not_rfc3339(json!({ "date(renews_on)": "2026-01-02" }), Some("date(renews_on)"))]
+#[case::date_bad_name(json!({ "date(Renews)": "2026-01-02T00:00:00Z" }), Some("date(Renews)"))]
+#[case::date_bad_name_null(json!({ "date(Renews)": null }), Some("date(Renews)"))]
+#[case::url(json!({ "url(avatar)": "https://cdn.example/a.png" }), None)]
+#[case::url_null(json!({ "url(avatar)": null }), None)]
+#[case::url_no_scheme(json!({ "url(avatar)": "cdn.example/a.png" }), Some("url(avatar)"))]
+#[case::url_2049(json!({ "url(u)": format!("https://{}", s(2041)) }), Some("url(u)"))]
+#[case::event_reserved_label(json!({ "$label": "x" }), Some("$label"))]
+#[case::unknown_native(json!({ "$city": "Paris" }), Some("$city"))]
+// Native attributes: each accepts a good value and null, and refuses a bad one.
+#[case::email(json!({ "$email_address": "a@b.co" }), None)]
+#[case::email_null(json!({ "$email_address": null }), None)]
+#[case::email_256(json!({ "$email_address": format!("{}@b.co", s(251)) }), None)]
+#[case::email_257(json!({ "$email_address": format!("{}@b.co", s(252)) }), Some("$email_address"))]
+#[case::email_no_at(json!({ "$email_address": "a.b.co" }), Some("$email_address"))]
+#[case::email_two_ats(json!({ "$email_address": "a@b@c.co" }), Some("$email_address"))]
+#[case::email_no_local(json!({ "$email_address": "@b.co" }), Some("$email_address"))]
+#[case::email_no_dot(json!({ "$email_address": "a@localhost" }), Some("$email_address"))]
+#[case::email_dot_first(json!({ "$email_address": "a@.co" }), Some("$email_address"))]
+#[case::email_dot_last(json!({ "$email_address": "a@b." }), Some("$email_address"))]
+#[case::email_space(json!({ "$email_address": "a b@c.co" }), Some("$email_address"))]
+#[case::email_not_string(json!({ "$email_address": 1 }), Some("$email_address"))]
+#[case::email_marketing(json!({ "$email_marketing": "subscribed" }), None)]
+#[case::email_marketing_off(json!({ "$email_marketing": "unsubscribed" }), None)]
+#[case::email_marketing_null(json!({ "$email_marketing": null }), None)]
+#[case::email_marketing_bool(json!({ "$email_marketing": true }), Some("$email_marketing"))]
+#[case::email_marketing_other(json!({ "$email_marketing": "Subscribed" }), Some("$email_marketing"))]
+#[case::sms_marketing(json!({ "$sms_marketing": "unsubscribed" }), None)]
+#[case::sms_marketing_null(json!({ "$sms_marketing": null }), None)]
+#[case::sms_marketing_other(json!({ "$sms_marketing": "yes" }), Some("$sms_marketing"))]
+#[case::phone(json!({ "$phone_number": "+33612345678" }), None)]
+#[case::phone_2_digits(json!({ "$phone_number": "+12" }), None)]
+#[case::phone_15_digits(json!({ "$phone_number": "+123456789012345" }), None)]
+#[case::phone_null(json!({ "$phone_number": null }), None)]
+#[case::phone_1_digit(json!({ "$phone_number": "+1" }), Some("$phone_number"))]
+#[case::phone_16_digits(json!({ "$phone_number": "+1234567890123456" }), Some("$phone_number"))]
+#[case::phone_no_plus(json!({ "$phone_number": "33612345678" }), Some("$phone_number"))]
+#[case::phone_leading_zero(json!({ "$phone_number": "+0612345678" }), Some("$phone_number"))]
+#[case::phone_spaces(json!({ "$phone_number": "+33 6 12 34 56 78" }), Some("$phone_number"))]
+#[case::language(json!({ "$language": "fr" }), None)]
+#[case::language_null(json!({ "$language": null }), None)]
+#[case::language_upper(json!({ "$language": "FR" }), Some("$language"))]
+#[case::language_three(json!({ "$language": "fra" }), Some("$language"))]
+#[case::language_tag(json!({ "$language": "fr-FR" }), Some("$language"))]
+#[case::region(json!({ "$region": "FR" }), None)]
+#[case::region_null(json!({ "$region": null }), None)]
+#[case::region_lower(json!({ "$region": "fr" }), Some("$region"))]
+#[case::region_three(json!({ "$region": "FRA" }), Some("$region"))]
+#[case::timezone(json!({ "$timezone": "Europe/Paris" }), None)]
+#[case::timezone_utc(json!({ "$timezone": "UTC" }), None)]
+#[case::timezone_null(json!({ "$timezone": null }), None)]
+#[case::timezone_unknown(json!({ "$timezone": "Europe/Atlantis" }), Some("$timezone"))]
+#[case::timezone_wrong_case(json!({ "$timezone": "europe/paris" }), Some("$timezone"))]
+#[case::timezone_offset(json!({ "$timezone": "+02:00" }), Some("$timezone"))]
+fn profile_attributes_follow_batch_rules(
+    #[case] attributes: Value,
+    #[case] attribute: Option<&str>,
+) {
+    let result = broken(&op_with_profile(attributes));
+    match attribute {
+        None => assert_eq!(result, None),
+        Some(key) => assert_eq!(result, Some(("INVALID_ATTRIBUTE", Some(key.to_owned())))),
+    }
+}
+
+#[test]
+fn an_object_on_a_profile_is_refused_with_a_reason_saying_where_objects_belong() {
+    let err =
+        check_operation(&op_with_profile(json!({ "address": { "city": "Paris" } }))).unwrap_err();
+    assert!(
+        err.reason.starts_with("profile attribute \"address\"")
+            && err
+                .reason
+                .contains("objects are allowed in event attributes only"),
+        "{}",
+        err.reason
+    );
+}
+
+#[test]
+fn the_first_bad_profile_attribute_is_the_one_named() {
+    // Keys are checked in the order serde_json holds them (sorted), one error per operation.
+    let op = op_with_profile(json!({ "a_ok": 1, "b_bad": "", "c_bad": {} }));
+    assert_eq!(
+        broken(&op),
+        Some(("INVALID_ATTRIBUTE", Some("b_bad".to_owned())))
+    );
+}
+
+#[rstest]
+#[case::attributes_only(json!({ "identifiers": { "custom_id": "u" }, "attributes": { "plan": "pro" } }))]
+#[case::events_only(json!({ "identifiers": { "custom_id": "u" }, "events": [{ "name": "e" }] }))]
+#[case::both(json!({ "identifiers": { "custom_id": "u" }, "attributes": { "plan": null }, "events": [{ "name": "e" }] }))]
+#[case::neither(json!({ "identifiers": { "custom_id": "u" } }))]
+#[case::empty_attributes(json!({ "identifiers": { "custom_id": "u" }, "attributes": {} }))]
+fn attributes_and_events_are_each_optional(#[case] op: Value) {
+    assert_eq!(broken(&op), None);
+}
+
+#[test]
+fn a_bad_profile_attribute_drops_the_operation_even_when_its_events_are_fine() {
+    let op = json!({
+        "identifiers": { "custom_id": "u" },
+        "attributes": { "$region": "france" },
+        "events": [{ "name": "e" }],
+    });
+    assert_eq!(
+        broken(&op),
+        Some(("INVALID_ATTRIBUTE", Some("$region".to_owned())))
+    );
+}
+
+#[test]
+fn every_listed_native_attribute_is_known_and_may_be_deleted_by_null() {
+    for name in NATIVE_PROFILE_ATTRIBUTES {
+        assert_eq!(
+            broken(&op_with_profile(json!({ name: null }))),
+            None,
+            "{name}"
+        );
+    }
+}

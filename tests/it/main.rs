@@ -30,6 +30,7 @@ mod crash;
 mod db_sources;
 mod diff_model;
 mod emulator;
+mod emulator_profiles;
 mod explain;
 mod layout;
 mod serve;
