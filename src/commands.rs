@@ -229,10 +229,21 @@ fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
                     "a run now would send {} events ({} new via /profiles/{}, {} pending from earlier runs)",
                     p.events, p.new_events, p.endpoint, p.pending_events
                 );
+                if p.profile_updates > 0 {
+                    let backfill = if p.profile_backfill {
+                        " (a backfill: the sync's first run with these profile attributes sets them on every present row)"
+                    } else {
+                        ""
+                    };
+                    eprintln!(
+                        "and {} profile attribute updates{backfill}",
+                        p.profile_updates
+                    );
+                }
                 if let Some(g) = &p.guard {
                     eprintln!("guard: {g}");
                 }
-                for s in &p.sample {
+                for s in p.sample.iter().chain(&p.profile_sample) {
                     eprintln!("  {s}");
                 }
             }
@@ -261,6 +272,12 @@ fn human_summary(s: &RunSummary) {
         s.counts.events_pending,
         s.duration_ms
     );
+    if s.counts.profile_updates > 0 {
+        eprintln!(
+            "{} operations carried profile attributes",
+            s.counts.profile_updates
+        );
+    }
     if let Some(r) = &s.sent_nothing_reason {
         eprintln!("nothing sent: {r}");
     }

@@ -162,9 +162,16 @@ fn human(e: &Explained) -> String {
     } else {
         out.push_str(&crate::commands::aligned(&rows));
     }
-    for l in e.lines.iter().filter(|l| l.event.is_some()) {
-        let event = l.event.as_ref().map(|v| v.to_string()).unwrap_or_default();
-        out.push_str(&format!("event of run {}: {event}\n", l.run_id));
+    for l in &e.lines {
+        if let Some(event) = &l.event {
+            out.push_str(&format!("event of run {}: {event}\n", l.run_id));
+        }
+        if let Some(attributes) = &l.attributes {
+            out.push_str(&format!(
+                "profile attributes of run {}: {attributes}\n",
+                l.run_id
+            ));
+        }
     }
     out.push_str(&match &e.baseline {
         Some((hash, true)) => format!("baseline now: present, hash {hash}\n"),

@@ -271,6 +271,9 @@ pub struct HistoryLine {
     pub hash: Option<String>,
     /// The event built from the row, as it was sent.
     pub event: Option<serde_json::Value>,
+    /// The profile attributes its operation set (or unset), as they were sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attributes: Option<serde_json::Value>,
     /// The request that carried it (or whose answer this line records).
     pub request: Option<String>,
     pub answer: Option<crate::core::history::Answer>,

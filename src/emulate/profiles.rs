@@ -8,8 +8,9 @@
 //! - Applying an update sets each attribute it names, in the order sent; a JSON `null` deletes
 //!   the attribute; attributes it does not name are left alone. So applying the same update
 //!   twice leaves what applying it once does.
-//! - Keys are kept exactly as sent: `date(renews_on)` is one attribute, distinct from a plain
-//!   `renews_on`, as the key is what a later update or delete names.
+//! - An attribute is kept under its name: `date(renews_on)` and `url(receipt)` set the
+//!   attributes `renews_on` and `receipt` (the wrapper types the value), and a `null` under
+//!   the name, wrapped or not, deletes it.
 //! - Pure data, no lock: `record::Recorder` holds it under the same lock as the event log, so
 //!   a request's events and attribute updates are applied together, in one order.
 
@@ -39,6 +40,7 @@ impl Profiles {
     pub(crate) fn apply(&mut self, update: ProfileUpdate) {
         let attributes = self.by_custom_id.entry(update.custom_id).or_default();
         for (key, value) in update.attributes.into_iter().flatten() {
+            let key = bare_name(&key).to_string();
             if value.is_null() {
                 attributes.remove(&key);
             } else {
@@ -62,6 +64,14 @@ impl Profiles {
             .map(|(id, attributes)| (id.clone(), attributes.clone()))
             .collect()
     }
+}
+
+/// The attribute's name without its type wrapper: `date(x)` and `url(x)` name `x`.
+fn bare_name(key: &str) -> &str {
+    ["date(", "url("]
+        .iter()
+        .find_map(|w| key.strip_prefix(w).and_then(|k| k.strip_suffix(')')))
+        .unwrap_or(key)
 }
 
 #[cfg(test)]
@@ -97,8 +107,11 @@ mod tests {
         ));
         assert_eq!(
             json_of(profiles.get("u1")),
-            json!({ "date(renews_on)": "2026-01-02T00:00:00Z", "plan": "team" })
+            json!({ "renews_on": "2026-01-02T00:00:00Z", "plan": "team" })
         );
+        // A null under the bare name deletes the attribute a wrapped key set.
+        profiles.apply(update("u1", json!({ "renews_on": null })));
+        assert_eq!(json_of(profiles.get("u1")), json!({ "plan": "team" }));
     }
 
     #[test]

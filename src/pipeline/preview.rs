@@ -34,8 +34,15 @@ pub struct PlanSummary {
     pub events: u64,
     pub new_events: u64,
     pub pending_events: u64,
+    /// Operations a run now would send that carry profile attributes (with an event or alone).
+    pub profile_updates: u64,
+    /// The run would be its sync's first with these profile attributes: it sets them on every
+    /// present row (a backfill).
+    pub profile_backfill: bool,
     pub endpoint: &'static str,
     pub sample: Vec<serde_json::Value>,
+    /// A few of the profile updates a run would send alone (without an event).
+    pub profile_sample: Vec<serde_json::Value>,
     pub rejects_sample: Vec<serde_json::Value>,
     pub guard: Option<String>,
     pub first_run: bool,
@@ -125,6 +132,11 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
         Some(s) if !opts.retry_rejects => s.open_rejects(&settings.rules_identity())?,
         _ => OpenRejects::new(),
     };
+    let stored_profile = match &store {
+        Some(s) => s.profile_identity()?,
+        None => None,
+    };
+    let backfill = super::run::backfill(settings, stored_profile);
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let stop = StopFlag::default();
     let snap = diff::read_snapshot(settings, &stop, ui, diff::payloads(first_run, initial))?;
@@ -132,7 +144,7 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
     };
-    summarize(&mut engine, settings, opts, first_run, pending, open)
+    summarize(&mut engine, settings, opts, (first_run, backfill), pending, open)
 }
 
 /// `plan` in the database mode: the run's transaction (stage, counts, fetch, map), rolled
@@ -156,7 +168,7 @@ fn plan_database(settings: &Settings, opts: &RunOptions) -> Result<PlanSummary, 
         &mut engine,
         settings,
         opts,
-        first_run,
+        (first_run, false),
         pending,
         OpenRejects::new(),
     );
@@ -170,7 +182,7 @@ fn summarize(
     engine: &mut dyn DiffEngine,
     settings: &Settings,
     opts: &RunOptions,
-    first_run: bool,
+    (first_run, backfill): (bool, bool),
     pending: Pending,
     open: OpenRejects,
 ) -> Result<PlanSummary, RunError> {
@@ -200,9 +212,17 @@ fn summarize(
         },
         new_events: counts.events,
         pending_events: pending.events,
-        endpoint: Endpoint::for_delta(counts.events, settings.destination.mass_update_from)
-            .as_str(),
+        profile_updates: counts.profile_updates,
+        profile_backfill: backfill && counts.profile_updates > 0,
+        endpoint: Endpoint::for_run(
+            counts.events,
+            counts.profile_updates,
+            settings.destination.mass_update_from,
+            backfill,
+        )
+        .as_str(),
         sample: samples.events,
+        profile_sample: samples.profiles,
         rejects_sample: samples.rejects,
         guard,
         first_run,

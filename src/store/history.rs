@@ -61,17 +61,17 @@ impl Store {
         for (run_id, at, kind, hash, (op, ev), request, reason, state, answered_at) in raw {
             let kind = Change::parse(&kind)
                 .ok_or_else(|| self.corrupt(format!("history of run {run_id}: kind {kind:?}")))?;
+            let (event, attributes) = match (&request, op) {
+                (Some(id), Some(op)) => bodies.part(id, op, ev, |id| self.request_body(id))?,
+                _ => (None, None),
+            };
             let mut line = HistoryLine {
                 run_id,
                 at,
                 kind,
                 hash: hash.map(|h| hex(&h)),
-                event: match (&request, op, ev) {
-                    (Some(id), Some(op), Some(ev)) => {
-                        bodies.event(id, op, ev, |id| self.request_body(id))?
-                    }
-                    _ => None,
-                },
+                event,
+                attributes,
                 request: request.clone(),
                 answer: None,
                 reason,
@@ -145,6 +145,7 @@ impl Store {
                         kind: Change::StillRejected,
                         hash: r.get::<_, Vec<u8>>(2).map(|h| hex(&h))?.into(),
                         event: None,
+                        attributes: None,
                         request: None,
                         answer: None,
                         reason: r.get(3)?,
@@ -162,24 +163,25 @@ impl Store {
 pub(crate) struct Bodies(std::collections::HashMap<String, Vec<serde_json::Value>>);
 
 impl Bodies {
-    /// The event at (operation, event) of request `id`, whose body `read` gives; none when the
-    /// request or its body is no longer kept.
-    pub(crate) fn event<E>(
+    /// The event at (operation, event) of request `id`, whose body `read` gives, and the
+    /// profile attributes of that operation; none when the request or its body is no longer
+    /// kept. `ev` is none for an operation that carries profile attributes alone.
+    pub(crate) fn part<E>(
         &mut self,
         id: &str,
         op: i64,
-        ev: i64,
+        ev: Option<i64>,
         read: impl FnOnce(&str) -> std::result::Result<Option<Vec<u8>>, E>,
-    ) -> std::result::Result<Option<serde_json::Value>, E> {
+    ) -> std::result::Result<(Option<serde_json::Value>, Option<serde_json::Value>), E> {
         if !self.0.contains_key(id) {
             let ops = read(id)?
                 .and_then(|b| serde_json::from_slice::<Vec<serde_json::Value>>(&b).ok())
                 .unwrap_or_default();
             self.0.insert(id.to_string(), ops);
         }
-        Ok(self.0[id]
-            .get(op as usize)
-            .and_then(|o| o["events"].get(ev as usize))
-            .cloned())
+        let op = self.0[id].get(op as usize);
+        let event = ev.and_then(|ev| op.and_then(|o| o["events"].get(ev as usize)));
+        let attributes = op.and_then(|o| o.get("attributes"));
+        Ok((event.cloned(), attributes.cloned()))
     }
 }

@@ -305,8 +305,8 @@ impl DbStore {
             let state: Option<String> = r.get(8);
             let parts: Vec<String> = r.get::<_, Option<Vec<String>>>(10).unwrap_or_default();
             let dropped: Option<String> = r.get(11);
-            let event = match (&request, op, ev) {
-                (Some(id), Some(op), Some(ev)) => bodies.event(id, op.into(), ev.into(), |id| {
+            let (event, attributes) = match (&request, op) {
+                (Some(id), Some(op)) => bodies.part(id, op.into(), ev.map(i64::from), |id| {
                     Ok::<_, StoreError>(
                         self.db
                             .query_opt(
@@ -316,7 +316,7 @@ impl DbStore {
                             .map(|r| r.get::<_, Vec<u8>>(0)),
                     )
                 })?,
-                _ => None,
+                _ => (None, None),
             };
             lines.push(HistoryLine {
                 run_id,
@@ -326,6 +326,7 @@ impl DbStore {
                     .get::<_, Option<Vec<u8>>>(3)
                     .map(|h| crate::core::encode::hex(&h)),
                 event,
+                attributes,
                 answer: request
                     .as_ref()
                     .and_then(|_| answer(state.as_deref(), &parts, dropped.is_some())),
@@ -353,6 +354,7 @@ impl DbStore {
                 kind: Change::StillRejected,
                 hash: Some(crate::core::encode::hex(r.get::<_, &[u8]>(2))),
                 event: None,
+                attributes: None,
                 request: None,
                 answer: None,
                 reason: r.get(3),

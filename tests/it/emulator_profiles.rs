@@ -126,10 +126,10 @@ async fn attributes_are_set_then_upserted_and_a_null_deletes_one() {
 
     let answer = client.profile("u1").await;
     assert_eq!(answer.status, 200, "{}", answer.text);
-    // Sorted by key, as sent: "$" sorts before letters, the wrapper stays on the key.
+    // Sorted by name: "$" sorts before letters; `date(renews_on)` set `renews_on`.
     assert_eq!(
         answer.text,
-        r#"{"attributes":{"$email_address":"a@b.co","date(renews_on)":"2026-01-02T00:00:00Z","plan":"team","tags":["a","b"]},"custom_id":"u1"}"#
+        r#"{"attributes":{"$email_address":"a@b.co","plan":"team","renews_on":"2026-01-02T00:00:00Z","tags":["a","b"]},"custom_id":"u1"}"#
     );
     assert_eq!(
         emulator.profile("u1").map(|a| json!(a)),
