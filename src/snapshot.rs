@@ -610,7 +610,11 @@ mod tests {
             let line = (i as u64 + 1) * 2;
             let mut cells = cells.clone();
             let typed = type_row(plan, chrono_tz::UTC, &mut cells, &mut values);
-            let (payload, hash) = encode_row(&plan.columns, &values, &mut scratch);
+            // The row hash covers the event's columns; the payload, every column.
+            let h = plan.hashed;
+            let (_, hash) = encode_row(&plan.columns[..h], &values[..h], &mut scratch);
+            let (payload, _) = encode_row(&plan.columns, &values, &mut scratch);
+            let profile = plan.has_profile().then(|| reference_profile(plan, &values));
             let problem = match (bad, typed) {
                 (Some(why), _) => Some(Reject::new(None, "unreadable_row", why.clone())),
                 (None, t) => t.err(),
@@ -639,7 +643,7 @@ mod tests {
             rows.push(SnapRow {
                 key,
                 hash,
-                profile: None,
+                profile,
                 payload,
                 line,
                 bad,
@@ -647,6 +651,70 @@ mod tests {
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.line.cmp(&b.line)));
         Ok((rows, loose))
+    }
+
+    /// The profile hash, one `Value` at a time: each attribute's name header and its column's
+    /// value, in name order (`encode::hash_profile`).
+    fn reference_profile(plan: &ColumnPlan, values: &[Value]) -> RowHash {
+        let parts: Vec<(Vec<u8>, Vec<u8>)> = plan
+            .profile
+            .iter()
+            .map(|a| {
+                let (mut name, mut value) = (Vec::new(), Vec::new());
+                crate::core::encode::put_name(&a.name, &mut name);
+                crate::core::encode::encode_value(&values[a.column], &mut value);
+                (name, value)
+            })
+            .collect();
+        crate::core::encode::hash_profile(parts.iter().map(|(n, v)| (&n[..], &v[..])))
+    }
+
+    /// A sync with profile attributes: `email` the key and custom id, `id` an event attribute
+    /// and a profile attribute, `amount` a profile attribute alone (outside the row hash).
+    fn profile_plan() -> ColumnPlan {
+        ColumnPlan::with_profile(
+            MappingSpec {
+                primary_key: vec!["email".into()],
+                custom_id: "email".into(),
+                event: Some("e".into()),
+                attributes: vec!["id".into()],
+                types: [
+                    ("amount".to_string(), Type::Number),
+                    ("id".to_string(), Type::Integer),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            vec![
+                ("tier".into(), "amount".into()),
+                ("idx".into(), "id".into()),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_profile_attributes_own_column_changes_the_profile_hash_never_the_row_hash() {
+        let plan = profile_plan();
+        assert_eq!(plan.columns, ["email", "id", "amount"]);
+        let take = |amount: &str, id: &str| {
+            let row = vec![
+                Cell::Text("a@x.io".into()),
+                Cell::Text(id.into()),
+                Cell::Text(amount.into()),
+            ];
+            let mut script = Script(vec![(row, None)], 0);
+            let (rows, _) =
+                taken(&mut script, &plan, OnBadRow::Reject, usize::MAX, Payloads::Skip).unwrap();
+            (rows[0].hash, rows[0].profile.expect("a profile hash"))
+        };
+        let (h1, p1) = take("10", "1");
+        let (h2, p2) = take("11", "1");
+        let (h3, p3) = take("10", "2");
+        assert_eq!(h1, h2, "amount is outside the row hash");
+        assert_ne!(p1, p2);
+        assert_ne!(h1, h3, "id is the event's");
+        assert_ne!(p1, p3, "and a profile attribute too");
     }
 
     fn taken(
@@ -690,12 +758,14 @@ mod tests {
                 (proptest::collection::vec(any_cell(), 3), proptest::option::weighted(0.1, "[a-z ]{1,8}")),
                 0..300,
             ),
-            keyed in any::<bool>(),
+            keyed in 0u8..3,
             fail in proptest::bool::weighted(0.2),
             budget in prop_oneof![Just(usize::MAX), 200usize..20_000],
             skip in proptest::bool::weighted(0.3),
         ) {
-            let plan = if keyed {
+            let plan = if keyed == 2 {
+                profile_plan()
+            } else if keyed == 1 {
                 plan()
             } else {
                 ColumnPlan::new(MappingSpec {

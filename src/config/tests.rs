@@ -561,3 +561,94 @@ fn the_database_mode_is_refused_where_it_cannot_work(
     let e = error(&format!("{source}{MAPPING}\n[state]\n{state}\n"));
     assert!(e.contains(message), "{e}");
 }
+
+/// A sync keyed by its custom id, with `profile` as its `profile_attributes` line (line 9).
+fn with_profile(profile: &str) -> String {
+    format!(
+        "[source]\ntype = \"csv\"\npath = \"u.csv\"\nprimary_key = [\"email\"]\n\n[mapping]\ncustom_id = \"email\"\nevent = \"signed_up\"\n{profile}\n"
+    )
+}
+
+#[test]
+fn profile_attributes_take_a_list_of_columns_or_a_table_of_names() {
+    let s = parse(&with_profile(r#"profile_attributes = ["plan", "country"]"#)).unwrap();
+    let names: Vec<_> = s.plan.profile.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["country", "plan"]);
+    assert_eq!(s.sync.on_remove, OnRemove::Keep);
+
+    let s = parse(&format!(
+        "{}\n[sync]\non_remove = \"unset\"\n",
+        with_profile(r#"profile_attributes = { "$region" = "country", tier = "plan" }"#)
+    ))
+    .unwrap();
+    let attrs: Vec<_> = s
+        .plan
+        .profile
+        .iter()
+        .map(|a| (a.name.as_str(), s.plan.columns[a.column].as_str(), a.native))
+        .collect();
+    assert_eq!(
+        attrs,
+        [
+            ("$region", "country", Some(crate::core::mapping::Native::Region)),
+            ("tier", "plan", None)
+        ]
+    );
+    assert_eq!(s.sync.on_remove, OnRemove::Unset);
+    // Their columns are read, but the row hash covers the event's columns only.
+    assert_eq!(s.plan.columns[..s.plan.hashed], ["email".to_string()]);
+    assert_eq!(s.plan.columns.len(), 3);
+}
+
+#[test]
+fn profile_attributes_leave_the_mappings_identity_and_rules_as_they_were() {
+    let plain = parse(&with_profile("")).unwrap();
+    let profiled = parse(&with_profile(r#"profile_attributes = ["plan"]"#)).unwrap();
+    // Stores written before profile attributes keep diffing (and keep their open rejects).
+    assert_eq!(plain.plan.identity(), profiled.plan.identity());
+    assert_ne!(plain.rules_identity(), profiled.rules_identity());
+    assert_eq!(plain.plan.profile_identity(), "");
+    assert_eq!(profiled.plan.profile_identity(), "plan=plan");
+}
+
+#[rstest]
+#[case::not_keyed_by_the_custom_id(
+    "[source]\ntype = \"csv\"\npath = \"u.csv\"\nprimary_key = [\"id\"]\n\n[mapping]\ncustom_id = \"email\"\nevent = \"signed_up\"\nprofile_attributes = [\"plan\"]\n",
+    "primary_key must be [\"email\"]"
+)]
+#[case::bad_name(&with_profile(r#"profile_attributes = { Plan = "plan" }"#), "Batch's rule for names")]
+#[case::unknown_native(&with_profile(r#"profile_attributes = { "$country" = "c" }"#), "not one of Batch's native profile attributes")]
+#[case::listed_twice(&with_profile(r#"profile_attributes = ["plan", "plan"]"#), "listed twice")]
+#[case::the_custom_id(&with_profile(r#"profile_attributes = ["email"]"#), "identifies the profile")]
+fn a_bad_profile_attribute_is_named_with_its_key_and_line(
+    #[case] text: &str,
+    #[case] why: &str,
+) {
+    let msg = error(text);
+    assert!(
+        msg.contains("line 9") && msg.contains("mapping.profile_attributes") && msg.contains(why),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_native_profile_attribute_must_be_a_string_column() {
+    let msg = error(&with_profile(
+        "profile_attributes = { \"$timezone\" = \"tz\" }\ntypes = { tz = \"integer\" }",
+    ));
+    assert!(
+        msg.contains("mapping.types") && msg.contains("native profile attribute $timezone"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_database_mode_refuses_profile_attributes_with_their_line() {
+    let msg = error(
+        "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\nquery = \"SELECT 1\"\nprimary_key = [\"email\"]\n\n[mapping]\ncustom_id = \"email\"\nevent = \"e\"\nprofile_attributes = [\"plan\"]\n\n[state]\nstore = \"database\"\nname = \"s\"\n",
+    );
+    assert!(
+        msg.contains("line 10") && msg.contains("store = \"local\""),
+        "{msg}"
+    );
+}

@@ -1006,4 +1006,106 @@ mod tests {
             "event"
         );
     }
+
+    fn profiled() -> ColumnPlan {
+        ColumnPlan::with_profile(
+            MappingSpec {
+                primary_key: vec!["email".into()],
+                custom_id: "email".into(),
+                event: Some("signed_up".into()),
+                types: [
+                    ("renews_on".to_string(), Type::Date),
+                    ("extra".to_string(), Type::Json),
+                ]
+                .into(),
+                ..Default::default()
+            },
+            vec![
+                ("$region".into(), "country".into()),
+                ("plan".into(), "plan".into()),
+                ("renews_on".into(), "renews_on".into()),
+                ("extra".into(), "extra".into()),
+            ],
+        )
+        .unwrap()
+    }
+
+    /// A row of `profiled()` in plan order: email, country, extra, plan, renews_on.
+    fn profile_row(country: Value, plan: Value, extra: Value) -> Vec<Value> {
+        let p = profiled();
+        let mut r = vec![Value::Null; p.columns.len()];
+        for (c, v) in [
+            ("email", Value::Text("a@x.io".into())),
+            ("country", country),
+            ("plan", plan),
+            ("renews_on", Value::Time(NOW)),
+            ("extra", extra),
+        ] {
+            r[p.columns.iter().position(|x| x == c).unwrap()] = v;
+        }
+        r
+    }
+
+    #[test]
+    fn a_profile_update_holds_every_attribute_a_null_as_null() {
+        let p = build_profile(
+            &profiled(),
+            &profile_row(Value::Text("FR".into()), Value::Null, Value::Null),
+        )
+        .unwrap();
+        assert_eq!(p.custom_id, "a@x.io");
+        assert_eq!(
+            p.attributes,
+            serde_json::json!({
+                "$region": "FR",
+                "plan": null,
+                "extra": null,
+                "date(renews_on)": format_time(NOW),
+            })
+        );
+        let unset = unset_profile(&profiled(), "a@x.io".into());
+        assert_eq!(
+            unset.attributes,
+            serde_json::json!({ "$region": null, "plan": null, "renews_on": null, "extra": null })
+        );
+    }
+
+    #[rstest]
+    #[case::native_rule(Value::Text("france".into()), Value::Null, "country", "profile_native")]
+    #[case::native_not_text(Value::Int(33), Value::Null, "country", "profile_native")]
+    #[case::object(Value::Null, Value::Json(serde_json::json!({"a": 1})), "extra", "profile_object")]
+    fn a_bad_profile_value_is_a_reject_naming_its_column_and_rule(
+        #[case] country: Value,
+        #[case] extra: Value,
+        #[case] column: &str,
+        #[case] rule: &str,
+    ) {
+        let e = build_profile(&profiled(), &profile_row(country, Value::Text("pro".into()), extra))
+            .unwrap_err();
+        assert_eq!((e.column.as_deref(), e.rule), (Some(column), rule), "{e:?}");
+    }
+
+    #[rstest]
+    #[case(Native::EmailAddress, "a.b@x.io", true)]
+    #[case(Native::EmailAddress, "a b@x.io", false)]
+    #[case(Native::EmailAddress, "a@x", false)]
+    #[case(Native::EmailAddress, "a@@x.io", false)]
+    #[case(Native::EmailMarketing, "subscribed", true)]
+    #[case(Native::SmsMarketing, "yes", false)]
+    #[case(Native::PhoneNumber, "+33612345678", true)]
+    #[case(Native::PhoneNumber, "0612345678", false)]
+    #[case(Native::PhoneNumber, "+0612", false)]
+    #[case(Native::Language, "fr", true)]
+    #[case(Native::Language, "FR", false)]
+    #[case(Native::Region, "FR", true)]
+    #[case(Native::Region, "FRA", false)]
+    #[case(Native::Timezone, "Europe/Paris", true)]
+    #[case(Native::Timezone, "Mars/Olympus", false)]
+    fn native_attributes_follow_batchs_value_rules(
+        #[case] native: Native,
+        #[case] value: &str,
+        #[case] ok: bool,
+    ) {
+        assert_eq!(native.accepts(value), ok, "{native:?} {value:?}");
+    }
 }
