@@ -12,6 +12,10 @@
 //! - `diff_model`: the snapshot and diff against a naive model (proptest).
 //! - `emulator`: the local Batch emulator over real HTTP.
 //! - `explain`: a row's history across runs, in both modes, and its pruning by `keep_runs`.
+//! - `emulator_profiles`: the emulator's profile attributes (upserts, partial errors,
+//!   read-back) over real HTTP.
+//! - `profiles`: profile attributes end to end: the emulator's final profile state after
+//!   added, changed, removed and re-entered rows, a backfill, bad values, and kill -9.
 //! - `warehouse`: the database mode against the real PostgreSQL: setup, runs, plan, bad input.
 //! - `warehouse_props`: the database mode held to the local mode's deltas (proptest), and to
 //!   its own promises about rendering and names.
@@ -33,6 +37,7 @@ mod emulator;
 mod emulator_profiles;
 mod explain;
 mod layout;
+mod profiles;
 mod serve;
 mod ship;
 mod sync;
