@@ -128,8 +128,8 @@ struct MappingTable {
     custom_id: Spanned<String>,
     event: Option<Spanned<String>>,
     event_column: Option<Spanned<String>>,
-    time: Option<String>,
-    label: Option<String>,
+    time: Option<Spanned<String>>,
+    label: Option<Spanned<String>>,
     attributes: Option<Spanned<Vec<String>>>,
     profile_attributes: Option<Spanned<ProfileAttributes>>,
     /// Keys spanned, not the table: toml cannot span a table written with dotted keys
@@ -443,8 +443,8 @@ impl Reader<'_> {
             custom_id: m.custom_id.get_ref().clone(),
             event: m.event.as_ref().map(|e| e.get_ref().clone()),
             event_column: m.event_column.as_ref().map(|e| e.get_ref().clone()),
-            time: m.time.clone(),
-            label: m.label.clone(),
+            time: m.time.as_ref().map(|t| t.get_ref().clone()),
+            label: m.label.as_ref().map(|l| l.get_ref().clone()),
             attributes: m
                 .attributes
                 .as_ref()
@@ -468,6 +468,8 @@ impl Reader<'_> {
                 "event" => ("mapping", m.event.as_ref().map(Spanned::span)),
                 "event_column" => ("mapping", m.event_column.as_ref().map(Spanned::span)),
                 "attributes" => ("mapping", m.attributes.as_ref().map(Spanned::span)),
+                "time" => ("mapping", m.time.as_ref().map(Spanned::span)),
+                "label" => ("mapping", m.label.as_ref().map(Spanned::span)),
                 "profile_attributes" => (
                     "mapping",
                     m.profile_attributes.as_ref().map(Spanned::span),

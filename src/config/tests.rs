@@ -652,3 +652,18 @@ fn the_database_mode_refuses_profile_attributes_with_their_line() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_sync_of_profile_attributes_alone_needs_no_event_but_event_keys_need_one() {
+    let text = "[source]\ntype = \"csv\"\npath = \"u.csv\"\nprimary_key = [\"email\"]\n\n[mapping]\ncustom_id = \"email\"\nprofile_attributes = [\"plan\"]\n";
+    let s = parse(text).unwrap();
+    assert!(!s.plan.has_event() && s.plan.has_profile());
+    let msg = error(&format!("{text}time = \"at\"\n"));
+    assert!(
+        msg.contains("line 9") && msg.contains("mapping.time") && msg.contains("belongs to an event"),
+        "{msg}"
+    );
+    // Without profile attributes, an event is required.
+    let msg = error("[source]\ntype = \"csv\"\npath = \"u.csv\"\n\n[mapping]\ncustom_id = \"email\"\n");
+    assert!(msg.contains("mapping.event"), "{msg}");
+}

@@ -38,6 +38,8 @@ pub struct MappingSpec {
 pub enum EventName {
     Constant(String),
     Column(usize),
+    /// A sync of profile attributes alone: no row sends an event.
+    None,
 }
 
 /// The columns a sync uses and their roles, as indices into `columns`.
@@ -187,11 +189,24 @@ impl ColumnPlan {
                     "set either `event` (a constant name) or `event_column`, not both",
                 ))
             }
-            (None, None) => {
+            (None, None) if profile.is_empty() => {
                 return Err(spec_err(
                     "event",
-                    "set `event` (a constant event name) or `event_column`",
+                    "set `event` (a constant event name) or `event_column`, or map `profile_attributes` alone",
                 ))
+            }
+            (None, None) => {
+                let event_keys = [
+                    ("time", spec.time.is_some()),
+                    ("label", spec.label.is_some()),
+                    ("attributes", !spec.attributes.is_empty()),
+                ];
+                if let Some((key, _)) = event_keys.iter().find(|(_, set)| *set) {
+                    return Err(spec_err(
+                        key,
+                        "belongs to an event: set `event` (or `event_column`), or remove it for a sync of profile attributes alone",
+                    ));
+                }
             }
             (Some(e), None) if !valid_name(e) => {
                 return Err(spec_err("event", format!("{e:?} {NAME_RULE}")));
@@ -304,7 +319,7 @@ impl ColumnPlan {
             event: match (&spec.event, &spec.event_column) {
                 (Some(e), _) => EventName::Constant(e.clone()),
                 (None, Some(c)) => EventName::Column(idx(c)),
-                (None, None) => unreachable!("checked above"),
+                (None, None) => EventName::None,
             },
             time: spec.time.as_ref().map(idx),
             label: spec.label.as_ref().map(idx),
@@ -330,6 +345,11 @@ impl ColumnPlan {
 
     pub fn has_profile(&self) -> bool {
         !self.profile.is_empty()
+    }
+
+    /// Whether rows become events (a sync of profile attributes alone has none).
+    pub fn has_event(&self) -> bool {
+        self.event != EventName::None
     }
 
     /// A fingerprint of the profile attributes (names, columns, types): what a profile hash
@@ -700,6 +720,13 @@ pub fn build_event(
 
     let name = match &plan.event {
         EventName::Constant(n) => n.clone(),
+        EventName::None => {
+            return Err(Reject::new(
+                None,
+                "no_event",
+                "the mapping has no event (a bug: a sync of profile attributes alone builds none)",
+            ))
+        }
         EventName::Column(i) => match &row[*i] {
             Value::Text(n) if valid_name(n) => n.clone(),
             other => {

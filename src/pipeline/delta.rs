@@ -218,6 +218,7 @@ impl Apply<'_> {
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
+        let event = event && self.plan.has_event();
         if !event && !profile {
             sink.put(&row.key, row.hash, row.profile)?;
             return self.line(sink, &row.key, change, Some(row.hash), false);

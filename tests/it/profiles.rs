@@ -367,3 +367,25 @@ fn a_profile_update_batch_drops_is_a_reject_and_its_baseline_entry_goes_back() {
     assert_counts(&s, &[("profile_updates", 1)]);
     assert_eq!(ok.profile("a@x.io").unwrap()["plan"], "team");
 }
+
+#[test]
+fn a_sync_without_an_event_sends_profile_attributes_alone() {
+    let emu = emulator_with(false, Default::default());
+    let dir = sync_dir(&emu.endpoint(), true);
+    dir.edit_config("event = \"signed_up\"\ntime = \"signed_up_at\"\n", "");
+    segment(&dir, &[("a@x.io", "pro", "FR", 1), ("b@x.io", "free", "DE", 1)]);
+    let s = counts(&dir);
+    assert_counts(&s, &[("added", 2), ("events", 0), ("profile_updates", 2)]);
+    assert!(emu.received().is_empty());
+    assert_eq!(
+        profiles(&emu),
+        json!({
+            "a@x.io": {"$region": "FR", "plan": "pro"},
+            "b@x.io": {"$region": "DE", "plan": "free"},
+        })
+    );
+    segment(&dir, &[("a@x.io", "team", "FR", 1)]);
+    let s = counts(&dir);
+    assert_counts(&s, &[("removed", 1), ("profile_updates", 2)]);
+    assert_eq!(profiles(&emu), json!({"a@x.io": {"$region": "FR", "plan": "team"}}));
+}
