@@ -3,6 +3,10 @@
 a change in the machine's load hits both alike. For a change's figures in docs/BENCHMARKS.md.
 
     bench/ab.py --a OLD/batchsync --b NEW/batchsync [--rows 1000000] [--rounds 5]
+    bench/ab.py --a B --b B --profile      # one binary: the cost of mapping profile attributes
+
+`--profile`: both sides key the segment by `email` (profile attributes need one row per
+profile), and b maps plan, country and score as profile attributes besides its events.
 
 Uses (or generates) the harness's data in bench/out/<size>/; prints medians and b ÷ a for the
 first run, `plan` and `run --max-requests 0` of the second run, with the load seen.
@@ -26,20 +30,28 @@ def main():
     p.add_argument("--gen", type=Path, required=True)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--profile", action="store_true",
+                   help="key by email on both sides; b maps profile attributes")
     a = p.parse_args()
     env = dict(os.environ, BATCH_REST_API_KEY="bench-rest-key", BATCH_PROJECT_KEY="bench-project-key")
     d = h.HERE / "out" / f"ab-{h.label(a.rows)}"
     d.mkdir(parents=True, exist_ok=True)
     h.generate(a.gen, d, a.rows, "csv")
     state, s1 = d / "state.db", d / "state-first.db"
-    first, second = d / "first.toml", d / "second.toml"
-    h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9")
-    h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9")
+    configs = {}
+    for b in "ab":
+        key = "email" if a.profile else "id"
+        profile = ["plan", "country", "score"] if a.profile and b == "b" else None
+        first, second = d / f"first-{b}.toml", d / f"second-{b}.toml"
+        h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9", key=key, profile=profile)
+        h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9", key=key, profile=profile)
+        configs[b] = (first, second)
     times = {(b, k): [] for b in "ab" for k in ("first", "plan", "commit")}
     loads = []
     for r in range(a.rounds):
         for b in ("ab" if r % 2 == 0 else "ba"):
             bs = [str(getattr(a, b)), "-q"]
+            first, second = configs[b]
             h.reset(state)
             m = h.measure(bs[:1] + ["--config", str(first)] + bs[1:] + ["run", "--json"], env)
             times[(b, "first")].append(m["seconds"])

@@ -144,15 +144,20 @@ timezone = "UTC"
 """
 
 
-def write_config(path, source, state, endpoint, initial="baseline", rate=1e6, mass_from=10_000):
+def write_config(path, source, state, endpoint, initial="baseline", rate=1e6, mass_from=10_000,
+                 key="id", profile=None):
+    """`profile`: the columns mapped as profile attributes (they need `key` = "email")."""
     kind = "ndjson" if str(source).endswith(".ndjson") else "csv"
+    mapping = MAPPING
+    if profile:
+        mapping += "profile_attributes = [" + ", ".join(f'"{c}"' for c in profile) + "]\n"
     path.write_text(f"""# Written by bench/harness.py.
 [source]
 type = "{kind}"
 path = "{source}"
-primary_key = ["id"]
+primary_key = ["{key}"]
 
-{MAPPING}
+{mapping}
 [sync]
 initial = "{initial}"
 late_events = "send"
