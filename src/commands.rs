@@ -409,8 +409,17 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
             crate::ui::sparkline(&series(|r| r.counts.rejected))
         );
     }
+    // A column for profile updates only when some run sent them.
+    let profiles = status.runs.iter().any(|r| r.counts.profile_updates > 0);
+    let profile_cell = |v: &str| {
+        if profiles {
+            format!(" {v:>8}")
+        } else {
+            String::new()
+        }
+    };
     println!(
-        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+        "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}{}",
         "run",
         "started",
         "status",
@@ -420,11 +429,12 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
         "removed",
         "rejected",
         "sent",
-        "pending"
+        "pending",
+        profile_cell("profiles")
     );
     for r in &status.runs {
         println!(
-            "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}",
+            "{:>5}  {:<24}  {:<11} {:>9} {:>7} {:>7} {:>7} {:>8} {:>8} {:>8}{}",
             r.run_id.unwrap_or_default(),
             r.started_at,
             r.status,
@@ -434,7 +444,8 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
             r.counts.removed,
             r.counts.rejected,
             r.counts.events_sent,
-            r.counts.events_pending
+            r.counts.events_pending,
+            profile_cell(&r.counts.profile_updates.to_string())
         );
         if let Some(e) = &r.error {
             println!("       {e}");

@@ -174,6 +174,7 @@ struct SyncTable {
     max_added: Option<Spanned<toml::Value>>,
     max_removed: Option<Spanned<toml::Value>>,
     max_changed: Option<Spanned<toml::Value>>,
+    max_profile_updates: Option<Spanned<toml::Value>>,
     #[serde(default)]
     event_id: bool,
     #[serde(default)]
@@ -533,6 +534,11 @@ impl Reader<'_> {
                 "sync.max_changed",
                 t.max_changed.as_ref(),
                 SyncSettings::DEFAULT_MAX_CHANGED,
+            )?,
+            max_profile_updates: self.guard(
+                "sync.max_profile_updates",
+                t.max_profile_updates.as_ref(),
+                SyncSettings::DEFAULT_MAX_PROFILE_UPDATES,
             )?,
             event_id: t.event_id,
             on_remove: t.on_remove,

@@ -136,6 +136,8 @@ pub struct SyncSettings {
     pub max_removed: Guard,
     /// Guards changed rows when they send something (`on_change = "event"`).
     pub max_changed: Guard,
+    /// Guards profile updates of rows already in the baseline.
+    pub max_profile_updates: Guard,
     pub event_id: bool,
     pub on_remove: OnRemove,
 }
@@ -146,16 +148,24 @@ impl SyncSettings {
     pub const DEFAULT_MAX_ADDED: Guard = Guard::Percent(50.0);
     pub const DEFAULT_MAX_REMOVED: Guard = Guard::Percent(50.0);
     pub const DEFAULT_MAX_CHANGED: Guard = Guard::Percent(50.0);
+    pub const DEFAULT_MAX_PROFILE_UPDATES: Guard = Guard::Percent(50.0);
 
     /// The guards a delta is checked against; `max_changed` only when changed rows send
     /// something.
-    pub fn guards(&self) -> crate::core::run::Guards {
+    /// The guards of a run; `backfill`: the run is its sync's first with these profile
+    /// attributes, which updates every row's by design.
+    pub fn guards(&self, backfill: bool) -> crate::core::run::Guards {
         crate::core::run::Guards {
             max_added: self.max_added,
             max_removed: self.max_removed,
             max_changed: match self.on_change {
                 OnChange::Event => self.max_changed,
                 OnChange::Ignore => Guard::Off,
+            },
+            max_profile_updates: if backfill {
+                Guard::Off
+            } else {
+                self.max_profile_updates
             },
         }
     }

@@ -127,6 +127,10 @@ pub struct Counts {
     /// the row's event or alone): DESIGN.md "Profile attributes".
     #[serde(default)]
     pub profile_updates: u64,
+    /// Of `profile_updates`, those of rows the baseline held present (their attributes
+    /// changed): what `max_profile_updates` guards. Not kept: the run's guard reads it.
+    #[serde(skip)]
+    pub profile_changed: u64,
     /// Events whose delivery this run recorded.
     pub events_sent: u64,
     pub events_pending: u64,
@@ -149,6 +153,7 @@ impl AddAssign for Counts {
         self.still_rejected += o.still_rejected;
         self.events += o.events;
         self.profile_updates += o.profile_updates;
+        self.profile_changed += o.profile_changed;
         self.events_sent += o.events_sent;
         self.events_pending += o.events_pending;
         self.requests += o.requests;
@@ -257,6 +262,9 @@ pub struct Guards {
     pub max_removed: Guard,
     /// Off when changed rows send nothing (`on_change = "ignore"`).
     pub max_changed: Guard,
+    /// Profile updates of rows already in the baseline; off without profile attributes and on
+    /// a backfill (which updates every row by design).
+    pub max_profile_updates: Guard,
 }
 
 /// A delta the guards refuse, with what tripped them.
@@ -303,6 +311,16 @@ pub fn check_guards(
             "{} rows changed (max_changed = {})",
             counts.changed,
             guards.max_changed.describe()
+        ));
+    }
+    if guards
+        .max_profile_updates
+        .exceeded(counts.profile_changed, baseline)
+    {
+        problems.push(format!(
+            "{} rows' profile attributes changed (max_profile_updates = {})",
+            counts.profile_changed,
+            guards.max_profile_updates.describe()
         ));
     }
     if problems.is_empty() {
@@ -414,7 +432,30 @@ mod tests {
             max_added: added,
             max_removed: removed,
             max_changed: Guard::Percent(50.0),
+            max_profile_updates: Guard::Percent(50.0),
         }
+    }
+
+    #[test]
+    fn profile_updates_of_present_rows_are_guarded() {
+        let c = |profile_changed| Counts {
+            profile_updates: 400,
+            profile_changed,
+            ..Counts::default()
+        };
+        let g = guards(Guard::Off, Guard::Off);
+        let err = check_guards(g, &c(101), 150, false, false).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("101 rows' profile attributes changed (max_profile_updates = 50%)"),
+            "{err}"
+        );
+        check_guards(g, &c(75), 150, false, false).unwrap();
+        let off = Guards {
+            max_profile_updates: Guard::Off,
+            ..g
+        };
+        check_guards(off, &c(150), 150, false, false).unwrap();
     }
 
     #[rstest]

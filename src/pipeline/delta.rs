@@ -239,6 +239,8 @@ impl Apply<'_> {
             Ok((e, p)) => {
                 counts.events += e.is_some() as u64;
                 counts.profile_updates += p.is_some() as u64;
+                counts.profile_changed +=
+                    (p.is_some() && base.as_ref().is_some_and(|b| b.present)) as u64;
                 let only = e.is_none().then_some(ProfileOnly::Update);
                 let op = Operation::new(e, p).expect("an event or a profile update");
                 let mut rref = RowRef::new(self.key_of(&row.key), &row.key, row.hash, prev)

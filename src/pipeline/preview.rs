@@ -193,7 +193,7 @@ fn summarize(
     let mut samples = Samples::default();
     let diffed = diff::apply(engine, &apply, &mut samples, &stop)?;
     let counts = diffed.counts;
-    let guards = settings.sync.guards();
+    let guards = settings.sync.guards(backfill);
     let guard = check_guards(guards, &counts, diffed.baseline_rows, first_run, opts.force)
         .err()
         .map(|g| g.to_string());

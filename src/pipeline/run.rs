@@ -186,7 +186,8 @@ impl<'a, S: StateStore> Run<'a, S> {
             self.store
                 .begin_run(&self.summary.started_at, self.summary.run_id, &rules)?;
         let diffed = diff::apply(engine, &apply, &mut writer, self.stop)?;
-        let guards = settings.sync.guards();
+        let backfill = backfill(settings, self.store.profile_identity()?);
+        let guards = settings.sync.guards(backfill);
         check_guards(
             guards,
             &diffed.counts,
@@ -203,7 +204,7 @@ impl<'a, S: StateStore> Run<'a, S> {
         let meta = CommitMeta {
             identity: &identity,
             profile: &profile,
-            backfill: backfill(settings, self.store.profile_identity()?),
+            backfill,
             mass_update_from: settings.destination.mass_update_from,
             keep_runs: settings.keep_runs,
         };

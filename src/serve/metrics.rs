@@ -48,6 +48,8 @@ pub struct Tick {
     /// A run's final status, or [`LOCKED`].
     pub status: &'static str,
     pub events_sent: u64,
+    /// Operations carrying profile attributes that the run committed.
+    pub profile_updates: u64,
     /// Rows the run rejected itself (its `rejected` less the rows Batch dropped meanwhile).
     pub rejected_local: u64,
     pub took: Duration,
@@ -76,6 +78,7 @@ impl Tick {
         Tick {
             status: summary.status.as_str(),
             events_sent: summary.counts.events_sent,
+            profile_updates: summary.counts.profile_updates,
             rejected_local: summary.counts.rejected.saturating_sub(dropped_by_batch),
             took,
             succeeded_at: succeeded_at(summary),
@@ -88,6 +91,7 @@ impl Tick {
         Tick {
             status: RunStatus::Failed.as_str(),
             events_sent: 0,
+            profile_updates: 0,
             rejected_local: 0,
             took,
             succeeded_at: None,
@@ -114,6 +118,7 @@ pub fn last_success(runs: &[RunSummary]) -> Option<f64> {
 pub struct Metrics {
     runs: BTreeMap<&'static str, u64>,
     events_sent: u64,
+    profile_updates: u64,
     rejected_local: u64,
     rejects_open: Option<u64>,
     events_pending: Option<u64>,
@@ -128,6 +133,7 @@ impl Default for Metrics {
         Metrics {
             runs: STATUSES.iter().map(|s| (*s, 0)).collect(),
             events_sent: 0,
+            profile_updates: 0,
             rejected_local: 0,
             rejects_open: None,
             events_pending: None,
@@ -166,6 +172,7 @@ impl Metrics {
     pub fn record(&mut self, tick: &Tick) {
         *self.runs.entry(tick.status).or_default() += 1;
         self.events_sent += tick.events_sent;
+        self.profile_updates += tick.profile_updates;
         self.rejected_local += tick.rejected_local;
         if let Some(at) = tick.succeeded_at {
             self.last_success = Some(self.last_success.map_or(at, |l| l.max(at)));
@@ -208,6 +215,15 @@ impl Metrics {
             "counter",
             "Events whose delivery to Batch this process's runs recorded.",
             &one("batchsync_events_sent_total", self.events_sent.to_string()),
+        );
+        family(
+            "batchsync_profile_updates_total",
+            "counter",
+            "Operations carrying profile attributes that this process's runs committed to the outbox.",
+            &one(
+                "batchsync_profile_updates_total",
+                self.profile_updates.to_string(),
+            ),
         );
         let name = "batchsync_rows_rejected_total";
         family(
@@ -436,6 +452,7 @@ mod tests {
             status,
             counts: Counts {
                 events_sent: sent,
+                profile_updates: sent / 2,
                 rejected,
                 ..Counts::default()
             },
@@ -512,6 +529,7 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(v("batchsync_events_sent_total", &[]), Some(10.0));
+        assert_eq!(v("batchsync_profile_updates_total", &[]), Some(5.0));
         assert_eq!(
             v("batchsync_rows_rejected_total", &[("source", "local")]),
             Some(1.0)

@@ -264,6 +264,7 @@ impl Store {
                         resumed_requests: n(17)?,
                         still_rejected: n(20)?,
                         profile_updates: n(21)?,
+                        profile_changed: 0,
                     },
                     error: r.get(14)?,
                     duration_ms: n(18)?,
@@ -643,6 +644,7 @@ mod tests {
             resumed_requests: 13,
             still_rejected: 14,
             profile_updates: 15,
+            profile_changed: 0,
         };
         s.finish_run(id, &summary).unwrap();
         assert_eq!(s.runs(1).unwrap(), vec![summary]);

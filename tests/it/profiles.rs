@@ -303,20 +303,30 @@ fn a_kill_while_shipping_leaves_the_profiles_exact() {
     // Killed after Batch took the second request, before the answer was recorded: the
     // resumed run sends it again.
     let crashed = run_bin(&dir, &["run", "--json", "--quiet"], Some("after_send:2"));
-    assert!(!crashed.status.success(), "{}", crashed.stderr);
+    assert!(
+        crashed.stderr.contains("crash point after_send reached"),
+        "{}",
+        crashed.stderr
+    );
     assert_ne!(profiles(&emu), expected, "the crash came before the end");
     let s = counts(&dir);
     assert_counts(&s, &[("resumed_requests", 2)]);
     assert_eq!(profiles(&emu), expected);
 
-    // A delta of profile updates alone, killed the same way.
+    // A delta of profile updates alone (most profiles: past the guard), killed the same way.
+    dir.edit_config("max_removed = \"off\"", "max_removed = \"off\"\nmax_profile_updates = \"off\"");
     let (rows, expected) = users(450, 1);
     write_users(&dir, &rows);
     let (_, plan) = json_of(dir.run(&["plan", "--json"]));
     let updates = plan["profile_updates"].as_u64().unwrap();
     assert!(updates > 200, "{plan}");
     let crashed = run_bin(&dir, &["run", "--json", "--quiet"], Some("after_send:1"));
-    assert!(!crashed.status.success(), "{}", crashed.stderr);
+    assert!(
+        crashed.stderr.contains("crash point after_send reached"),
+        "{}",
+        crashed.stderr
+    );
+    assert_ne!(profiles(&emu), expected, "the crash came before the end");
     counts(&dir);
     assert_eq!(profiles(&emu), expected);
     // Events: the 450 of the first segment, and once more the 200 of the request whose answer
@@ -388,4 +398,37 @@ fn a_sync_without_an_event_sends_profile_attributes_alone() {
     let s = counts(&dir);
     assert_counts(&s, &[("removed", 1), ("profile_updates", 2)]);
     assert_eq!(profiles(&emu), json!({"a@x.io": {"$region": "FR", "plan": "team"}}));
+}
+
+#[test]
+fn a_run_that_changes_most_profiles_is_refused_by_max_profile_updates_but_a_backfill_is_not() {
+    let emu = emulator_with(false, Default::default());
+    let dir = sync_dir(&emu.endpoint(), false);
+    let (rows, _) = users(300, 0);
+    write_users(&dir, &rows);
+    counts(&dir);
+    // Profile attributes switched on: the backfill updates every row, and is not refused.
+    let on = sync_dir(&emu.endpoint(), true);
+    std::fs::copy(on.join("batchsync.toml"), dir.join("batchsync.toml")).unwrap();
+    let s = counts(&dir);
+    assert_counts(&s, &[("profile_updates", 300)]);
+    // A broken query: every plan null.
+    let nulled: Vec<_> = rows
+        .iter()
+        .map(|(e, _, r)| (e.clone(), String::new(), r.clone()))
+        .collect();
+    write_users(&dir, &nulled);
+    let out = dir.run(&["run", "--json", "--quiet"]);
+    let (code, s) = json_of(out);
+    assert_eq!(code, 1, "{s}");
+    assert!(
+        s["error"].as_str().unwrap().contains("300 rows' profile attributes changed (max_profile_updates = 50%)"),
+        "{s}"
+    );
+    assert_eq!(emu.stats().profile_updates, 300, "nothing more was sent");
+    // --force says the change is real.
+    let (code, s) = dir.sync_with(&["--force"]);
+    assert_eq!(code, 0, "{s}");
+    assert_counts(&s, &[("profile_updates", 300)]);
+    assert_eq!(emu.profile("u0001@x.io").unwrap().get("plan"), None);
 }
