@@ -149,6 +149,9 @@ def write_config(path, source, state, endpoint, initial="baseline", rate=1e6, ma
     """`profile`: the columns mapped as profile attributes (they need `key` = "email")."""
     kind = "ndjson" if str(source).endswith(".ndjson") else "csv"
     mapping = MAPPING
+    if key != "id":
+        # `id` is then a column the mapping does not use: no type for it.
+        mapping = mapping.replace('id = "integer", ', "")
     if profile:
         mapping += "profile_attributes = [" + ", ".join(f'"{c}"' for c in profile) + "]\n"
     path.write_text(f"""# Written by bench/harness.py.

@@ -24,8 +24,8 @@
 //! Output: one JSON object of medians in milliseconds, and the row count.
 
 use batchsync::config::{Settings, SourceSettings};
-use batchsync::core::encode::RowHash;
 use batchsync::core::diff::BaseRow;
+use batchsync::core::encode::RowHash;
 use batchsync::core::mapping::{Operation, Reject};
 use batchsync::core::pack::RowRef;
 use batchsync::core::run::Counts;

@@ -84,6 +84,10 @@ pub struct Snapshot {
     pub loose: Vec<LooseReject>,
     pub what: String,
     sorted: runs::Sorted,
+    /// The profile hash, computed by the merging thread from each row's payload, when rows
+    /// keep their payloads (records then need not carry it through the sort).
+    late_profile: Option<cells::ProfileHash>,
+    lazy_profiles: bool,
 }
 
 /// Why the reading thread stopped early.
@@ -133,6 +137,24 @@ pub struct Options<'a> {
     /// Bytes of rows held in memory before a sorted run is spilled.
     pub budget: usize,
     pub payloads: Payloads,
+    /// Profile hashes are left to the diff (`core::diff::Merge::lazy_profiles`): the caller
+    /// knows the row hash settles them. Only with payloads kept.
+    pub lazy_profiles: bool,
+}
+
+/// A row's profile hash from its payload (its values back to back, in plan order), for rows
+/// a snapshot left without one (`Options::lazy_profiles`).
+pub struct ProfileHasher(cells::ProfileHash);
+
+impl ProfileHasher {
+    pub fn new(plan: &ColumnPlan) -> ProfileHasher {
+        ProfileHasher(cells::ProfileHash::new(plan))
+    }
+
+    /// `None` when the payload cannot be read.
+    pub fn of_payload(&mut self, payload: &[u8]) -> Option<RowHash> {
+        self.0.of_payload(payload)
+    }
 }
 
 impl Snapshot {
@@ -151,6 +173,7 @@ impl Snapshot {
             spill_dir,
             budget,
             payloads: Payloads::Keep,
+            lazy_profiles: false,
         };
         Snapshot::take_with(source, plan, tz, opts, progress)
     }
@@ -167,7 +190,9 @@ impl Snapshot {
             spill_dir,
             budget,
             payloads,
+            lazy_profiles,
         } = opts;
+        let lazy_profiles = lazy_profiles && payloads == Payloads::Keep;
         let what = source.describe();
         let reading = Reading {
             plan,
@@ -193,7 +218,7 @@ impl Snapshot {
                             has_key,
                             columns: plan.columns.len(),
                             payloads: payloads == Payloads::Keep,
-                            profile: cells::ProfileHash::new(plan),
+                            profile: plan.has_profile() && payloads == Payloads::Skip,
                         },
                         budget,
                         spill_dir,
@@ -224,17 +249,26 @@ impl Snapshot {
             }
             (Ok(read), Ok(Some(sorted))) => (read, sorted),
         };
+        let late_profile = (plan.has_profile() && payloads == Payloads::Keep && !lazy_profiles)
+            .then(|| cells::ProfileHash::new(plan));
         Ok(Snapshot {
             rows,
             loose,
             what,
             sorted,
+            late_profile,
+            lazy_profiles: lazy_profiles && plan.has_profile(),
         })
+    }
+
+    /// Whether the rows were left without profile hashes (`Options::lazy_profiles`).
+    pub fn lazy_profiles(&self) -> bool {
+        self.lazy_profiles
     }
 
     /// The rows, sorted by key then line.
     pub fn into_sorted(self) -> Box<dyn Iterator<Item = Result<SnapRow, std::io::Error>>> {
-        merge::into_rows(self.sorted)
+        merge::into_rows(self.sorted, self.late_profile)
     }
 }
 
@@ -257,11 +291,11 @@ fn read_rows(
     let mut steps = runs::Steps::<STEPS>::new();
     let mut hashed = 0u64;
     let mut encoder = cells::RowEncoder::new(r.plan, r.tz);
-    let profile = cells::ProfileHash::new(r.plan);
-    let stride = if r.payloads == Payloads::Keep || !profile.is_empty() {
-        r.plan.columns.len()
-    } else {
-        0
+    // Without payloads, the profile hash travels in the records; with them, the merging thread
+    // computes it from the payload (`Snapshot::late_profile`), off the sort's path.
+    let mut profile = match r.payloads {
+        Payloads::Skip => cells::ProfileHash::new(r.plan),
+        Payloads::Keep => cells::ProfileHash::default(),
     };
     let mut cells = Vec::with_capacity(r.plan.columns.len());
     let mut batch = Batch::new();
@@ -303,25 +337,30 @@ fn read_rows(
         if let (Some(p), OnBadRow::Fail) = (&bad, r.on_bad_row) {
             return Err(bad_row(r.what, read.line, p).into());
         }
-        if stride > 0 {
+        if r.payloads == Payloads::Keep {
             batch.spans.extend_from_slice(encoder.spans());
         }
+        let profile = if profile.is_empty() {
+            RowHash::default()
+        } else {
+            profile.of(&batch.buf[at..at + input], encoder.spans())
+        };
         batch.rows.push(Pending {
             line: read.line,
             input: input as u32,
             hashed: encoder.hashed_len(),
-            profile: RowHash::default(),
+            profile,
             key: (batch.buf.len() - at - input) as u32,
             hash: RowHash::default(),
             bad,
         });
         steps.mark(ENCODE);
         if batch.rows.len() == BATCH_ROWS {
-            batch = to_sorter.send(batch, (&profile, stride), &mut steps, &mut hashed)?;
+            batch = to_sorter.send(batch, &mut steps, &mut hashed)?;
         }
     }
     if !batch.rows.is_empty() {
-        to_sorter.send(batch, (&profile, stride), &mut steps, &mut hashed)?;
+        to_sorter.send(batch, &mut steps, &mut hashed)?;
     }
     source.finish()?;
     steps.mark(PARSE);
@@ -354,12 +393,11 @@ impl Sorter<'_> {
     fn send(
         &self,
         mut batch: Batch,
-        (profile, stride): (&cells::ProfileHash, usize),
         steps: &mut runs::Steps<STEPS>,
         hashed: &mut u64,
     ) -> Result<Batch, Stop> {
         if self.queued.load(Ordering::Relaxed) >= BEHIND {
-            batch.hash(profile, stride);
+            batch.hash();
             *hashed += 1;
             steps.mark(HASH);
         }
@@ -653,20 +691,20 @@ mod tests {
         Ok((rows, loose))
     }
 
-    /// The profile hash, one `Value` at a time: each attribute's name header and its column's
-    /// value, in name order (`encode::hash_profile`).
+    /// The profile hash, one `Value` at a time: the attributes' column values, in the
+    /// attributes' name order, under the key of their names (`encode::hash_profile`).
     fn reference_profile(plan: &ColumnPlan, values: &[Value]) -> RowHash {
-        let parts: Vec<(Vec<u8>, Vec<u8>)> = plan
+        let key = crate::core::encode::profile_key(plan.profile.iter().map(|a| a.name.as_str()));
+        let parts: Vec<Vec<u8>> = plan
             .profile
             .iter()
             .map(|a| {
-                let (mut name, mut value) = (Vec::new(), Vec::new());
-                crate::core::encode::put_name(&a.name, &mut name);
+                let mut value = Vec::new();
                 crate::core::encode::encode_value(&values[a.column], &mut value);
-                (name, value)
+                value
             })
             .collect();
-        crate::core::encode::hash_profile(parts.iter().map(|(n, v)| (&n[..], &v[..])))
+        crate::core::encode::hash_profile(&key, parts.iter().map(|v| &v[..]), &mut Vec::new())
     }
 
     /// A sync with profile attributes: `email` the key and custom id, `id` an event attribute
@@ -704,8 +742,14 @@ mod tests {
                 Cell::Text(amount.into()),
             ];
             let mut script = Script(vec![(row, None)], 0);
-            let (rows, _) =
-                taken(&mut script, &plan, OnBadRow::Reject, usize::MAX, Payloads::Skip).unwrap();
+            let (rows, _) = taken(
+                &mut script,
+                &plan,
+                OnBadRow::Reject,
+                usize::MAX,
+                Payloads::Skip,
+            )
+            .unwrap();
             (rows[0].hash, rows[0].profile.expect("a profile hash"))
         };
         let (h1, p1) = take("10", "1");
@@ -730,6 +774,7 @@ mod tests {
             spill_dir: dir.path(),
             budget,
             payloads,
+            lazy_profiles: false,
         };
         let snap = Snapshot::take_with(script, plan, chrono_tz::UTC, opts, |_| {
             std::ops::ControlFlow::Continue(())

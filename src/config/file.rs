@@ -14,8 +14,8 @@ use super::source::{
     DEFAULT_QUERY_TIMEOUT,
 };
 use super::{
-    parse_duration, ConfigError, DestinationSettings, Guard, Initial, OnBadRow, OnChange, OnRemove, Reentry,
-    Settings, SyncSettings, WarehouseSettings,
+    parse_duration, ConfigError, DestinationSettings, Guard, Initial, OnBadRow, OnChange, OnRemove,
+    Reentry, Settings, SyncSettings, WarehouseSettings,
 };
 use crate::core::mapping::{ColumnPlan, LatePolicy, MappingSpec};
 use crate::core::value::Type;
@@ -471,10 +471,9 @@ impl Reader<'_> {
                 "attributes" => ("mapping", m.attributes.as_ref().map(Spanned::span)),
                 "time" => ("mapping", m.time.as_ref().map(Spanned::span)),
                 "label" => ("mapping", m.label.as_ref().map(Spanned::span)),
-                "profile_attributes" => (
-                    "mapping",
-                    m.profile_attributes.as_ref().map(Spanned::span),
-                ),
+                "profile_attributes" => {
+                    ("mapping", m.profile_attributes.as_ref().map(Spanned::span))
+                }
                 // The table's first line: the message names the column.
                 "types" => (
                     "mapping",

@@ -590,7 +590,11 @@ fn profile_attributes_take_a_list_of_columns_or_a_table_of_names() {
     assert_eq!(
         attrs,
         [
-            ("$region", "country", Some(crate::core::mapping::Native::Region)),
+            (
+                "$region",
+                "country",
+                Some(crate::core::mapping::Native::Region)
+            ),
             ("tier", "plan", None)
         ]
     );
@@ -620,10 +624,7 @@ fn profile_attributes_leave_the_mappings_identity_and_rules_as_they_were() {
 #[case::unknown_native(&with_profile(r#"profile_attributes = { "$country" = "c" }"#), "not one of Batch's native profile attributes")]
 #[case::listed_twice(&with_profile(r#"profile_attributes = ["plan", "plan"]"#), "listed twice")]
 #[case::the_custom_id(&with_profile(r#"profile_attributes = ["email"]"#), "identifies the profile")]
-fn a_bad_profile_attribute_is_named_with_its_key_and_line(
-    #[case] text: &str,
-    #[case] why: &str,
-) {
+fn a_bad_profile_attribute_is_named_with_its_key_and_line(#[case] text: &str, #[case] why: &str) {
     let msg = error(text);
     assert!(
         msg.contains("line 9") && msg.contains("mapping.profile_attributes") && msg.contains(why),
@@ -660,10 +661,13 @@ fn a_sync_of_profile_attributes_alone_needs_no_event_but_event_keys_need_one() {
     assert!(!s.plan.has_event() && s.plan.has_profile());
     let msg = error(&format!("{text}time = \"at\"\n"));
     assert!(
-        msg.contains("line 9") && msg.contains("mapping.time") && msg.contains("belongs to an event"),
+        msg.contains("line 9")
+            && msg.contains("mapping.time")
+            && msg.contains("belongs to an event"),
         "{msg}"
     );
     // Without profile attributes, an event is required.
-    let msg = error("[source]\ntype = \"csv\"\npath = \"u.csv\"\n\n[mapping]\ncustom_id = \"email\"\n");
+    let msg =
+        error("[source]\ntype = \"csv\"\npath = \"u.csv\"\n\n[mapping]\ncustom_id = \"email\"\n");
     assert!(msg.contains("mapping.event"), "{msg}");
 }

@@ -95,6 +95,7 @@ impl Delta {
 pub struct Merge<S: Iterator, B: Iterator> {
     snap: Peekable<S>,
     base: Peekable<B>,
+    lazy_profiles: bool,
 }
 
 pub fn merge<S, B, E>(snap: S, base: B) -> Merge<S, B>
@@ -105,6 +106,18 @@ where
     Merge {
         snap: snap.peekable(),
         base: base.peekable(),
+        lazy_profiles: false,
+    }
+}
+
+impl<S: Iterator, B: Iterator> Merge<S, B> {
+    /// The snapshot's rows carry no profile hash where the row hash settles it (every profile
+    /// attribute is an event column, and the baseline's profile hashes are the current
+    /// mapping's): an unchanged row keeps its entry's, and only an entry that has none yet
+    /// makes the row a [`Delta::Profile`], whose hash the caller computes.
+    pub fn lazy_profiles(mut self, on: bool) -> Self {
+        self.lazy_profiles = on;
+        self
     }
 }
 
@@ -182,7 +195,12 @@ where
                     reentry: false,
                 },
                 Some(b) if !b.present => Delta::Added { row, reentry: true },
-                Some(b) if b.hash == row.hash && row.profile.is_some() && row.profile != b.profile => {
+                Some(b)
+                    if b.hash == row.hash && row.profile.is_some() && row.profile != b.profile =>
+                {
+                    Delta::Profile { row }
+                }
+                Some(b) if b.hash == row.hash && self.lazy_profiles && b.profile.is_none() => {
                     Delta::Profile { row }
                 }
                 Some(b) if b.hash == row.hash => Delta::Unchanged { key: row.key },
@@ -340,6 +358,32 @@ mod tests {
         row.hash = h(2);
         let d = deltas(vec![row], vec![base]);
         assert!(matches!(d[0], Delta::Changed { .. }), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn with_lazy_profiles_only_an_entry_without_a_profile_hash_makes_a_profile_delta() {
+        let base = |profile: Option<u8>| BaseRow {
+            key: vec![7],
+            hash: h(1),
+            present: true,
+            profile: profile.map(h),
+        };
+        let lazy = |b: BaseRow| {
+            merge(
+                vec![Ok::<_, ()>(snap(7, 1, 1))].into_iter(),
+                vec![Ok(b)].into_iter(),
+            )
+            .lazy_profiles(true)
+            .next()
+            .unwrap()
+            .unwrap()
+        };
+        // The row carries no profile hash: the row hash settles an entry that has one.
+        assert!(matches!(lazy(base(Some(5))), Delta::Unchanged { .. }));
+        assert!(matches!(lazy(base(None)), Delta::Profile { .. }));
+        // Not lazy, a row without a profile hash is a sync without profile attributes.
+        let d = deltas(vec![snap(7, 1, 1)], vec![base(None)]);
+        assert!(matches!(d[0], Delta::Unchanged { .. }));
     }
 
     #[test]

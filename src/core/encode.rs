@@ -191,22 +191,34 @@ pub(crate) fn put_key_part(buf: &mut Vec<u8>, value: Range<usize>) -> bool {
 }
 
 /// The profile hash, kept beside the row hash when a sync maps profile attributes: the first
-/// 16 bytes of BLAKE3(`"batchsync-profile-v1\0"` ‖ per profile attribute in ascending byte
-/// order of its name: the name's header (`put_name`) ‖ its column's value, encoded as above).
-/// `parts` yields (name header, value bytes) in that order.
-pub fn hash_profile<'a>(parts: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RowHash {
-    let mut h = blake3::Hasher::new();
-    h.update(PROFILE_DOMAIN);
-    for (name, value) in parts {
-        h.update(name);
-        h.update(value);
+/// 16 bytes of BLAKE3 keyed by [`profile_key`] (which covers the attributes' names) over the
+/// values of the profile attributes' columns, encoded as above, in ascending byte order of the
+/// attributes' names. Values only, so that a row's input is one BLAKE3 block or two.
+/// `values` yields them in that order.
+pub fn hash_profile<'a>(
+    key: &[u8; 32],
+    values: impl Iterator<Item = &'a [u8]>,
+    scratch: &mut Vec<u8>,
+) -> RowHash {
+    scratch.clear();
+    for v in values {
+        scratch.extend_from_slice(v);
     }
     let mut out = [0u8; 16];
-    h.finalize_xof().fill(&mut out);
+    out.copy_from_slice(&blake3::keyed_hash(key, scratch).as_bytes()[..16]);
     RowHash(out)
 }
 
-const PROFILE_DOMAIN: &[u8] = b"batchsync-profile-v1\0";
+/// The profile hash's key: BLAKE3 in key-derivation mode, context
+/// `"batchsync profile hash v1"`, over each attribute's name header (`put_name`) in ascending
+/// byte order of the names. A renamed or added attribute changes every row's profile hash.
+pub fn profile_key<'a>(names: impl Iterator<Item = &'a str>) -> [u8; 32] {
+    let mut material = Vec::new();
+    for n in names {
+        put_name(n, &mut material);
+    }
+    blake3::derive_key("batchsync profile hash v1", &material)
+}
 
 /// What an open reject remembers of a row: its row hash, or with profile attributes, a hash of
 /// both hashes, so that a row whose profile attributes alone change is tried again.
@@ -301,6 +313,33 @@ impl<'a> Decoder<'a> {
             }
             _ => return Err(DecodeError(at)),
         })
+    }
+
+    /// Steps over the next value without reading it; returns where its encoding sits.
+    pub fn skip(&mut self) -> Result<Range<usize>, DecodeError> {
+        let at = self.pos;
+        let tag = self.take(1)?[0];
+        match tag {
+            tag::NULL => {}
+            tag::BOOL => {
+                self.take(1)?;
+            }
+            tag::INT | tag::FLOAT | tag::TIME => {
+                self.take(8)?;
+            }
+            tag::TEXT | tag::URL | tag::JSON => {
+                let n = self.u32()?;
+                self.take(n)?;
+            }
+            tag::STR_ARRAY => {
+                for _ in 0..self.u32()? {
+                    let n = self.u32()?;
+                    self.take(n)?;
+                }
+            }
+            _ => return Err(DecodeError(at)),
+        }
+        Ok(at..self.pos)
     }
 }
 

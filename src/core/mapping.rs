@@ -94,17 +94,26 @@ impl Native {
     ];
 
     pub fn of(name: &str) -> Option<Native> {
-        Native::ALL.iter().find(|(n, _)| *n == name).map(|&(_, v)| v)
+        Native::ALL
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|&(_, v)| v)
     }
 
     /// The rule a value must follow, as a reject's reason tells it.
     pub fn rule(self) -> &'static str {
         match self {
-            Native::EmailAddress => "an email address (one @, a domain with a dot, no spaces, at most 256 characters)",
+            Native::EmailAddress => {
+                "an email address (one @, a domain with a dot, no spaces, at most 256 characters)"
+            }
             Native::EmailMarketing | Native::SmsMarketing => "\"subscribed\" or \"unsubscribed\"",
-            Native::PhoneNumber => "a phone number in E.164 form (+ then 2 to 15 digits, the first not 0)",
+            Native::PhoneNumber => {
+                "a phone number in E.164 form (+ then 2 to 15 digits, the first not 0)"
+            }
             Native::Language => "an ISO 639-1 language code (2 lowercase letters, e.g. \"fr\")",
-            Native::Region => "an ISO 3166-1 alpha-2 region code (2 uppercase letters, e.g. \"FR\")",
+            Native::Region => {
+                "an ISO 3166-1 alpha-2 region code (2 uppercase letters, e.g. \"FR\")"
+            }
             Native::Timezone => "an IANA time zone name (e.g. \"Europe/Paris\")",
         }
     }
@@ -347,6 +356,12 @@ impl ColumnPlan {
         !self.profile.is_empty()
     }
 
+    /// Whether every profile attribute's column is also one of the event's, which the row hash
+    /// covers: a row whose row hash is unchanged then has unchanged profile attributes too.
+    pub fn profile_in_row_hash(&self) -> bool {
+        self.profile.iter().all(|a| a.column < self.hashed)
+    }
+
     /// Whether rows become events (a sync of profile attributes alone has none).
     pub fn has_event(&self) -> bool {
         self.event != EventName::None
@@ -505,17 +520,17 @@ fn has_scheme(url: &str) -> bool {
 /// One non-null attribute value as Batch takes it: its key (`date(name)`, `url(name)` for those
 /// types) and JSON value, or the rule it breaks.
 /// `column` is the one a reject names.
-fn attribute(
-    name: &str,
-    column: &str,
-    v: &Value,
-) -> Result<(String, serde_json::Value), Reject> {
+fn attribute(name: &str, column: &str, v: &Value) -> Result<(String, serde_json::Value), Reject> {
     let col = Some(column);
     Ok(match v {
         Value::Text(s) => {
             let n = s.chars().count();
             if n == 0 {
-                return Err(Reject::new(col, "string_empty", "Batch does not take empty strings; make it null to leave the attribute out"));
+                return Err(Reject::new(
+                    col,
+                    "string_empty",
+                    "Batch does not take empty strings; make it null to leave the attribute out",
+                ));
             }
             if n > MAX_STRING {
                 return Err(Reject::new(
@@ -718,29 +733,28 @@ pub fn build_event(
 
     let custom_id = custom_id_of(plan, row)?;
 
-    let name = match &plan.event {
-        EventName::Constant(n) => n.clone(),
-        EventName::None => {
-            return Err(Reject::new(
+    let name =
+        match &plan.event {
+            EventName::Constant(n) => n.clone(),
+            EventName::None => return Err(Reject::new(
                 None,
                 "no_event",
                 "the mapping has no event (a bug: a sync of profile attributes alone builds none)",
-            ))
-        }
-        EventName::Column(i) => match &row[*i] {
-            Value::Text(n) if valid_name(n) => n.clone(),
-            other => {
-                return Err(Reject::new(
-                    col(*i),
-                    "event_name",
-                    format!(
-                        "{:?} is not a valid event name: {NAME_RULE}",
-                        super::value::render(other)
-                    ),
-                ))
-            }
-        },
-    };
+            )),
+            EventName::Column(i) => match &row[*i] {
+                Value::Text(n) if valid_name(n) => n.clone(),
+                other => {
+                    return Err(Reject::new(
+                        col(*i),
+                        "event_name",
+                        format!(
+                            "{:?} is not a valid event name: {NAME_RULE}",
+                            super::value::render(other)
+                        ),
+                    ))
+                }
+            },
+        };
 
     let mut event = serde_json::Map::new();
     event.insert("name".into(), name.into());
@@ -1107,8 +1121,11 @@ mod tests {
         #[case] column: &str,
         #[case] rule: &str,
     ) {
-        let e = build_profile(&profiled(), &profile_row(country, Value::Text("pro".into()), extra))
-            .unwrap_err();
+        let e = build_profile(
+            &profiled(),
+            &profile_row(country, Value::Text("pro".into()), extra),
+        )
+        .unwrap_err();
         assert_eq!((e.column.as_deref(), e.rule), (Some(column), rule), "{e:?}");
     }
 

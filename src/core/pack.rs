@@ -308,9 +308,7 @@ mod tests {
     fn ev(id: &str, n: usize) -> PackEvent {
         PackEvent {
             custom_id: id.into(),
-            event_json: Some(format!(
-                "{{\"name\":\"e\",\"attributes\":{{\"n\":{n}}}}}"
-            )),
+            event_json: Some(format!("{{\"name\":\"e\",\"attributes\":{{\"n\":{n}}}}}")),
             attributes_json: None,
             row: RowRef::new(
                 format!("{{\"id\":{n}}}"),

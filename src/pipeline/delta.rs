@@ -37,6 +37,8 @@ pub struct Apply<'a> {
     pub open: OpenRejects,
     /// `[sync] on_remove = "unset"`: a removed row's profile attributes are sent as null.
     pub unset_on_remove: bool,
+    /// Computes the profile hash of rows the snapshot left without one (`lazy_profiles`).
+    hasher: std::cell::RefCell<Option<crate::snapshot::ProfileHasher>>,
 }
 
 impl<'a> Apply<'a> {
@@ -60,6 +62,7 @@ impl<'a> Apply<'a> {
             text_keys: settings.warehouse.is_some(),
             open: OpenRejects::new(),
             unset_on_remove: settings.sync.on_remove == OnRemove::Unset,
+            hasher: Default::default(),
         }
     }
 
@@ -77,6 +80,7 @@ impl<'a> Apply<'a> {
             text_keys: false,
             open: OpenRejects::new(),
             unset_on_remove: false,
+            hasher: Default::default(),
         }
     }
 }
@@ -193,6 +197,18 @@ impl Apply<'_> {
         Ok(())
     }
 
+    /// Gives a row the snapshot left without a profile hash (`lazy_profiles`) its hash, from
+    /// its payload. A payload that cannot be read leaves it without one: the row is then
+    /// rejected as corrupt when its values are read.
+    fn fill_profile(&self, row: &mut SnapRow) {
+        if row.profile.is_some() || !self.plan.has_profile() {
+            return;
+        }
+        let mut hasher = self.hasher.borrow_mut();
+        let hasher = hasher.get_or_insert_with(|| crate::snapshot::ProfileHasher::new(self.plan));
+        row.profile = hasher.of_payload(&row.payload);
+    }
+
     /// Whether the run sends profile attributes (a run that only records sends nothing).
     fn profiles(&self) -> bool {
         self.plan.has_profile() && !self.policy.record_only
@@ -297,6 +313,12 @@ impl Apply<'_> {
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<(), S::Error> {
+        let mut delta = delta;
+        if let Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Profile { row } =
+            &mut delta
+        {
+            self.fill_profile(row);
+        }
         let (wants, write) = decide(&delta, self.policy);
         match delta {
             Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Profile { row }

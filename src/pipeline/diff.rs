@@ -96,6 +96,7 @@ impl<'a> LocalDiff<'a> {
     {
         let rows = snap.rows;
         let loose = snap.loose.clone();
+        let lazy = snap.lazy_profiles();
         let sorted: Sorted = Box::new(
             snap.into_sorted()
                 .map(|r| r.map_err(|e| RunError::Snapshot(SnapshotError::Spill(e)))),
@@ -104,7 +105,7 @@ impl<'a> LocalDiff<'a> {
         LocalDiff {
             rows,
             loose,
-            merge: merge(sorted, baseline),
+            merge: merge(sorted, baseline).lazy_profiles(lazy),
         }
     }
 }
@@ -136,7 +137,7 @@ pub fn read_snapshot(
     settings: &Settings,
     stop: &StopFlag,
     ui: &Ui,
-    payloads: Payloads,
+    (payloads, lazy_profiles): (Payloads, bool),
 ) -> Result<Snapshot, RunError> {
     let mut source = crate::source::open(settings).map_err(SnapshotError::from)?;
     let dir = spill_dir(settings);
@@ -147,6 +148,7 @@ pub fn read_snapshot(
         spill_dir: &dir,
         budget: crate::snapshot::DEFAULT_BUDGET,
         payloads,
+        lazy_profiles,
     };
     let snap = Snapshot::take_with(
         source.as_mut(),
@@ -183,4 +185,13 @@ pub fn payloads(first_run: bool, initial: crate::config::Initial) -> Payloads {
     } else {
         Payloads::Keep
     }
+}
+
+/// Whether the snapshot may leave profile hashes to the diff: every profile attribute is an
+/// event column (the row hash settles them), the baseline's profile hashes are the current
+/// mapping's (not a backfill), and no open reject is being retried (a row Batch dropped is put
+/// back with its old profile hash, which only a computed hash would tell apart).
+pub fn lazy_profiles(settings: &Settings, backfill: bool, retry_rejects: bool) -> bool {
+    let plan = &settings.plan;
+    plan.has_profile() && plan.profile_in_row_hash() && !backfill && !retry_rejects
 }

@@ -126,7 +126,12 @@ fn steps(
     }
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let payloads = diff::payloads(run.first_run()?, initial);
-    let snap = diff::read_snapshot(settings, stop, ui, payloads)?;
+    let backfill = run::backfill(
+        settings,
+        crate::state::StateStore::profile_identity(run.store())?,
+    );
+    let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
+    let snap = diff::read_snapshot(settings, stop, ui, (payloads, lazy))?;
     crate::crash::point("after_read");
     tracing::debug!(rows = snap.rows, "snapshot taken");
     // The baseline is read on a second connection while the run's transaction writes.

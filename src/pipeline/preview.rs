@@ -139,12 +139,21 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     let backfill = super::run::backfill(settings, stored_profile);
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let stop = StopFlag::default();
-    let snap = diff::read_snapshot(settings, &stop, ui, diff::payloads(first_run, initial))?;
+    let payloads = diff::payloads(first_run, initial);
+    let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
+    let snap = diff::read_snapshot(settings, &stop, ui, (payloads, lazy))?;
     let mut engine = match &store {
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
     };
-    summarize(&mut engine, settings, opts, (first_run, backfill), pending, open)
+    summarize(
+        &mut engine,
+        settings,
+        opts,
+        (first_run, backfill),
+        pending,
+        open,
+    )
 }
 
 /// `plan` in the database mode: the run's transaction (stage, counts, fetch, map), rolled
@@ -233,7 +242,7 @@ fn summarize(
 /// problems surface without touching the store or the network.
 pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
     let stop = StopFlag::default();
-    let snap = diff::read_snapshot(settings, &stop, ui, Payloads::Keep)?;
+    let snap = diff::read_snapshot(settings, &stop, ui, (Payloads::Keep, false))?;
     let source = snap.what.clone();
     let mut engine = LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>());
     let mut samples = Samples::default();

@@ -15,8 +15,8 @@
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
 
 use crate::core::encode::{
-    encode_value, hash_profile, put_bool, put_int, put_key_part, put_name, put_null, put_text,
-    put_time, RowHash,
+    encode_value, hash_profile, profile_key, put_bool, put_int, put_key_part, put_name, put_null,
+    put_text, put_time, RowHash,
 };
 use crate::core::mapping::{ColumnPlan, Reject};
 use crate::core::value::{coerce, parse_text, Cell, Type, TypeError, Value};
@@ -35,38 +35,53 @@ pub(super) struct RowEncoder {
     hashed: usize,
 }
 
-/// What the profile hash reads of a row: per profile attribute, in name order, its name header
-/// and its column. Empty when the sync maps no profile attributes.
+/// What the profile hash reads of a row: its key (of the attributes' names) and the attributes'
+/// columns, in the attributes' name order. Empty when the sync maps no profile attributes.
 #[derive(Clone, Default)]
 pub(super) struct ProfileHash {
-    parts: Vec<(Vec<u8>, usize)>,
+    key: [u8; 32],
+    columns: Vec<usize>,
+    scratch: Vec<u8>,
+    spans: Vec<(u32, u32)>,
 }
 
 impl ProfileHash {
     pub(super) fn new(plan: &ColumnPlan) -> ProfileHash {
         ProfileHash {
-            parts: plan
-                .profile
-                .iter()
-                .map(|a| {
-                    let mut h = Vec::new();
-                    put_name(&a.name, &mut h);
-                    (h, a.column)
-                })
-                .collect(),
+            key: profile_key(plan.profile.iter().map(|a| a.name.as_str())),
+            columns: plan.profile.iter().map(|a| a.column).collect(),
+            scratch: Vec::new(),
+            spans: Vec::new(),
         }
     }
 
     pub(super) fn is_empty(&self) -> bool {
-        self.parts.is_empty()
+        self.columns.is_empty()
     }
 
     /// The profile hash of a row: its hash `input` and where each column's value sits in it.
-    pub(super) fn of(&self, input: &[u8], spans: &[(u32, u32)]) -> RowHash {
-        hash_profile(self.parts.iter().map(|(head, c)| {
-            let (a, b) = spans[*c];
-            (&head[..], &input[a as usize..b as usize])
-        }))
+    pub(super) fn of(&mut self, input: &[u8], spans: &[(u32, u32)]) -> RowHash {
+        let values = self.columns.iter().map(|&c| {
+            let (a, b) = spans[c];
+            &input[a as usize..b as usize]
+        });
+        hash_profile(&self.key, values, &mut self.scratch)
+    }
+
+    /// The profile hash of a row from its payload (its values back to back, in plan order);
+    /// `None` when the payload cannot be read (a corrupt record).
+    pub(super) fn of_payload(&mut self, payload: &[u8]) -> Option<RowHash> {
+        let last = *self.columns.iter().max()?;
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.clear();
+        let mut d = crate::core::encode::Decoder::new(payload);
+        for _ in 0..=last {
+            let r = d.skip().ok()?;
+            spans.push((r.start as u32, r.end as u32));
+        }
+        let hash = self.of(payload, &spans);
+        self.spans = spans;
+        Some(hash)
     }
 }
 

@@ -11,7 +11,8 @@
 //! - The spill directory lives as long as the merging thread; dropping the rows stops the
 //!   thread and waits for it, so the files are gone when the drop returns.
 
-use super::runs::{header, row, Run, Sorted, Steps, HEADER};
+use super::cells::ProfileHash;
+use super::runs::{header, row, set_profile_flag, Run, Sorted, Steps, HEADER};
 use crate::core::diff::SnapRow;
 use std::cmp::Ordering;
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
@@ -96,6 +97,7 @@ fn merge(
     tx: Batches,
     recycled: Receiver<Vec<u8>>,
     _dir: Option<tempfile::TempDir>,
+    mut late_profile: Option<ProfileHash>,
 ) {
     let mut heap = BinaryHeap::with_capacity(cursors.len());
     let mut steps = Steps::<2>::new();
@@ -110,7 +112,11 @@ fn merge(
         let mut out = Vec::with_capacity(BATCH_BYTES + 4096);
         while let Some(mut top) = heap.peek_mut() {
             rows += 1;
+            let at = out.len();
             out.extend_from_slice(&top.rec);
+            if let Some(p) = &mut late_profile {
+                with_profile(p, &mut out, at)?;
+            }
             let cursor = top.cursor;
             if !cursors[cursor].next_into(&mut top.rec)? {
                 PeekMut::pop(top);
@@ -143,8 +149,27 @@ fn merge(
     }
 }
 
-/// The sorted rows, merged on a thread of their own.
-pub(super) fn into_rows(sorted: Sorted) -> Box<dyn Iterator<Item = io::Result<SnapRow>>> {
+/// Completes the record at `at` in `out` with its profile hash, computed from its payload.
+fn with_profile(p: &mut ProfileHash, out: &mut Vec<u8>, at: usize) -> io::Result<()> {
+    let h = header(&out[at..at + HEADER]);
+    let from = at + HEADER + h.key;
+    let hash = p.of_payload(&out[from..from + h.payload]).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "unreadable payload in a sorted run",
+        )
+    })?;
+    set_profile_flag(&mut out[at..at + HEADER]);
+    out.extend_from_slice(&hash.0);
+    Ok(())
+}
+
+/// The sorted rows, merged on a thread of their own; `late_profile`: the profile hash to add to
+/// each record from its payload.
+pub(super) fn into_rows(
+    sorted: Sorted,
+    late_profile: Option<ProfileHash>,
+) -> Box<dyn Iterator<Item = io::Result<SnapRow>>> {
     let (cursors, dir) = match sorted {
         Sorted::Memory(run) => (vec![Cursor::Memory { run, next: 0 }], None),
         Sorted::Spilled { files, last, dir } => {
@@ -160,7 +185,7 @@ pub(super) fn into_rows(sorted: Sorted) -> Box<dyn Iterator<Item = io::Result<Sn
     let (recycle, recycled) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("batchsync-merge".into())
-        .spawn(move || merge(cursors, tx, recycled, dir));
+        .spawn(move || merge(cursors, tx, recycled, dir, late_profile));
     match spawned {
         Ok(thread) => Box::new(Rows {
             rx: Some(rx),

@@ -15,7 +15,6 @@
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
 
-use super::cells::ProfileHash;
 use crate::core::diff::SnapRow;
 use crate::core::encode::{hash_encoding, RowHash};
 use crate::core::mapping::Reject;
@@ -96,19 +95,15 @@ impl Batch {
         }
     }
 
-    /// Fills in the rows' hashes; `profile`'s too when the sync maps profile attributes (the
-    /// batch then carries `stride` value spans a row).
-    pub(super) fn hash(&mut self, profile: &ProfileHash, stride: usize) {
+    /// Fills in the rows' hashes (the reading thread computes a row's profile hash as it
+    /// encodes it: it has time to spare, the sorting thread has not).
+    pub(super) fn hash(&mut self) {
         if self.hashed {
             return;
         }
         let mut at = 0;
-        for (i, r) in self.rows.iter_mut().enumerate() {
-            let input = &self.buf[at..at + r.input as usize];
-            r.hash = hash_encoding(&input[..r.hashed as usize]);
-            if !profile.is_empty() {
-                r.profile = profile.of(input, &self.spans[i * stride..(i + 1) * stride]);
-            }
+        for r in &mut self.rows {
+            r.hash = hash_encoding(&self.buf[at..at + r.hashed as usize]);
             at += (r.input + r.key) as usize;
         }
         self.hashed = true;
@@ -145,6 +140,12 @@ pub(super) struct Header {
 
 /// The line's top bit in a header: the record carries a profile hash.
 const PROFILE_BIT: u64 = 1 << 63;
+
+/// Marks a record's header as followed, after its reject, by a profile hash.
+pub(super) fn set_profile_flag(head: &mut [u8]) {
+    let line = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes")) | PROFILE_BIT;
+    head[12..20].copy_from_slice(&line.to_le_bytes());
+}
 
 impl Header {
     /// The whole record's length, header included.
@@ -262,7 +263,11 @@ impl Run {
         let mut head = [0u8; HEADER];
         head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         head[4..8].copy_from_slice(&payload.to_le_bytes());
-        let flagged = if profile.is_some() { line | PROFILE_BIT } else { line };
+        let flagged = if profile.is_some() {
+            line | PROFILE_BIT
+        } else {
+            line
+        };
         head[12..20].copy_from_slice(&flagged.to_le_bytes());
         head[20..36].copy_from_slice(&hash.0);
         let d = &mut self.data;
@@ -398,22 +403,10 @@ pub(super) struct Layout {
     /// Without a primary key, a row's key is its hash.
     pub(super) has_key: bool,
     pub(super) columns: usize,
-    /// Whether records keep their payload.
+    /// Whether records keep their payload; the batches then carry `columns` spans a row.
     pub(super) payloads: bool,
-    /// The profile hash's reading of a row (empty: no profile attributes).
-    pub(super) profile: ProfileHash,
-}
-
-impl Layout {
-    /// Value spans a batch carries per row: `columns` when records keep their payload or the
-    /// profile hash needs them, else none.
-    pub(super) fn stride(&self) -> usize {
-        if self.payloads || !self.profile.is_empty() {
-            self.columns
-        } else {
-            0
-        }
-    }
+    /// Whether rows carry a profile hash (the sync maps profile attributes).
+    pub(super) profile: bool,
 }
 
 /// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
@@ -441,18 +434,13 @@ pub(super) fn sort_batches(
         queued.fetch_sub(1, AtomicOrdering::Relaxed);
         steps.mark(WAIT);
         hashed += !batch.hashed as u64;
-        let stride = layout.stride();
-        batch.hash(&layout.profile, stride);
+        batch.hash();
         steps.mark(HASH);
         rows += batch.rows.len() as u64;
-        let profiled = !layout.profile.is_empty();
+        let columns = if layout.payloads { layout.columns } else { 0 };
         let mut at = 0;
         for (i, r) in batch.rows.drain(..).enumerate() {
-            let spans = if layout.payloads {
-                &batch.spans[i * stride..(i + 1) * stride]
-            } else {
-                &[][..]
-            };
+            let spans = &batch.spans[i * columns..(i + 1) * columns];
             let input = &batch.buf[at..at + r.input as usize];
             let key_at = at + r.input as usize;
             at = key_at + r.key as usize;
@@ -461,7 +449,7 @@ pub(super) fn sort_batches(
             } else {
                 &r.hash.0[..]
             };
-            let hashes = (r.hash, profiled.then_some(r.profile));
+            let hashes = (r.hash, layout.profile.then_some(r.profile));
             run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
             if run.bytes() >= budget {
                 steps.mark(ARRANGE);

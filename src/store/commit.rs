@@ -62,7 +62,17 @@ fn request_lines(
         for row in rows {
             // A profile update alone has no event: its line points at the operation only.
             let (change, at) = match row.only {
-                None => (Change::of_event(row.prev.as_ref().map(|(_, present)| *present)), Some(ev)),
+                None => (
+                    Change::of_event(row.prev.as_ref().map(|(_, present)| *present)),
+                    Some(ev),
+                ),
+                // A changed row (another row hash) whose profile alone was sent is still a
+                // changed row; a row whose row hash stayed is a profile update.
+                Some(ProfileOnly::Update)
+                    if row.prev.as_ref().is_some_and(|(h, _)| *h != row.h) =>
+                {
+                    (Change::Changed, None)
+                }
                 Some(ProfileOnly::Update) => (Change::Profile, None),
                 Some(ProfileOnly::Unset) => (Change::Removed, None),
             };

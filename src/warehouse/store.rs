@@ -22,16 +22,16 @@
 //!   rules, `store::commit::prune`).
 
 use super::Db;
+use crate::core::diff::BaseRow;
 use crate::core::encode::{unhex, RowHash};
 use crate::core::history::Change;
-use crate::core::diff::BaseRow;
 use crate::core::mapping::{Operation, Reject};
 use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, RowRef};
 use crate::core::retry::PartialError;
 use crate::core::run::{Counts, RunStatus, RunSummary};
 use crate::state::{
-    dropped_ops, Commit, CommitMeta, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest, Rejected,
-    Result, RunLog, Sink, StateStore, StoreError,
+    dropped_ops, Commit, CommitMeta, Committed, Line, OpenRejects, Outbox, Pending, PendingRequest,
+    Rejected, Result, RunLog, Sink, StateStore, StoreError,
 };
 use crate::store::commit::request_id;
 use crate::store::now_rfc3339;

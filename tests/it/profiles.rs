@@ -16,9 +16,21 @@ const HEADER: &str = "email,plan,country,signed_up_at\n";
 /// A sync keyed by the custom id: one event per new row, `plan` and `country` (as
 /// `$region`) on the profile, removed rows' attributes unset.
 fn sync_dir(endpoint: &str, profile: bool) -> Dir {
+    sync_dir_with(endpoint, profile, false)
+}
+
+/// `event_attributes`: `plan` and `country` are the event's attributes too, so the row hash
+/// covers them and the diff leaves profile hashes to rows whose row hash changed (the lazy
+/// path of `pipeline::diff::lazy_profiles`).
+fn sync_dir_with(endpoint: &str, profile: bool, event_attributes: bool) -> Dir {
     let dir = Dir::new();
     let profile = if profile {
         "profile_attributes = { plan = \"plan\", \"$region\" = \"country\" }"
+    } else {
+        ""
+    };
+    let attributes = if event_attributes {
+        "attributes = [\"plan\", \"country\"]\n"
     } else {
         ""
     };
@@ -26,7 +38,7 @@ fn sync_dir(endpoint: &str, profile: bool) -> Dir {
         "batchsync.toml",
         format!(
             "[source]\ntype = \"csv\"\npath = \"users.csv\"\nprimary_key = [\"email\"]\n\n\
-             [mapping]\ncustom_id = \"email\"\nevent = \"signed_up\"\ntime = \"signed_up_at\"\n{profile}\n\n\
+             [mapping]\ncustom_id = \"email\"\nevent = \"signed_up\"\ntime = \"signed_up_at\"\n{attributes}{profile}\n\n\
              [sync]\nlate_events = \"send\"\non_remove = \"unset\"\nmax_added = \"off\"\nmax_removed = \"off\"\n\n\
              [destination]\nendpoint = \"{endpoint}\"\nrate = 100000\nmass_update_from = 1000000\n"
         ),
@@ -54,10 +66,12 @@ fn counts(dir: &Dir) -> Value {
     s
 }
 
-#[test]
-fn the_profile_mirrors_the_segment_through_added_changed_removed_and_reentered_rows() {
+#[rstest::rstest]
+fn the_profile_mirrors_the_segment_through_added_changed_removed_and_reentered_rows(
+    #[values(false, true)] event_attributes: bool,
+) {
     let emu = emulator_with(false, Default::default());
-    let dir = sync_dir(&emu.endpoint(), true);
+    let dir = sync_dir_with(&emu.endpoint(), true, event_attributes);
     segment(
         &dir,
         &[
@@ -96,19 +110,25 @@ fn the_profile_mirrors_the_segment_through_added_changed_removed_and_reentered_r
     );
     let (_, plan) = json_of(dir.run(&["plan", "--json"]));
     assert_eq!(
-        (plan["profile_updates"].as_u64(), plan["profile_backfill"].as_bool()),
+        (
+            plan["profile_updates"].as_u64(),
+            plan["profile_backfill"].as_bool()
+        ),
         (Some(3), Some(false)),
         "{plan}"
     );
     assert_eq!(plan["endpoint"], "update", "{plan}");
     let s = counts(&dir);
+    // With plan an event attribute too, a's row hash changed: a changed row (that sends no
+    // event, on_change = "ignore") whose profile update goes all the same.
+    let (changed, unchanged) = if event_attributes { (2, 0) } else { (1, 1) };
     assert_counts(
         &s,
         &[
             ("added", 1),
-            ("changed", 1),
+            ("changed", changed),
             ("removed", 1),
-            ("unchanged", 1),
+            ("unchanged", unchanged),
             ("events_sent", 1),
             ("profile_updates", 3),
         ],
@@ -147,14 +167,22 @@ fn the_profile_mirrors_the_segment_through_added_changed_removed_and_reentered_r
 
     // Nothing changed: nothing is sent.
     let s = counts(&dir);
-    assert_counts(&s, &[("unchanged", 4), ("profile_updates", 0), ("requests", 0)]);
+    assert_counts(
+        &s,
+        &[("unchanged", 4), ("profile_updates", 0), ("requests", 0)],
+    );
 
     // explain shows what each run set on the profile.
     let (code, e) = json_of(dir.run(&["explain", "--json", "a@x.io"]));
     assert_eq!(code, 0, "{e}");
     let h = e["history"].as_array().unwrap();
     let kinds: Vec<_> = h.iter().map(|l| l["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["added", "profile"], "{e}");
+    let second = if event_attributes {
+        "changed"
+    } else {
+        "profile"
+    };
+    assert_eq!(kinds, ["added", second], "{e}");
     assert_eq!(h[0]["attributes"], json!({"$region": "FR", "plan": "pro"}));
     assert_eq!(h[1]["attributes"], json!({"$region": "FR", "plan": "team"}));
     assert_eq!(h[1]["event"], Value::Null);
@@ -206,7 +234,10 @@ fn enabling_profile_attributes_on_an_existing_sync_backfills_every_present_row()
     assert_eq!(plan["endpoint"], "mass-update", "{plan}");
     assert_eq!(plan["profile_sample"].as_array().unwrap().len(), 2);
     let text = stderr(&dir.run(&["plan"]));
-    assert!(text.contains("2 profile attribute updates (a backfill"), "{text}");
+    assert!(
+        text.contains("2 profile attribute updates (a backfill"),
+        "{text}"
+    );
 
     let s = counts(&dir);
     assert_counts(
@@ -224,7 +255,10 @@ fn enabling_profile_attributes_on_an_existing_sync_backfills_every_present_row()
     assert_eq!(emu.profile("c@x.io"), Some(Default::default()));
 
     // After the backfill, profile updates go to /profiles/update whatever their number.
-    segment(&dir, &[("a@x.io", "team", "FR", 1), ("b@x.io", "team", "DE", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "team", "FR", 1), ("b@x.io", "team", "DE", 1)],
+    );
     let (_, plan) = json_of(dir.run(&["plan", "--json"]));
     assert_eq!(
         (plan["profile_updates"].as_u64(), plan["endpoint"].as_str()),
@@ -239,7 +273,10 @@ fn enabling_profile_attributes_on_an_existing_sync_backfills_every_present_row()
 fn a_bad_profile_value_is_a_reject_naming_its_column_and_rule_until_it_is_fixed() {
     let emu = emulator_with(false, Default::default());
     let dir = sync_dir(&emu.endpoint(), true);
-    segment(&dir, &[("a@x.io", "pro", "FR", 1), ("b@x.io", "pro", "France", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "pro", "FR", 1), ("b@x.io", "pro", "France", 1)],
+    );
     let (code, s) = dir.sync();
     assert_eq!((code, s["status"].as_str()), (3, Some("partial")), "{s}");
     assert_counts(&s, &[("added", 2), ("rejected", 1), ("events_sent", 1)]);
@@ -247,7 +284,11 @@ fn a_bad_profile_value_is_a_reject_naming_its_column_and_rule_until_it_is_fixed(
     let r = &r.as_array().unwrap()[0];
     assert_eq!(
         (&r["key"], &r["column"], &r["rule"]),
-        (&json!({"email": "b@x.io"}), &json!("country"), &json!("profile_native")),
+        (
+            &json!({"email": "b@x.io"}),
+            &json!("country"),
+            &json!("profile_native")
+        ),
         "{r}"
     );
     assert!(r["reason"].as_str().unwrap().contains("ISO 3166-1"), "{r}");
@@ -256,9 +297,15 @@ fn a_bad_profile_value_is_a_reject_naming_its_column_and_rule_until_it_is_fixed(
     // Unchanged, it stays rejected; its profile column fixed, it is sent.
     let s = counts(&dir);
     assert_counts(&s, &[("still_rejected", 1), ("requests", 0)]);
-    segment(&dir, &[("a@x.io", "pro", "FR", 1), ("b@x.io", "pro", "FR", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "pro", "FR", 1), ("b@x.io", "pro", "FR", 1)],
+    );
     let s = counts(&dir);
-    assert_counts(&s, &[("added", 1), ("events_sent", 1), ("profile_updates", 1)]);
+    assert_counts(
+        &s,
+        &[("added", 1), ("events_sent", 1), ("profile_updates", 1)],
+    );
     assert_eq!(
         emu.profile("b@x.io").map(|a| json!(a)),
         Some(json!({"$region": "FR", "plan": "pro"}))
@@ -314,7 +361,10 @@ fn a_kill_while_shipping_leaves_the_profiles_exact() {
     assert_eq!(profiles(&emu), expected);
 
     // A delta of profile updates alone (most profiles: past the guard), killed the same way.
-    dir.edit_config("max_removed = \"off\"", "max_removed = \"off\"\nmax_profile_updates = \"off\"");
+    dir.edit_config(
+        "max_removed = \"off\"",
+        "max_removed = \"off\"\nmax_profile_updates = \"off\"",
+    );
     let (rows, expected) = users(450, 1);
     write_users(&dir, &rows);
     let (_, plan) = json_of(dir.run(&["plan", "--json"]));
@@ -338,7 +388,10 @@ fn a_kill_while_shipping_leaves_the_profiles_exact() {
 fn a_profile_update_batch_drops_is_a_reject_and_its_baseline_entry_goes_back() {
     let ok = emulator_with(false, Default::default());
     let dir = sync_dir(&ok.endpoint(), true);
-    segment(&dir, &[("a@x.io", "pro", "FR", 1), ("b@x.io", "free", "DE", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "pro", "FR", 1), ("b@x.io", "free", "DE", 1)],
+    );
     counts(&dir);
 
     // Batch drops a's operation: a profile update alone.
@@ -350,7 +403,10 @@ fn a_profile_update_batch_drops_is_a_reject_and_its_baseline_entry_goes_back() {
         },
     );
     dir.edit_config(&ok.endpoint(), &refusing.endpoint());
-    segment(&dir, &[("a@x.io", "team", "FR", 1), ("b@x.io", "free", "DE", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "team", "FR", 1), ("b@x.io", "free", "DE", 1)],
+    );
     let (code, s) = dir.sync();
     assert_eq!(code, 3, "{s}");
     assert_counts(&s, &[("profile_updates", 1), ("rejected", 1)]);
@@ -383,7 +439,10 @@ fn a_sync_without_an_event_sends_profile_attributes_alone() {
     let emu = emulator_with(false, Default::default());
     let dir = sync_dir(&emu.endpoint(), true);
     dir.edit_config("event = \"signed_up\"\ntime = \"signed_up_at\"\n", "");
-    segment(&dir, &[("a@x.io", "pro", "FR", 1), ("b@x.io", "free", "DE", 1)]);
+    segment(
+        &dir,
+        &[("a@x.io", "pro", "FR", 1), ("b@x.io", "free", "DE", 1)],
+    );
     let s = counts(&dir);
     assert_counts(&s, &[("added", 2), ("events", 0), ("profile_updates", 2)]);
     assert!(emu.received().is_empty());
@@ -397,7 +456,10 @@ fn a_sync_without_an_event_sends_profile_attributes_alone() {
     segment(&dir, &[("a@x.io", "team", "FR", 1)]);
     let s = counts(&dir);
     assert_counts(&s, &[("removed", 1), ("profile_updates", 2)]);
-    assert_eq!(profiles(&emu), json!({"a@x.io": {"$region": "FR", "plan": "team"}}));
+    assert_eq!(
+        profiles(&emu),
+        json!({"a@x.io": {"$region": "FR", "plan": "team"}})
+    );
 }
 
 #[test]
@@ -422,7 +484,10 @@ fn a_run_that_changes_most_profiles_is_refused_by_max_profile_updates_but_a_back
     let (code, s) = json_of(out);
     assert_eq!(code, 1, "{s}");
     assert!(
-        s["error"].as_str().unwrap().contains("300 rows' profile attributes changed (max_profile_updates = 50%)"),
+        s["error"]
+            .as_str()
+            .unwrap()
+            .contains("300 rows' profile attributes changed (max_profile_updates = 50%)"),
         "{s}"
     );
     assert_eq!(emu.stats().profile_updates, 300, "nothing more was sent");
@@ -431,4 +496,35 @@ fn a_run_that_changes_most_profiles_is_refused_by_max_profile_updates_but_a_back
     assert_eq!(code, 0, "{s}");
     assert_counts(&s, &[("profile_updates", 300)]);
     assert_eq!(emu.profile("u0001@x.io").unwrap().get("plan"), None);
+}
+
+#[test]
+fn when_the_row_hash_settles_profiles_a_row_rejected_in_the_backfill_stays_rejected_until_fixed() {
+    let emu = emulator_with(false, Default::default());
+    // plan and country are event attributes too: after the backfill, the diff computes
+    // profile hashes only where it must (an entry that has none, a changed row).
+    let dir = sync_dir_with(&emu.endpoint(), false, true);
+    let rows = [("a@x.io", "pro", "FR", 1), ("b@x.io", "pro", "France", 1)];
+    segment(&dir, &rows);
+    counts(&dir);
+    let on = sync_dir_with(&emu.endpoint(), true, true);
+    std::fs::copy(on.join("batchsync.toml"), dir.join("batchsync.toml")).unwrap();
+    // The backfill: b's $region breaks Batch's rule; its entry keeps no profile hash.
+    let (code, s) = dir.sync();
+    assert_eq!(code, 3, "{s}");
+    assert_counts(&s, &[("profile_updates", 1), ("rejected", 1)]);
+    // Unchanged, b is still rejected, not an unchanged row whose profile was never sent.
+    let s = counts(&dir);
+    assert_counts(
+        &s,
+        &[("still_rejected", 1), ("unchanged", 1), ("requests", 0)],
+    );
+    // Fixed, it is a changed row whose profile goes.
+    segment(&dir, &[rows[0], ("b@x.io", "pro", "FR", 1)]);
+    let s = counts(&dir);
+    assert_counts(&s, &[("changed", 1), ("profile_updates", 1)]);
+    assert_eq!(
+        emu.profile("b@x.io").map(|a| json!(a)),
+        Some(json!({"$region": "FR", "plan": "pro"}))
+    );
 }
