@@ -785,10 +785,19 @@ impl Net<'_> {
             .collect();
         // The server took the query as one statement; a `;` that ends it must go to fit it
         // inside COPY's parentheses, and a closing `--` comment must not swallow them.
-        let body = crate::warehouse::sql::embeddable(&self.query).map_err(|_| {
-            self.setup_error(
-                "the query cannot be wrapped in COPY ( … ) TO STDOUT: keep one SELECT".into(),
-            )
+        let body = crate::warehouse::sql::embeddable(&self.query).map_err(|problem| {
+            // The server took one statement: batchsync's reading of the text disagrees, at
+            // a quote it reads otherwise (a backslash-escaped one in an E'…' string, say).
+            let at = match problem {
+                crate::warehouse::sql::QueryProblem::Statements(at) => {
+                    format!(" (a `;` at character {at} reads as the end of a statement)")
+                }
+                crate::warehouse::sql::QueryProblem::Empty => String::new(),
+            };
+            self.setup_error(format!(
+                "source.query cannot be run inside COPY ( … ) TO STDOUT{at}: write a quote \
+                 inside a string as '' rather than \\'"
+            ))
         })?;
         let send = |m: Copied| self.tx.send(m).is_ok();
         if !send(Copied::Columns {
@@ -1684,6 +1693,22 @@ mod tests {
         }
         let two = read_source(&url, &every_kind_query(7, "; SELECT 1"), &columns).unwrap_err();
         assert!(two.contains("multiple commands"), "{two}");
+    }
+
+    #[test]
+    fn a_query_batchsync_cannot_put_inside_copy_says_what_to_write_instead() {
+        let Some(url) = test_server() else { return };
+        let columns = vec!["id".to_string()];
+        // One statement to the server; a `;` after a quote that batchsync reads as closing.
+        let escaped = r"SELECT E'it\'s; fine' AS id";
+        let err = read_source(&url, escaped, &columns).unwrap_err();
+        assert!(
+            err.contains("inside COPY") && err.contains("as ''"),
+            "{err}"
+        );
+        let doubled = "SELECT 'it''s; fine' AS id";
+        let rows = read_source(&url, doubled, &columns).unwrap();
+        assert_eq!(rows, [[Cell::Typed(Value::Text("it's; fine".into()))]]);
     }
 
     #[test]
