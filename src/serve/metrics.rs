@@ -464,7 +464,7 @@ mod tests {
     #[test]
     fn a_fresh_process_shows_every_family_with_zero_counts_and_no_store_figures_yet() {
         let (samples, types) = parse(&Metrics::default().render(&AnswerCounts::default()));
-        assert_eq!(types.len(), 8, "{types:?}");
+        assert_eq!(types.len(), 9, "{types:?}");
         for status in STATUSES {
             assert_eq!(
                 value(&samples, "batchsync_runs_total", &[("status", status)]),
@@ -529,7 +529,7 @@ mod tests {
             Some(0.0)
         );
         assert_eq!(v("batchsync_events_sent_total", &[]), Some(10.0));
-        assert_eq!(v("batchsync_profile_updates_total", &[]), Some(5.0));
+        assert_eq!(v("batchsync_profile_updates_total", &[]), Some(4.0));
         assert_eq!(
             v("batchsync_rows_rejected_total", &[("source", "local")]),
             Some(1.0)
