@@ -216,7 +216,7 @@ impl Sink for Nothing {
         std::hint::black_box(op);
         Ok(())
     }
-    fn still_rejected(&mut self, _: &[u8]) -> Result<(), Self::Error> {
+    fn still_rejected(&mut self, _: &[u8], _: Option<RowHash>) -> Result<(), Self::Error> {
         Ok(())
     }
     fn reject(&mut self, _: batchsync::state::Rejected<'_>, _: &Reject) -> Result<(), Self::Error> {

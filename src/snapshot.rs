@@ -116,6 +116,7 @@ struct Reading<'a> {
     on_bad_row: OnBadRow,
     payloads: Payloads,
     what: &'a str,
+    hashing: runs::Hashing,
 }
 
 /// Whether the rows keep their payloads, the values an event is built from.
@@ -140,6 +141,9 @@ pub struct Options<'a> {
     /// Profile hashes are left to the diff (`core::diff::Merge::lazy_profiles`): the caller
     /// knows the row hash settles them. Only with payloads kept.
     pub lazy_profiles: bool,
+    /// The store holds recipe-1 hashes: each row carries its recipe-1 hash too
+    /// (`SnapRow::old_hash`), to be diffed with them (DESIGN.md "Hash recipe upgrades").
+    pub upgrade: bool,
 }
 
 /// A row's profile hash from its payload (its values back to back, in plan order), for rows
@@ -174,6 +178,7 @@ impl Snapshot {
             budget,
             payloads: Payloads::Keep,
             lazy_profiles: false,
+            upgrade: false,
         };
         Snapshot::take_with(source, plan, tz, opts, progress)
     }
@@ -191,8 +196,23 @@ impl Snapshot {
             budget,
             payloads,
             lazy_profiles,
+            upgrade,
         } = opts;
         let lazy_profiles = lazy_profiles && payloads == Payloads::Keep;
+        let has_key = plan.has_key();
+        let recipe_one = cells::RowEncoder::new(plan, tz).recipe_one();
+        let v1 = (upgrade || !has_key).then_some(recipe_one);
+        let hashing = runs::Hashing {
+            row: crate::core::encode::RowHasher::new(
+                plan.columns[..plan.hashed].iter().map(String::as_str),
+            ),
+            stride: if payloads == Payloads::Keep || v1.is_some() {
+                plan.columns.len()
+            } else {
+                0
+            },
+            v1,
+        };
         let what = source.describe();
         let reading = Reading {
             plan,
@@ -200,12 +220,12 @@ impl Snapshot {
             on_bad_row,
             payloads,
             what: &what,
+            hashing: hashing.clone(),
         };
         let (to_sorter, batches) = mpsc::sync_channel::<Batch>(QUEUE);
         let (recycle, recycled) = mpsc::channel::<Batch>();
         let abort = AtomicBool::new(false);
         let queued = AtomicUsize::new(0);
-        let has_key = plan.has_key();
         let (read, sorted) = std::thread::scope(|scope| {
             let sorter = std::thread::Builder::new()
                 .name("batchsync-sort".into())
@@ -216,9 +236,10 @@ impl Snapshot {
                         &queued,
                         runs::Layout {
                             has_key,
-                            columns: plan.columns.len(),
                             payloads: payloads == Payloads::Keep,
                             profile: plan.has_profile() && payloads == Payloads::Skip,
+                            upgrade,
+                            hashing,
                         },
                         budget,
                         spill_dir,
@@ -337,7 +358,7 @@ fn read_rows(
         if let (Some(p), OnBadRow::Fail) = (&bad, r.on_bad_row) {
             return Err(bad_row(r.what, read.line, p).into());
         }
-        if r.payloads == Payloads::Keep {
+        if r.hashing.stride > 0 {
             batch.spans.extend_from_slice(encoder.spans());
         }
         let profile = if profile.is_empty() {
@@ -350,17 +371,18 @@ fn read_rows(
             input: input as u32,
             hashed: encoder.hashed_len(),
             profile,
+            v1: RowHash::default(),
             key: (batch.buf.len() - at - input) as u32,
             hash: RowHash::default(),
             bad,
         });
         steps.mark(ENCODE);
         if batch.rows.len() == BATCH_ROWS {
-            batch = to_sorter.send(batch, &mut steps, &mut hashed)?;
+            batch = to_sorter.send(batch, &r.hashing, &mut steps, &mut hashed)?;
         }
     }
     if !batch.rows.is_empty() {
-        to_sorter.send(batch, &mut steps, &mut hashed)?;
+        to_sorter.send(batch, &r.hashing, &mut steps, &mut hashed)?;
     }
     source.finish()?;
     steps.mark(PARSE);
@@ -393,11 +415,12 @@ impl Sorter<'_> {
     fn send(
         &self,
         mut batch: Batch,
+        hashing: &runs::Hashing,
         steps: &mut runs::Steps<STEPS>,
         hashed: &mut u64,
     ) -> Result<Batch, Stop> {
         if self.queued.load(Ordering::Relaxed) >= BEHIND {
-            batch.hash();
+            batch.hash(hashing);
             *hashed += 1;
             steps.mark(HASH);
         }
@@ -641,7 +664,13 @@ mod tests {
 
     /// The snapshot one row at a time through `type_row`, `encode_row` and `row_key`, sorted
     /// in memory: what `take` must give, whatever its threads and runs.
-    fn reference(script: &Script, plan: &ColumnPlan, on_bad_row: OnBadRow) -> Outcome {
+    /// `upgrade`: rows carry their recipe-1 hash too (`Options::upgrade`).
+    fn reference_with(
+        script: &Script,
+        plan: &ColumnPlan,
+        on_bad_row: OnBadRow,
+        upgrade: bool,
+    ) -> Outcome {
         let (mut rows, mut loose) = (Vec::new(), Vec::new());
         let (mut values, mut scratch) = (Vec::new(), Vec::new());
         for (i, (cells, bad)) in script.0.iter().enumerate() {
@@ -657,7 +686,8 @@ mod tests {
                 (Some(why), _) => Some(Reject::new(None, "unreadable_row", why.clone())),
                 (None, t) => t.err(),
             };
-            let key = row_key(&plan.key, &values, hash).map_err(|i| {
+            // Without a primary key, the key is the row's recipe-1 hash (keys never change).
+            let key = row_key(&plan.key, &values, reference_v1(plan, &values)).map_err(|i| {
                 Reject::new(
                     Some(&plan.columns[i]),
                     "key_null",
@@ -681,6 +711,7 @@ mod tests {
             rows.push(SnapRow {
                 key,
                 hash,
+                old_hash: upgrade.then(|| reference_v1(plan, &values)),
                 profile,
                 payload,
                 line,
@@ -689,6 +720,19 @@ mod tests {
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.line.cmp(&b.line)));
         Ok((rows, loose))
+    }
+
+    /// Recipe 1's row hash, one `Value` at a time: each hashed column's name header and value.
+    fn reference_v1(plan: &ColumnPlan, values: &[Value]) -> RowHash {
+        let parts: Vec<(Vec<u8>, Vec<u8>)> = (0..plan.hashed)
+            .map(|i| {
+                let (mut name, mut value) = (Vec::new(), Vec::new());
+                crate::core::encode::put_name(&plan.columns[i], &mut name);
+                crate::core::encode::encode_value(&values[i], &mut value);
+                (name, value)
+            })
+            .collect();
+        crate::core::encode::hash_v1(parts.iter().map(|(n, v)| (&n[..], &v[..])))
     }
 
     /// The profile hash, one `Value` at a time: the attributes' column values, in the
@@ -768,6 +812,15 @@ mod tests {
         budget: usize,
         payloads: Payloads,
     ) -> Outcome {
+        taken_with(script, plan, (on_bad_row, budget, payloads), false)
+    }
+
+    fn taken_with(
+        script: &mut Script,
+        plan: &ColumnPlan,
+        (on_bad_row, budget, payloads): (OnBadRow, usize, Payloads),
+        upgrade: bool,
+    ) -> Outcome {
         let dir = tempfile::tempdir().unwrap();
         let opts = Options {
             on_bad_row,
@@ -775,6 +828,7 @@ mod tests {
             budget,
             payloads,
             lazy_profiles: false,
+            upgrade,
         };
         let snap = Snapshot::take_with(script, plan, chrono_tz::UTC, opts, |_| {
             std::ops::ControlFlow::Continue(())
@@ -807,6 +861,7 @@ mod tests {
             fail in proptest::bool::weighted(0.2),
             budget in prop_oneof![Just(usize::MAX), 200usize..20_000],
             skip in proptest::bool::weighted(0.3),
+            upgrade in proptest::bool::weighted(0.3),
         ) {
             let plan = if keyed == 2 {
                 profile_plan()
@@ -824,12 +879,13 @@ mod tests {
             };
             let on_bad_row = if fail { OnBadRow::Fail } else { OnBadRow::Reject };
             let mut script = Script(rows, 0);
-            let mut expected = reference(&script, &plan, on_bad_row);
+            let mut expected = reference_with(&script, &plan, on_bad_row, upgrade);
             let payloads = if skip { Payloads::Skip } else { Payloads::Keep };
             if let (Payloads::Skip, Ok((rows, _))) = (payloads, &mut expected) {
                 rows.iter_mut().for_each(|r| r.payload.clear());
             }
-            prop_assert_eq!(taken(&mut script, &plan, on_bad_row, budget, payloads), expected);
+            let got = taken_with(&mut script, &plan, (on_bad_row, budget, payloads), upgrade);
+            prop_assert_eq!(got, expected);
         }
     }
 

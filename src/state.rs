@@ -190,8 +190,13 @@ pub trait Sink {
     fn reject(&mut self, at: Rejected<'_>, reject: &Reject)
         -> std::result::Result<(), Self::Error>;
     /// The row with this key is its open reject's row still (same key and hash, same mapping
-    /// and rules): the reject stays open, nothing new is recorded.
-    fn still_rejected(&mut self, key: &[u8]) -> std::result::Result<(), Self::Error>;
+    /// and rules): the reject stays open, nothing new is recorded. `rehash`: the reject's hash
+    /// under a new recipe, to rewrite it with (an upgrading run).
+    fn still_rejected(
+        &mut self,
+        key: &[u8],
+        rehash: Option<RowHash>,
+    ) -> std::result::Result<(), Self::Error>;
     /// One line of the row's history (`explain`): a delta row that changed something, told
     /// after the row's `event` or `reject`. Not told for a run that only records the segment,
     /// nor for rows still rejected (the store writes one line when their streak ends).
@@ -343,6 +348,8 @@ pub trait StateStore: Outbox + RunLog {
         Self: 'a;
     /// Refuses a state written for another key or column set.
     fn check_identity(&self, identity: &str) -> Result<()>;
+    /// The mapping's identity the last commit recorded (none before any).
+    fn stored_identity(&self) -> Result<Option<String>>;
     /// The profile attributes' identity the last commit recorded (none before any, or
     /// before profile attributes existed).
     fn profile_identity(&self) -> Result<Option<String>>;

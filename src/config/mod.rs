@@ -249,6 +249,23 @@ impl Settings {
     /// under other ones is new again (DESIGN.md "Rows that stay rejected"). Covers the whole
     /// `[mapping]`, the time zone and the `[sync]` keys that decide whether a row is rejected
     /// or sent.
+    /// The mapping's identity as the sync's store records it. The database mode hashes with its
+    /// own SQL recipe (recorded apart), and its stores keep the identity they were set up with.
+    pub fn store_identity(&self) -> String {
+        match self.warehouse {
+            Some(_) => self.plan.identity_for(1),
+            None => self.plan.identity(),
+        }
+    }
+
+    /// Whether a local store that recorded `stored` was written under hash recipe 1 for this
+    /// mapping: its next run upgrades it (DESIGN.md "Hash recipe upgrades").
+    pub fn upgrades_recipe(&self, stored: Option<&str>) -> bool {
+        self.warehouse.is_none()
+            && crate::core::encode::HASH_RECIPE != 1
+            && stored == Some(self.plan.identity_for(1).as_str())
+    }
+
     pub fn rules_identity(&self) -> String {
         let s = &self.sync;
         let text = format!(

@@ -18,6 +18,9 @@ use std::iter::Peekable;
 pub struct SnapRow {
     pub key: Vec<u8>,
     pub hash: RowHash,
+    /// The row's hash under the recipe the store was written with, when it is not the
+    /// current one (a run upgrading the store diffs with it): DESIGN.md "Hash recipe upgrades".
+    pub old_hash: Option<RowHash>,
     /// The profile hash, when the sync maps profile attributes.
     pub profile: Option<RowHash>,
     /// The canonical encoding of the used columns' values, in plan order (values only).
@@ -52,6 +55,11 @@ pub enum Delta {
     Unchanged {
         key: Vec<u8>,
     },
+    /// The row is the baseline's (its hash under the store's recipe is the entry's), and its
+    /// entry is rewritten with its hash under the current recipe: nothing else happens.
+    Rehashed {
+        row: SnapRow,
+    },
     /// The row hash is the baseline's, but the profile attributes differ from the ones last
     /// sent (or were never sent): a profile update, never a changed row.
     Profile {
@@ -84,7 +92,8 @@ impl Delta {
             Delta::Added { row, .. }
             | Delta::Changed { row, .. }
             | Delta::Bad { row, .. }
-            | Delta::Profile { row } => &row.key,
+            | Delta::Profile { row }
+            | Delta::Rehashed { row } => &row.key,
             Delta::Unchanged { key } | Delta::Removed { key, .. } | Delta::Absent { key } => key,
             Delta::Duplicate { rows, .. } => &rows[0].key,
         }
@@ -195,16 +204,16 @@ where
                     reentry: false,
                 },
                 Some(b) if !b.present => Delta::Added { row, reentry: true },
-                Some(b)
-                    if b.hash == row.hash && row.profile.is_some() && row.profile != b.profile =>
-                {
+                // Under the store's recipe when the run upgrades it.
+                Some(b) if b.hash != row.old_hash.unwrap_or(row.hash) => {
+                    Delta::Changed { row, old: b.hash }
+                }
+                Some(b) if row.profile.is_some() && row.profile != b.profile => {
                     Delta::Profile { row }
                 }
-                Some(b) if b.hash == row.hash && self.lazy_profiles && b.profile.is_none() => {
-                    Delta::Profile { row }
-                }
-                Some(b) if b.hash == row.hash => Delta::Unchanged { key: row.key },
-                Some(b) => Delta::Changed { row, old: b.hash },
+                Some(b) if self.lazy_profiles && b.profile.is_none() => Delta::Profile { row },
+                Some(_) if row.old_hash.is_some() => Delta::Rehashed { row },
+                Some(_) => Delta::Unchanged { key: row.key },
             }
         };
         Some(Ok((delta, base)))
@@ -253,7 +262,9 @@ pub fn decide(delta: &Delta, policy: Policy) -> (bool, BaselineWrite) {
             BaselineWrite::Put { hash: row.hash },
         ),
         Delta::Removed { .. } => (false, BaselineWrite::Tombstone),
-        Delta::Profile { row } => (false, BaselineWrite::Put { hash: row.hash }),
+        Delta::Profile { row } | Delta::Rehashed { row } => {
+            (false, BaselineWrite::Put { hash: row.hash })
+        }
         Delta::Unchanged { .. }
         | Delta::Absent { .. }
         | Delta::Duplicate { .. }
@@ -276,6 +287,7 @@ mod tests {
         SnapRow {
             key: vec![key],
             hash: h(hash),
+            old_hash: None,
             profile: None,
             payload: vec![],
             line,
@@ -513,7 +525,7 @@ mod tests {
             old in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), (0u8..3, any::<bool>()), 0..30),
         ) {
             let s: Vec<SnapRow> = new.iter().enumerate()
-                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), profile: None, payload: vec![], line: i as u64 + 1, bad: None })
+                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), old_hash: None, profile: None, payload: vec![], line: i as u64 + 1, bad: None })
                 .collect();
             let base: BTreeMap<Vec<u8>, (RowHash, bool)> = old.iter().map(|(k, (hh, p))| (k.clone(), (h(*hh), *p))).collect();
             let b: Vec<BaseRow> = base.iter().map(|(k, (hh, p))| BaseRow { key: k.clone(), hash: *hh, present: *p, profile: None }).collect();
@@ -527,6 +539,7 @@ mod tests {
                 Delta::Duplicate { rows, .. } => (rows[0].key.clone(), "dup"),
                 Delta::Bad { row, .. } => (row.key, "bad"),
                 Delta::Profile { row } => (row.key, "profile"),
+                Delta::Rehashed { row } => (row.key, "rehashed"),
             }).collect();
             prop_assert_eq!(got, model(&s, &base));
         }

@@ -1,22 +1,28 @@
 //! The canonical row encoding, the row hash and the row key: the hash recipe, defined here and
 //! nowhere else.
 //!
-//! Recipe version 1 (changing any byte of it is a new version, see `HASH_RECIPE`):
+//! Recipe version 2 (changing any byte of it is a new version, see `HASH_RECIPE`):
 //!
 //! - A row is encoded over the columns the sync uses (primary key and mapped columns), in
-//!   ascending byte order of their names, whatever order the source yields them in. Each column
-//!   is `u32 BE length of name ‖ name bytes ‖ value`.
+//!   ascending byte order of their names, whatever order the source yields them in: each
+//!   column's value, back to back. The names, the same on every row, are in the hash's key.
 //! - A value is a tag byte and its payload:
 //!   `0x00` null; `0x01` bool (1 byte); `0x02` integer (i64 BE); `0x03` float (f64 bits BE,
 //!   `-0.0` written as `0.0`); `0x04` text (u32 BE length ‖ UTF-8); `0x05` time (i64 BE
 //!   microseconds since the epoch, UTC); `0x06` URL (as text); `0x07` string array (u32 BE
 //!   count, then each as text); `0x08` JSON (its compact serialisation with object keys sorted,
 //!   as text).
-//! - Row hash = the first 16 bytes of BLAKE3(`"batchsync-row-v1\0"` ‖ encoding). The row
+//! - Row hash = the first 16 bytes of BLAKE3 keyed by the row key of [`RowHasher`] (BLAKE3 in
+//!   key-derivation mode, context `"batchsync row hash v2"`, over each column's name header
+//!   `u32 BE length of name ‖ name bytes`, in the same order) over the encoding. The row
 //!   encoding covers the event's columns only: a column used by profile attributes alone is
 //!   covered by the profile hash ([`hash_profile`]) instead.
+//! - Recipe 1, which stores written before recipe 2 hold, hashed BLAKE3(`"batchsync-row-v1\0"`
+//!   ‖ per column its name header ‖ its value) without a key: [`hash_v1`] computes it still,
+//!   for the run that upgrades such a store (DESIGN.md "Hash recipe upgrades").
 //! - Row key = the values of the primary-key columns, in configured order, each encoded as
-//!   above; without a primary key, the row hash.
+//!   above; without a primary key, the row's recipe-1 hash ([`hash_v1`]): a key's encoding
+//!   never changes.
 //!
 //! So `1` and `"1"` differ (tags 0x02 and 0x04), `null` and `""` differ (0x00 and 0x04 with
 //! length 0), and a number is hashed the same whether a source said `42`, `42.0` or `"42"`
@@ -37,10 +43,52 @@ use super::value::Value;
 use std::fmt;
 use std::ops::Range;
 
-/// Bumped whenever the encoding changes; stored in the state store so that a store written under
-/// another recipe is refused rather than silently re-firing every row.
-pub const HASH_RECIPE: u32 = 1;
-const DOMAIN: &[u8] = b"batchsync-row-v1\0";
+/// Bumped whenever the encoding changes; stored in the state store (in the mapping's identity)
+/// so that a store written under another recipe is upgraded (from recipe 1) or refused, never
+/// silently re-fires every row.
+pub const HASH_RECIPE: u32 = 2;
+/// Recipe 1's domain (`hash_v1`).
+const DOMAIN_V1: &[u8] = b"batchsync-row-v1\0";
+
+/// The row hash of recipe 2 for one sync's columns: the key derived from their names.
+#[derive(Clone)]
+pub struct RowHasher {
+    key: [u8; 32],
+}
+
+impl RowHasher {
+    /// `columns`: the row hash's columns, in name order.
+    pub fn new<'a>(columns: impl Iterator<Item = &'a str>) -> RowHasher {
+        let mut material = Vec::new();
+        for c in columns {
+            put_name(c, &mut material);
+        }
+        RowHasher {
+            key: blake3::derive_key("batchsync row hash v2", &material),
+        }
+    }
+
+    /// The row hash of an encoding: the hashed columns' values, back to back.
+    #[inline]
+    pub fn hash(&self, encoding: &[u8]) -> RowHash {
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&blake3::keyed_hash(&self.key, encoding).as_bytes()[..16]);
+        RowHash(out)
+    }
+}
+
+/// Recipe 1's row hash, from each hashed column's name header and value bytes, in name order.
+pub fn hash_v1<'a>(parts: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> RowHash {
+    let mut h = blake3::Hasher::new();
+    h.update(DOMAIN_V1);
+    for (name, value) in parts {
+        h.update(name);
+        h.update(value);
+    }
+    let mut out = [0u8; 16];
+    h.finalize_xof().fill(&mut out);
+    RowHash(out)
+}
 
 /// The 128-bit row hash.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
@@ -233,15 +281,6 @@ pub fn reject_hash(hash: RowHash, profile: Option<RowHash>) -> RowHash {
     RowHash(out)
 }
 
-pub fn hash_encoding(encoding: &[u8]) -> RowHash {
-    let mut h = blake3::Hasher::new();
-    h.update(DOMAIN);
-    h.update(encoding);
-    let mut out = [0u8; 16];
-    h.finalize_xof().fill(&mut out);
-    RowHash(out)
-}
-
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("corrupt row encoding at byte {0}")]
 pub struct DecodeError(pub usize);
@@ -363,8 +402,9 @@ pub fn display_key(key: &[u8], pk: &[String]) -> String {
 }
 
 /// The reference path: a typed row (values in the plan's column order, its names sorted) →
-/// (payload, hash). The hash input is each column's name header and value; the payload, the
-/// values back to back. The snapshot writes the same bytes from source text without a `Value`.
+/// (payload, hash). The payload is the values back to back, which is also the hash's input
+/// (under the key of the columns' names). The snapshot writes the same bytes from source text
+/// without a `Value`.
 #[cfg(test)]
 pub(crate) fn encode_row(
     columns: &[String],
@@ -372,11 +412,10 @@ pub(crate) fn encode_row(
     scratch: &mut Vec<u8>,
 ) -> (Vec<u8>, RowHash) {
     scratch.clear();
-    for (name, v) in columns.iter().zip(values) {
-        put_name(name, scratch);
+    for v in values {
         encode_value(v, scratch);
     }
-    let hash = hash_encoding(scratch);
+    let hash = RowHasher::new(columns.iter().map(String::as_str)).hash(scratch);
     let mut payload = Vec::with_capacity(scratch.len());
     for v in values {
         encode_value(v, &mut payload);
@@ -385,7 +424,8 @@ pub(crate) fn encode_row(
 }
 
 /// The reference path: the row key of a typed row, `key` being the primary-key columns'
-/// indices in configured order (none: the hash is the key), or the index of a null one.
+/// indices in configured order (none: `hash`, the recipe-1 hash, is the key), or the index of
+/// a null one.
 #[cfg(test)]
 pub(crate) fn row_key(key: &[usize], values: &[Value], hash: RowHash) -> Result<Vec<u8>, usize> {
     if key.is_empty() {

@@ -389,8 +389,14 @@ impl ColumnPlan {
     }
 
     /// A fingerprint of what decides row keys and hashes; a store written under another one
-    /// cannot be diffed against without re-firing every row.
+    /// cannot be diffed against without re-firing every row (but for the recipe: a store of
+    /// recipe 1 is upgraded, DESIGN.md "Hash recipe upgrades").
     pub fn identity(&self) -> String {
+        self.identity_for(super::encode::HASH_RECIPE)
+    }
+
+    /// [`ColumnPlan::identity`] under another hash recipe.
+    pub fn identity_for(&self, recipe: u32) -> String {
         let types: Vec<String> = self.columns[..self.hashed]
             .iter()
             .zip(&self.types)
@@ -401,7 +407,7 @@ impl ColumnPlan {
             .collect();
         format!(
             "recipe={};key={};columns={}",
-            super::encode::HASH_RECIPE,
+            recipe,
             self.spec.primary_key.join(","),
             types.join(",")
         )

@@ -127,6 +127,11 @@ pub struct Counts {
     /// the row's event or alone): DESIGN.md "Profile attributes".
     #[serde(default)]
     pub profile_updates: u64,
+    /// Rows whose baseline entry (or open reject) this run rewrote with its hash under a new
+    /// recipe, sending nothing for it (DESIGN.md "Hash recipe upgrades"); counted in
+    /// `unchanged` (or `still_rejected`) too.
+    #[serde(default)]
+    pub rehashed: u64,
     /// Of `profile_updates`, those of rows the baseline held present (their attributes
     /// changed): what `max_profile_updates` guards. Not kept: the run's guard reads it.
     #[serde(skip)]
@@ -154,6 +159,7 @@ impl AddAssign for Counts {
         self.events += o.events;
         self.profile_updates += o.profile_updates;
         self.profile_changed += o.profile_changed;
+        self.rehashed += o.rehashed;
         self.events_sent += o.events_sent;
         self.events_pending += o.events_pending;
         self.requests += o.requests;

@@ -156,11 +156,15 @@ impl Apply<'_> {
         sink: &mut S,
         counts: &mut Counts,
     ) -> Result<bool, S::Error> {
-        if self.open.get(&row.key) != Some(&reject_hash(row.hash, row.profile)) {
+        // Under the store's recipe when the run upgrades it; then rewritten under the new one.
+        let held = reject_hash(row.old_hash.unwrap_or(row.hash), row.profile);
+        if self.open.get(&row.key) != Some(&held) {
             return Ok(false);
         }
-        sink.still_rejected(&row.key)?;
+        let rehash = row.old_hash.map(|_| reject_hash(row.hash, row.profile));
+        sink.still_rejected(&row.key, rehash)?;
         counts.still_rejected += 1;
+        counts.rehashed += rehash.is_some() as u64;
         Ok(true)
     }
 
@@ -368,6 +372,13 @@ impl Apply<'_> {
             Delta::Unchanged { .. } => {
                 counts.unchanged += 1;
                 keep(sink, base)?;
+            }
+            Delta::Rehashed { row } => {
+                // The same row, its entry rewritten under the current recipe; nothing is sent.
+                counts.unchanged += 1;
+                counts.rehashed += 1;
+                let profile = row.profile.or(base.and_then(|b| b.profile));
+                sink.put(&row.key, row.hash, profile)?;
             }
             Delta::Absent { .. } => keep(sink, base)?,
             Delta::Duplicate { rows, .. } => {

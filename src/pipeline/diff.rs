@@ -137,7 +137,7 @@ pub fn read_snapshot(
     settings: &Settings,
     stop: &StopFlag,
     ui: &Ui,
-    (payloads, lazy_profiles): (Payloads, bool),
+    (payloads, lazy_profiles, upgrade): (Payloads, bool, bool),
 ) -> Result<Snapshot, RunError> {
     let mut source = crate::source::open(settings).map_err(SnapshotError::from)?;
     let dir = spill_dir(settings);
@@ -149,6 +149,7 @@ pub fn read_snapshot(
         budget: crate::snapshot::DEFAULT_BUDGET,
         payloads,
         lazy_profiles,
+        upgrade,
     };
     let snap = Snapshot::take_with(
         source.as_mut(),

@@ -131,7 +131,12 @@ fn steps(
         crate::state::StateStore::profile_identity(run.store())?,
     );
     let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
-    let snap = diff::read_snapshot(settings, stop, ui, (payloads, lazy))?;
+    let stored = crate::state::StateStore::stored_identity(run.store())?;
+    let upgrade = settings.upgrades_recipe(stored.as_deref());
+    if upgrade {
+        tracing::info!("the store holds row hashes of recipe 1: this run rewrites them under recipe {} and sends nothing for that", crate::core::encode::HASH_RECIPE);
+    }
+    let snap = diff::read_snapshot(settings, stop, ui, (payloads, lazy, upgrade))?;
     crate::crash::point("after_read");
     tracing::debug!(rows = snap.rows, "snapshot taken");
     // The baseline is read on a second connection while the run's transaction writes.

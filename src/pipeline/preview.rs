@@ -103,7 +103,7 @@ impl Sink for Samples {
         }
         Ok(())
     }
-    fn still_rejected(&mut self, _: &[u8]) -> Result<(), Infallible> {
+    fn still_rejected(&mut self, _: &[u8], _: Option<RowHash>) -> Result<(), Infallible> {
         Ok(())
     }
     fn history(&mut self, _: crate::state::Line<'_>) -> Result<(), Infallible> {
@@ -118,7 +118,9 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     }
     let store = Store::open_read(&settings.state_path)?;
     if let Some(s) = &store {
-        s.check_identity(&settings.plan.identity())?;
+        if !settings.upgrades_recipe(s.stored_identity()?.as_deref()) {
+            s.check_identity(&settings.store_identity())?;
+        }
     }
     let first_run = match &store {
         Some(s) => !s.has_baseline()?,
@@ -141,7 +143,11 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     let stop = StopFlag::default();
     let payloads = diff::payloads(first_run, initial);
     let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
-    let snap = diff::read_snapshot(settings, &stop, ui, (payloads, lazy))?;
+    let upgrade = match &store {
+        Some(s) => settings.upgrades_recipe(s.stored_identity()?.as_deref()),
+        None => false,
+    };
+    let snap = diff::read_snapshot(settings, &stop, ui, (payloads, lazy, upgrade))?;
     let mut engine = match &store {
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
@@ -161,7 +167,7 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
 /// no lock.
 fn plan_database(settings: &Settings, opts: &RunOptions) -> Result<PlanSummary, RunError> {
     let store = super::database::open(settings)?;
-    store.check_identity(&settings.plan.identity())?;
+    store.check_identity(&settings.store_identity())?;
     let first_run = !store.has_baseline()?;
     let pending = store.pending()?;
     let initial = opts.initial.unwrap_or(settings.sync.initial);
@@ -242,7 +248,7 @@ fn summarize(
 /// problems surface without touching the store or the network.
 pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
     let stop = StopFlag::default();
-    let snap = diff::read_snapshot(settings, &stop, ui, (Payloads::Keep, false))?;
+    let snap = diff::read_snapshot(settings, &stop, ui, (Payloads::Keep, false, false))?;
     let source = snap.what.clone();
     let mut engine = LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>());
     let mut samples = Samples::default();

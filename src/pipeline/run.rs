@@ -113,7 +113,10 @@ impl<'a, S: StateStore> Run<'a, S> {
         let t0 = Instant::now();
         let started_at = crate::store::now_rfc3339();
         store.close_interrupted_runs()?;
-        store.check_identity(&settings.plan.identity())?;
+        // A store of hash recipe 1 is upgraded by this run (`steps`); any other is checked.
+        if !settings.upgrades_recipe(store.stored_identity()?.as_deref()) {
+            store.check_identity(&settings.store_identity())?;
+        }
         let client = Client::new(&settings.destination, creds).map_err(RunError::Client)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -199,7 +202,7 @@ impl<'a, S: StateStore> Run<'a, S> {
         let mut counts = self.summary.counts;
         counts += diffed.counts;
         let run_id = writer.run_id();
-        let identity = settings.plan.identity();
+        let identity = settings.store_identity();
         let profile = settings.plan.profile_identity();
         let meta = CommitMeta {
             identity: &identity,

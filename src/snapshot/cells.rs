@@ -15,8 +15,8 @@
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
 
 use crate::core::encode::{
-    encode_value, hash_profile, profile_key, put_bool, put_int, put_key_part, put_name, put_null,
-    put_text, put_time, RowHash,
+    encode_value, hash_profile, hash_v1, profile_key, put_bool, put_int, put_key_part, put_name,
+    put_null, put_text, put_time, RowHash,
 };
 use crate::core::mapping::{ColumnPlan, Reject};
 use crate::core::value::{coerce, parse_text, Cell, Type, TypeError, Value};
@@ -33,6 +33,26 @@ pub(super) struct RowEncoder {
     spans: Vec<(u32, u32)>,
     /// Columns `0..hashed` are the row hash's (`ColumnPlan::hashed`).
     hashed: usize,
+}
+
+/// Recipe 1's row hash of a row from its values (DESIGN.md "Hash recipe upgrades"): the key
+/// of a sync without a primary key (a key never changes), and the hash a store written under
+/// recipe 1 holds, during the run that upgrades it.
+#[derive(Clone, Default)]
+pub(super) struct RecipeOne {
+    headers: Vec<Vec<u8>>,
+}
+
+impl RecipeOne {
+    /// `spans`: where each column's value sits in `values`.
+    pub(super) fn hash(&self, values: &[u8], spans: &[(u32, u32)]) -> RowHash {
+        hash_v1(
+            self.headers
+                .iter()
+                .zip(spans)
+                .map(|(h, &(a, b))| (&h[..], &values[a as usize..b as usize])),
+        )
+    }
 }
 
 /// What the profile hash reads of a row: its key (of the attributes' names) and the attributes'
@@ -113,15 +133,21 @@ impl RowEncoder {
         self.spans[self.hashed - 1].1
     }
 
-    /// Appends the row's hash input to `out`: per column in plan order, its name header and its
-    /// value (`core::encode`; `hash_encoding` adds the domain). Returns the first column whose
-    /// cell does not fit its type (encoded as null). The values, back to back, are the payload.
+    /// The hashed columns' name headers, for recipe 1 (`RecipeOne`).
+    pub(super) fn recipe_one(&self) -> RecipeOne {
+        RecipeOne {
+            headers: self.headers[..self.hashed].to_vec(),
+        }
+    }
+
+    /// Appends the row's values to `out`, per column in plan order (`core::encode`): its hash
+    /// input (the first `hashed` columns') and its payload (all of them). Returns the first
+    /// column whose cell does not fit its type (encoded as null).
     pub(super) fn row(&mut self, cells: &mut [Cell], out: &mut Vec<u8>) -> Option<Reject> {
         let base = out.len();
         self.spans.clear();
         let mut first = None;
         for (i, cell) in cells.iter_mut().enumerate() {
-            out.extend_from_slice(&self.headers[i]);
             let at = out.len();
             if let Err(e) = encode_cell(cell, self.types[i], self.tz, out) {
                 out.truncate(at);

@@ -15,8 +15,9 @@
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
 
+use super::cells::RecipeOne;
 use crate::core::diff::SnapRow;
-use crate::core::encode::{hash_encoding, RowHash};
+use crate::core::encode::{RowHash, RowHasher};
 use crate::core::mapping::Reject;
 use std::fs::File;
 use std::io::{self, BufWriter, Seek, SeekFrom, Write};
@@ -79,10 +80,22 @@ pub(super) struct Pending {
     pub(super) hashed: u32,
     /// Filled in with `hash` when the sync maps profile attributes.
     pub(super) profile: RowHash,
-    /// 0 when the plan has no primary key: the key is then the hash.
+    /// 0 when the plan has no primary key: the key is then the recipe-1 hash.
     pub(super) key: u32,
     pub(super) hash: RowHash,
+    /// Recipe 1's hash, when the layout asks for it (`Hashing::v1`).
+    pub(super) v1: RowHash,
     pub(super) bad: Option<Box<Reject>>,
+}
+
+/// How a batch's rows are hashed: recipe 2 always; recipe 1 too for a sync without a primary
+/// key (whose key it is) and during a run that upgrades a recipe-1 store.
+#[derive(Clone)]
+pub(super) struct Hashing {
+    pub(super) row: RowHasher,
+    pub(super) v1: Option<RecipeOne>,
+    /// Value spans a batch carries per row (the plan's columns, or none).
+    pub(super) stride: usize,
 }
 
 impl Batch {
@@ -95,15 +108,19 @@ impl Batch {
         }
     }
 
-    /// Fills in the rows' hashes (the reading thread computes a row's profile hash as it
-    /// encodes it: it has time to spare, the sorting thread has not).
-    pub(super) fn hash(&mut self) {
+    /// Fills in the rows' hashes (a profile hash is computed elsewhere: by the reading thread
+    /// as it encodes a row, or by the merging thread).
+    pub(super) fn hash(&mut self, h: &Hashing) {
         if self.hashed {
             return;
         }
         let mut at = 0;
-        for r in &mut self.rows {
-            r.hash = hash_encoding(&self.buf[at..at + r.hashed as usize]);
+        for (i, r) in self.rows.iter_mut().enumerate() {
+            let values = &self.buf[at..at + r.input as usize];
+            r.hash = h.row.hash(&values[..r.hashed as usize]);
+            if let Some(v1) = &h.v1 {
+                r.v1 = v1.hash(values, &self.spans[i * h.stride..(i + 1) * h.stride]);
+            }
             at += (r.input + r.key) as usize;
         }
         self.hashed = true;
@@ -134,12 +151,16 @@ pub(super) struct Header {
     pub(super) bad: usize,
     pub(super) line: u64,
     pub(super) hash: RowHash,
-    /// Whether the record ends with a profile hash (16 bytes after the reject).
+    /// Whether the record ends with a profile hash (the last 16 bytes).
     pub(super) profile: bool,
+    /// Whether the record carries the row's recipe-1 hash (16 bytes after the reject).
+    pub(super) old: bool,
 }
 
 /// The line's top bit in a header: the record carries a profile hash.
 const PROFILE_BIT: u64 = 1 << 63;
+/// The line's next bit: the record carries the row's recipe-1 hash (an upgrading run).
+const OLD_BIT: u64 = 1 << 62;
 
 /// Marks a record's header as followed, after its reject, by a profile hash.
 pub(super) fn set_profile_flag(head: &mut [u8]) {
@@ -150,7 +171,12 @@ pub(super) fn set_profile_flag(head: &mut [u8]) {
 impl Header {
     /// The whole record's length, header included.
     pub(super) fn len(&self) -> usize {
-        HEADER + self.key + self.payload + self.bad + if self.profile { 16 } else { 0 }
+        HEADER
+            + self.key
+            + self.payload
+            + self.bad
+            + if self.profile { 16 } else { 0 }
+            + if self.old { 16 } else { 0 }
     }
 }
 
@@ -164,9 +190,10 @@ pub(super) fn header(b: &[u8]) -> Header {
         key: u32_at(b, 0),
         payload: u32_at(b, 4),
         bad: u32_at(b, 8),
-        line: line & !PROFILE_BIT,
+        line: line & !(PROFILE_BIT | OLD_BIT),
         hash: RowHash(b[20..36].try_into().expect("16 bytes")),
         profile: line & PROFILE_BIT != 0,
+        old: line & OLD_BIT != 0,
     }
 }
 
@@ -204,19 +231,29 @@ fn decode_reject(b: &[u8]) -> io::Result<Reject> {
     })
 }
 
-/// A row from its header and its body (key ‖ payload ‖ reject ‖ profile hash, if any).
+/// A row from its header and its body (key ‖ payload ‖ reject ‖ recipe-1 hash ‖ profile hash,
+/// the last two if any).
 pub(super) fn row(h: &Header, body: &[u8]) -> io::Result<SnapRow> {
     let (key, rest) = body.split_at(h.key);
     let (payload, rest) = rest.split_at(h.payload);
-    let (bad, profile) = rest.split_at(h.bad);
+    let (bad, mut rest) = rest.split_at(h.bad);
+    let mut hash16 = |on: bool| -> io::Result<Option<RowHash>> {
+        if !on {
+            return Ok(None);
+        }
+        let (h, tail) = rest.split_at(16);
+        rest = tail;
+        h.try_into()
+            .map(|h| Some(RowHash(h)))
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt hash in a run"))
+    };
+    let old_hash = hash16(h.old)?;
+    let profile = hash16(h.profile)?;
     Ok(SnapRow {
         key: key.to_vec(),
         hash: h.hash,
-        profile: h
-            .profile
-            .then(|| profile[..16].try_into().map(RowHash))
-            .transpose()
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt profile hash"))?,
+        old_hash,
+        profile,
         payload: payload.to_vec(),
         line: h.line,
         bad: if h.bad == 0 {
@@ -245,7 +282,7 @@ impl Run {
     fn push(
         &mut self,
         key: &[u8],
-        (hash, profile): (RowHash, Option<RowHash>),
+        (hash, profile, old): (RowHash, Option<RowHash>, Option<RowHash>),
         line: u64,
         (input, values): (&[u8], &[(u32, u32)]),
         bad: Option<&Reject>,
@@ -263,18 +300,17 @@ impl Run {
         let mut head = [0u8; HEADER];
         head[0..4].copy_from_slice(&(key.len() as u32).to_le_bytes());
         head[4..8].copy_from_slice(&payload.to_le_bytes());
-        let flagged = if profile.is_some() {
-            line | PROFILE_BIT
-        } else {
-            line
-        };
+        let flagged = line
+            | if profile.is_some() { PROFILE_BIT } else { 0 }
+            | if old.is_some() { OLD_BIT } else { 0 };
         head[12..20].copy_from_slice(&flagged.to_le_bytes());
         head[20..36].copy_from_slice(&hash.0);
         let d = &mut self.data;
         d.reserve(HEADER + key.len() + payload as usize);
         d.extend_from_slice(&head);
         d.extend_from_slice(key);
-        for &(a, b) in values {
+        // The values sit back to back in the input: the payload is one slice of it.
+        if let (Some(&(a, _)), Some(&(_, b))) = (values.first(), values.last()) {
             d.extend_from_slice(&input[a as usize..b as usize]);
         }
         if let Some(b) = bad {
@@ -284,6 +320,9 @@ impl Run {
             put(d, b.reason.as_bytes());
             let n = (d.len() - from) as u32;
             d[at + 8..at + 12].copy_from_slice(&n.to_le_bytes());
+        }
+        if let Some(o) = old {
+            d.extend_from_slice(&o.0);
         }
         if let Some(p) = profile {
             d.extend_from_slice(&p.0);
@@ -402,11 +441,13 @@ pub(super) enum Sorted {
 pub(super) struct Layout {
     /// Without a primary key, a row's key is its hash.
     pub(super) has_key: bool,
-    pub(super) columns: usize,
-    /// Whether records keep their payload; the batches then carry `columns` spans a row.
+    /// Whether records keep their payload.
     pub(super) payloads: bool,
     /// Whether rows carry a profile hash (the sync maps profile attributes).
     pub(super) profile: bool,
+    /// Whether records carry the row's recipe-1 hash (a run upgrading a recipe-1 store).
+    pub(super) upgrade: bool,
+    pub(super) hashing: Hashing,
 }
 
 /// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
@@ -434,22 +475,30 @@ pub(super) fn sort_batches(
         queued.fetch_sub(1, AtomicOrdering::Relaxed);
         steps.mark(WAIT);
         hashed += !batch.hashed as u64;
-        batch.hash();
+        batch.hash(&layout.hashing);
         steps.mark(HASH);
         rows += batch.rows.len() as u64;
-        let columns = if layout.payloads { layout.columns } else { 0 };
+        let stride = layout.hashing.stride;
         let mut at = 0;
         for (i, r) in batch.rows.drain(..).enumerate() {
-            let spans = &batch.spans[i * columns..(i + 1) * columns];
+            let spans = if layout.payloads {
+                &batch.spans[i * stride..(i + 1) * stride]
+            } else {
+                &[][..]
+            };
             let input = &batch.buf[at..at + r.input as usize];
             let key_at = at + r.input as usize;
             at = key_at + r.key as usize;
             let key = if layout.has_key {
                 &batch.buf[key_at..at]
             } else {
-                &r.hash.0[..]
+                &r.v1.0[..]
             };
-            let hashes = (r.hash, layout.profile.then_some(r.profile));
+            let hashes = (
+                r.hash,
+                layout.profile.then_some(r.profile),
+                layout.upgrade.then_some(r.v1),
+            );
             run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
             if run.bytes() >= budget {
                 steps.mark(ARRANGE);
@@ -540,7 +589,13 @@ mod tests {
             })
             .collect();
         for (key, line) in &rows {
-            run.push(key, (RowHash::default(), None), *line, (&[], &[]), None);
+            run.push(
+                key,
+                (RowHash::default(), None, None),
+                *line,
+                (&[], &[]),
+                None,
+            );
         }
         run.sort();
         let mut expected = rows.clone();

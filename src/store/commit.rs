@@ -262,8 +262,11 @@ impl RunWriter<'_> {
             "DELETE FROM open_reject WHERE key NOT IN (SELECT key FROM temp.run_open);",
         )
         .ctx(&p)?;
+        // A run upgrading the hash recipe gives a still-rejected row its new hash.
         conn.execute(
-            "UPDATE open_reject SET last_run = ?1 WHERE key IN (SELECT key FROM temp.run_open WHERE still = 1)",
+            "UPDATE open_reject SET last_run = ?1,
+                    hash = COALESCE((SELECT r.hash FROM temp.run_open r WHERE r.key = open_reject.key), hash)
+             WHERE key IN (SELECT key FROM temp.run_open WHERE still = 1)",
             [self.run_id],
         )
         .ctx(&p)?;
@@ -392,11 +395,14 @@ impl Sink for RunWriter<'_> {
         Ok(())
     }
 
-    fn still_rejected(&mut self, key: &[u8]) -> Result<()> {
+    fn still_rejected(&mut self, key: &[u8], rehash: Option<RowHash>) -> Result<()> {
+        let hash = rehash.map(|h| h.0.to_vec());
         self.store
             .conn
-            .prepare_cached("INSERT OR REPLACE INTO temp.run_open (key, still) VALUES (?1, 1)")
-            .and_then(|mut s| s.execute([key]))
+            .prepare_cached(
+                "INSERT OR REPLACE INTO temp.run_open (key, hash, still) VALUES (?1, ?2, 1)",
+            )
+            .and_then(|mut s| s.execute(params![key, hash]))
             .ctx(&self.store.path)?;
         Ok(())
     }

@@ -236,7 +236,7 @@ impl Store {
             .prepare(
                 "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
                         events_pending, requests, retries, error, unchanged, reentered, resumed_requests, duration_ms,
-                        sent_nothing_reason, still_rejected, profile_updates
+                        sent_nothing_reason, still_rejected, profile_updates, rehashed
                  FROM run ORDER BY id DESC LIMIT ?1",
             )
             .ctx(&self.path)?;
@@ -265,6 +265,7 @@ impl Store {
                         still_rejected: n(20)?,
                         profile_updates: n(21)?,
                         profile_changed: 0,
+                        rehashed: n(22)?,
                     },
                     error: r.get(14)?,
                     duration_ms: n(18)?,
@@ -382,9 +383,9 @@ impl FromSql for RunStatus {
 const SUMMARY_COLUMNS: &str = "finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
     rejected = ?8, events = ?9, events_sent = ?10, events_pending = ?11, requests = ?12, retries = ?13, error = ?14,
     unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19,
-    still_rejected = ?20, profile_updates = ?21";
+    still_rejected = ?20, profile_updates = ?21, rehashed = ?22";
 
-fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 21] {
+fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 22] {
     use rusqlite::types::Value as V;
     let n = |v: u64| V::Integer(v as i64);
     let t = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
@@ -411,6 +412,7 @@ fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 21] {
         t(&s.sent_nothing_reason),
         n(c.still_rejected),
         n(c.profile_updates),
+        n(c.rehashed),
     ]
 }
 
@@ -470,6 +472,10 @@ impl StateStore for Store {
     /// Refuses a store whose baseline was computed under another key or column set.
     fn profile_identity(&self) -> Result<Option<String>> {
         self.meta("profile")
+    }
+
+    fn stored_identity(&self) -> Result<Option<String>> {
+        self.meta("identity")
     }
 
     fn check_identity(&self, identity: &str) -> Result<()> {
@@ -645,6 +651,7 @@ mod tests {
             still_rejected: 14,
             profile_updates: 15,
             profile_changed: 0,
+            rehashed: 16,
         };
         s.finish_run(id, &summary).unwrap();
         assert_eq!(s.runs(1).unwrap(), vec![summary]);

@@ -56,6 +56,7 @@ fn sends(kind: &str, policy: Policy) -> bool {
     let row = SnapRow {
         key: Vec::new(),
         hash: RowHash::default(),
+        old_hash: None,
         profile: None,
         payload: Vec::new(),
         line: 0,
@@ -442,6 +443,7 @@ impl SqlDiff {
         let row = SnapRow {
             key: k.into_bytes(),
             hash,
+            old_hash: None,
             profile: None,
             payload,
             // No line: the database's rows have none (rejects keep null).
@@ -493,6 +495,7 @@ impl DiffEngine for SqlDiff {
                 .map(|_| SnapRow {
                     key: k.clone().into_bytes(),
                     hash: RowHash::default(),
+                    old_hash: None,
                     profile: None,
                     payload: Vec::new(),
                     line: 0,

@@ -717,6 +717,10 @@ impl StateStore for DbStore {
         Ok(None)
     }
 
+    fn stored_identity(&self) -> Result<Option<String>> {
+        self.meta("identity")
+    }
+
     fn check_identity(&self, identity: &str) -> Result<()> {
         self.db.settle()?;
         match self.meta("identity")? {
@@ -978,7 +982,7 @@ impl Sink for DbCommit<'_> {
 
     /// Never asked here: the stage statement finds the rows still rejected, and the commit
     /// keeps their open rejects from the delta table.
-    fn still_rejected(&mut self, _: &[u8]) -> Result<()> {
+    fn still_rejected(&mut self, _: &[u8], _: Option<RowHash>) -> Result<()> {
         Ok(())
     }
 

@@ -949,3 +949,79 @@ fn with_json_a_run_on_a_terminal_prints_its_json_and_no_progress() {
     let v: Value = serde_json::from_str(shown.trim()).unwrap_or_else(|e| panic!("{e}: {shown}"));
     assert_eq!(v["events_sent"], 12, "{v}");
 }
+
+/// The present entries of a store's baseline: (key, hash).
+fn present(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>)> {
+    baseline_dump(dir)
+        .into_iter()
+        .filter(|(_, _, p)| *p)
+        .map(|(k, h, _)| (k, h))
+        .collect()
+}
+
+/// DESIGN.md "Hash recipe upgrades". `fixtures/recipe1/state.db` was written by the release
+/// before recipe 2 (schema 5, recipe 1): the day-1 orders and a row with a bad amount, recorded
+/// with `--initial baseline`. Its next run computes both hashes of every row, diffs with the
+/// old ones, stores the new ones and sends nothing for the recipe change itself; day 2's real
+/// changes are still found; the run after it diffs normally.
+#[test]
+fn a_recipe_1_store_is_upgraded_by_its_next_run_which_sends_only_the_real_changes() {
+    let emu = emulator();
+    let dir = Dir::new();
+    dir.orders_config(&emu.endpoint());
+    std::fs::create_dir_all(dir.join(".batchsync")).unwrap();
+    std::fs::copy(fixture("recipe1/state.db"), dir.state()).unwrap();
+    // The old release's hashes are recipe 1's, byte for byte.
+    let golden = std::fs::read_to_string(fixture("orders_day1.recipe1.hashes")).unwrap();
+    let old: String = baseline_dump(&dir)
+        .iter()
+        .map(|(k, h, _)| format!("{} {}\n", hex(k), hex(h)))
+        .collect();
+    assert_eq!(old, golden);
+
+    let bad = "9001,bad@example.com,2026-11-20T09:15:00Z,abc,EUR,false,,paid\n";
+    let day2 = std::fs::read_to_string(fixture("orders_day2.csv")).unwrap();
+    dir.write("orders.csv", format!("{day2}{bad}"));
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    // Day 2: 3 added, 2 changed, 1 removed; the other 9 rows and the bad one are rehashed.
+    assert_counts(
+        &s,
+        &[
+            ("added", 3),
+            ("changed", 2),
+            ("removed", 1),
+            ("unchanged", 9),
+            ("still_rejected", 1),
+            ("rehashed", 10),
+            ("events_sent", 3),
+            ("rejected", 0),
+        ],
+    );
+    assert_eq!(
+        emu.received().len(),
+        3,
+        "the added orders' events, nothing else"
+    );
+
+    // Every present entry holds what a recipe-2 store of the same rows holds.
+    let fresh = Dir::new();
+    fresh.orders_config(&emu.endpoint());
+    fresh.write("orders.csv", format!("{day2}{bad}"));
+    let (code, f) = fresh.sync_with(&["--initial", "baseline"]);
+    assert_eq!(code, 3, "{f}");
+    assert_eq!(present(&dir), present(&fresh));
+
+    // The next run diffs under recipe 2: nothing to do, the bad row still rejected.
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_counts(
+        &s,
+        &[
+            ("unchanged", 14),
+            ("still_rejected", 1),
+            ("rehashed", 0),
+            ("requests", 0),
+        ],
+    );
+}
