@@ -278,6 +278,13 @@ fn human_summary(s: &RunSummary) {
             s.counts.profile_updates
         );
     }
+    if s.counts.rehashed > 0 {
+        eprintln!(
+            "{} rows' stored hashes were rewritten under hash recipe {} (the store's upgrade; nothing was sent for it)",
+            s.counts.rehashed,
+            crate::core::encode::HASH_RECIPE
+        );
+    }
     if let Some(r) = &s.sent_nothing_reason {
         eprintln!("nothing sent: {r}");
     }
