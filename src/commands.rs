@@ -258,7 +258,7 @@ fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
 
 fn human_summary(s: &RunSummary) {
     eprintln!(
-        "run {}: {} — {} rows; {} added, {} changed, {} removed, {} rejected; {} events sent in {} requests ({} retries), {} pending; {} ms",
+        "run {}: {} — {} rows; {} added, {} changed, {} removed, {} rejected; {} events sent in {} requests ({} retries), {} pending ({} requests); {} ms",
         s.run_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         s.status,
         s.counts.rows,
@@ -270,6 +270,7 @@ fn human_summary(s: &RunSummary) {
         s.counts.requests,
         s.counts.retries,
         s.counts.events_pending,
+        s.counts.requests_pending,
         s.duration_ms
     );
     if s.counts.profile_updates > 0 {

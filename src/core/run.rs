@@ -139,6 +139,10 @@ pub struct Counts {
     /// Events whose delivery this run recorded.
     pub events_sent: u64,
     pub events_pending: u64,
+    /// Requests still pending when the run ended (profile updates alone carry no events:
+    /// `events_pending` does not count them).
+    #[serde(default)]
+    pub requests_pending: u64,
     /// HTTP requests sent, retries included.
     pub requests: u64,
     pub retries: u64,
@@ -162,6 +166,7 @@ impl AddAssign for Counts {
         self.rehashed += o.rehashed;
         self.events_sent += o.events_sent;
         self.events_pending += o.events_pending;
+        self.requests_pending += o.requests_pending;
         self.requests += o.requests;
         self.retries += o.retries;
         self.resumed_requests += o.resumed_requests;

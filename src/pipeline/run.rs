@@ -271,10 +271,12 @@ impl<'a, S: StateStore> Run<'a, S> {
         let s = &mut self.summary;
         s.duration_ms = self.t0.elapsed().as_millis() as u64;
         s.finished_at = Some(crate::store::now_rfc3339());
-        let pending = self.store.pending().map(|p| p.events);
+        let pending = self.store.pending();
         match outcome {
             Ok(halt) => {
-                s.counts.events_pending = pending.map_err(RunError::from)?;
+                let pending = pending.map_err(RunError::from)?;
+                s.counts.events_pending = pending.events;
+                s.counts.requests_pending = pending.requests;
                 let end = halt
                     .as_ref()
                     .map_or(crate::core::run::ShipEnd::Drained, Halt::end);
@@ -284,9 +286,10 @@ impl<'a, S: StateStore> Run<'a, S> {
                     (Some(m), Some(x)) => Some(format!("{m}; {x}")),
                     (m, x) => m.or(x.map(String::from)),
                 };
-                if matches!(halt, Some(Halt::Limit)) && s.counts.events_pending > 0 {
+                if matches!(halt, Some(Halt::Limit)) && s.counts.requests_pending > 0 {
                     tracing::info!(
                         pending = s.counts.events_pending,
+                        requests = s.counts.requests_pending,
                         "stopped at --max-requests/--max-duration: the next run continues"
                     );
                 }
@@ -295,7 +298,9 @@ impl<'a, S: StateStore> Run<'a, S> {
                 Ok(self.summary)
             }
             Err(error) => {
-                s.counts.events_pending = pending.unwrap_or_default();
+                let pending = pending.unwrap_or_default();
+                s.counts.events_pending = pending.events;
+                s.counts.requests_pending = pending.requests;
                 s.status = RunStatus::Failed;
                 s.error = Some(crate::errors::chain(&error));
                 let recorded = match s.run_id {

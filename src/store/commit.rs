@@ -286,7 +286,8 @@ impl RunWriter<'_> {
         };
         conn.execute(
             "UPDATE run SET status = ?2, rows = ?3, added = ?4, changed = ?5, removed = ?6, rejected = ?7, events = ?8,
-                    events_pending = ?8, unchanged = ?9, reentered = ?10, still_rejected = ?11, profile_updates = ?12
+                    events_pending = ?8, unchanged = ?9, reentered = ?10, still_rejected = ?11, profile_updates = ?12,
+                    requests_pending = ?13
              WHERE id = ?1",
             params![
                 self.run_id,
@@ -300,7 +301,8 @@ impl RunWriter<'_> {
                 counts.unchanged as i64,
                 counts.reentered as i64,
                 counts.still_rejected as i64,
-                counts.profile_updates as i64
+                counts.profile_updates as i64,
+                written.requests as i64
             ],
         )
         .ctx(&p)?;

@@ -236,7 +236,7 @@ impl Store {
             .prepare(
                 "SELECT id, started_at, finished_at, status, rows, added, changed, removed, rejected, events, events_sent,
                         events_pending, requests, retries, error, unchanged, reentered, resumed_requests, duration_ms,
-                        sent_nothing_reason, still_rejected, profile_updates, rehashed
+                        sent_nothing_reason, still_rejected, profile_updates, rehashed, requests_pending
                  FROM run ORDER BY id DESC LIMIT ?1",
             )
             .ctx(&self.path)?;
@@ -266,6 +266,7 @@ impl Store {
                         profile_updates: n(21)?,
                         profile_changed: 0,
                         rehashed: n(22)?,
+                        requests_pending: n(23)?,
                     },
                     error: r.get(14)?,
                     duration_ms: n(18)?,
@@ -383,9 +384,9 @@ impl FromSql for RunStatus {
 const SUMMARY_COLUMNS: &str = "finished_at = ?2, status = ?3, rows = ?4, added = ?5, changed = ?6, removed = ?7,
     rejected = ?8, events = ?9, events_sent = ?10, events_pending = ?11, requests = ?12, retries = ?13, error = ?14,
     unchanged = ?15, reentered = ?16, resumed_requests = ?17, duration_ms = ?18, sent_nothing_reason = ?19,
-    still_rejected = ?20, profile_updates = ?21, rehashed = ?22";
+    still_rejected = ?20, profile_updates = ?21, rehashed = ?22, requests_pending = ?23";
 
-fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 22] {
+fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 23] {
     use rusqlite::types::Value as V;
     let n = |v: u64| V::Integer(v as i64);
     let t = |v: &Option<String>| v.clone().map_or(V::Null, V::Text);
@@ -413,6 +414,7 @@ fn summary_params(run_id: i64, s: &RunSummary) -> [rusqlite::types::Value; 22] {
         n(c.still_rejected),
         n(c.profile_updates),
         n(c.rehashed),
+        n(c.requests_pending),
     ]
 }
 
@@ -453,7 +455,8 @@ impl RunLog for Store {
         self.conn
             .execute(
                 "UPDATE run SET status = ?1, finished_at = COALESCE(finished_at, ?2),
-                        events_pending = (SELECT COALESCE(SUM(events), 0) FROM request WHERE state = 'pending')
+                        events_pending = (SELECT COALESCE(SUM(events), 0) FROM request WHERE state = 'pending'),
+                        requests_pending = (SELECT COUNT(*) FROM request WHERE state = 'pending')
                  WHERE status IN (?3, ?4)",
                 params![
                     RunStatus::Interrupted,
@@ -652,6 +655,7 @@ mod tests {
             profile_updates: 15,
             profile_changed: 0,
             rehashed: 16,
+            requests_pending: 17,
         };
         s.finish_run(id, &summary).unwrap();
         assert_eq!(s.runs(1).unwrap(), vec![summary]);

@@ -146,13 +146,15 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX request_run ON request(run_id);
     "#,
     // 6: profile attributes (DESIGN.md): a run counts the operations that carry them (and the
-    // entries it rewrote under a new hash recipe, `rehashed`), and a
+    // entries it rewrote under a new hash recipe, `rehashed`, and the requests it left
+    // pending, which profile updates alone make more than its events say), and a
     // row's history has a `profile` line for an update of them alone (SQLite cannot change a
     // CHECK in place: the table is copied). The baseline's pages take a new entry state for
     // the profile hash (store::baseline): older entries read as never sent.
     r#"
     ALTER TABLE run ADD COLUMN profile_updates INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE run ADD COLUMN rehashed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE run ADD COLUMN requests_pending INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE history_v6 (
         id         INTEGER PRIMARY KEY,
         run_id     INTEGER NOT NULL,

@@ -494,7 +494,8 @@ impl RunLog for DbStore {
         let n = self.db.execute(
             &format!(
                 "UPDATE {runs} SET status = $1, summary = summary || jsonb_build_object('events_pending',
-                   (SELECT coalesce(sum(events), 0) FROM {outbox} WHERE state = 'pending'))
+                   (SELECT coalesce(sum(events), 0) FROM {outbox} WHERE state = 'pending'),
+                   'requests_pending', (SELECT count(*) FROM {outbox} WHERE state = 'pending'))
                  WHERE status IN ($2, $3)"
             ),
             &[
@@ -1103,6 +1104,7 @@ impl Commit for DbCommit<'_> {
         summary.counts = *counts;
         summary.counts.events = self.written.events;
         summary.counts.events_pending = self.written.events;
+        summary.counts.requests_pending = self.written.requests;
         summary.run_id = Some(self.run_id);
         summary.status = status;
         let mut json = summary_json(&summary);
