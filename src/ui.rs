@@ -69,13 +69,22 @@ impl Ui {
 
     /// `rate`: the configured pace, in updates per second; the ETA assumes it (one event an
     /// update at worst), not the pace seen so far, which a burst of retries would distort.
-    pub fn shipping(&self, total_events: u64, rate: f64) -> Shipping {
+    /// With no events pending (profile updates alone), progress counts requests, and the ETA
+    /// is the pace seen so far.
+    pub fn shipping(&self, pending: crate::state::Pending, rate: f64) -> Shipping {
+        let by_requests = pending.events == 0;
+        let total = if by_requests {
+            pending.requests
+        } else {
+            pending.events
+        };
+        let unit = if by_requests { "requests" } else { "events" };
         let bar = self.fancy.then(|| {
-            let b = ProgressBar::with_draw_target(Some(total_events), ProgressDrawTarget::stderr());
+            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
             b.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {human_pos}/{human_len} events sent ({per_sec}) {msg}",
-                )
+                ProgressStyle::with_template(&format!(
+                    "{{bar:30}} {{human_pos}}/{{human_len}} {unit} sent ({{per_sec}}) {{msg}}"
+                ))
                 .expect("template"),
             );
             b
@@ -83,7 +92,8 @@ impl Ui {
         Shipping {
             bar,
             quiet: self.quiet,
-            total: total_events,
+            by_requests,
+            total,
             rate,
             start: Instant::now(),
             last_log: Instant::now(),
@@ -145,6 +155,8 @@ impl Reading {
 pub struct Shipping {
     bar: Option<ProgressBar>,
     quiet: bool,
+    /// Progress counts requests (no events pending: profile updates alone).
+    by_requests: bool,
     total: u64,
     rate: f64,
     start: Instant,
@@ -153,30 +165,46 @@ pub struct Shipping {
 
 impl crate::ship::Progress for Shipping {
     fn shipped(&mut self, events: u64, requests: u64) {
+        let done = if self.by_requests { requests } else { events };
+        let secs = self.start.elapsed().as_secs_f64().max(1e-3);
+        let seen = done as f64 / secs;
+        let left = self.total.saturating_sub(done);
         if let Some(b) = &self.bar {
-            b.set_position(events);
-            b.set_message(format!(
-                "{requests} requests, ETA {} at {}/s",
-                eta_at(self.total.saturating_sub(events), self.rate),
-                self.rate
-            ));
+            b.set_position(done);
+            b.set_message(if self.by_requests {
+                format!("ETA {} at the pace so far", eta_at(left, seen))
+            } else {
+                format!(
+                    "{requests} requests, ETA {} at {}/s",
+                    eta_at(left, self.rate),
+                    self.rate
+                )
+            });
         } else if !self.quiet && self.last_log.elapsed() >= LOG_EVERY {
             self.last_log = Instant::now();
-            let secs = self.start.elapsed().as_secs_f64().max(1e-3);
-            let rate = events as f64 / secs;
-            let eta = if rate > 0.0 {
-                (self.total.saturating_sub(events)) as f64 / rate
+            let eta = if seen > 0.0 {
+                left as f64 / seen
             } else {
                 f64::NAN
             };
-            tracing::info!(
-                events,
-                total = self.total,
-                requests,
-                events_per_s = rate as u64,
-                eta_s = eta as u64,
-                "shipping"
-            );
+            if self.by_requests {
+                tracing::info!(
+                    requests,
+                    total = self.total,
+                    requests_per_s = seen as u64,
+                    eta_s = eta as u64,
+                    "shipping (profile updates alone: counted in requests)"
+                );
+            } else {
+                tracing::info!(
+                    events,
+                    total = self.total,
+                    requests,
+                    events_per_s = seen as u64,
+                    eta_s = eta as u64,
+                    "shipping"
+                );
+            }
         }
     }
 }

@@ -243,9 +243,7 @@ impl<'a, S: StateStore> Run<'a, S> {
         ship_opts.max_requests = ship_opts
             .max_requests
             .map(|m| m.saturating_sub(self.summary.counts.requests));
-        let mut bar = self
-            .ui
-            .shipping(pending.events, self.settings.destination.rate);
+        let mut bar = self.ui.shipping(pending, self.settings.destination.rate);
         let report = self
             .rt
             .block_on(crate::ship::ship(
