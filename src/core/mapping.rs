@@ -614,8 +614,9 @@ fn custom_id_of(plan: &ColumnPlan, row: &[Value]) -> Result<String, Reject> {
 }
 
 /// A row's profile attributes as an operation's `attributes` object: every profile attribute,
-/// a null value as null (Batch deletes the attribute: the profile mirrors the segment), under
-/// its bare name (`renews_on`, not `date(renews_on)`); or the rule a value breaks.
+/// typed like an event attribute (`date(renews_on)` for a time), and a null value as null under
+/// the bare name (Batch deletes the attribute: the profile mirrors the segment); or the rule a
+/// value breaks.
 pub fn build_profile(plan: &ColumnPlan, row: &[Value]) -> Result<Profile, Reject> {
     let custom_id = custom_id_of(plan, row)?;
     let mut attributes = serde_json::Map::new();
