@@ -200,8 +200,7 @@ impl Snapshot {
         } = opts;
         let lazy_profiles = lazy_profiles && payloads == Payloads::Keep;
         let has_key = plan.has_key();
-        let recipe_one = cells::RowEncoder::new(plan, tz).recipe_one();
-        let v1 = (upgrade || !has_key).then_some(recipe_one);
+        let v1 = (upgrade || !has_key).then(|| cells::RecipeOne::new(plan));
         let hashing = runs::Hashing {
             row: crate::core::encode::RowHasher::new(
                 plan.columns[..plan.hashed].iter().map(String::as_str),

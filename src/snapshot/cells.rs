@@ -1,6 +1,8 @@
-//! One row's cells → its hash input (each column's name header and value), from which its
-//! payload (the values) and row key are cut, written straight into a byte buffer: the
-//! snapshot's hot loop, without a `Value` (and its `String`) per cell.
+//! One row's cells → its values, back to back, written straight into a byte buffer: its payload,
+//! its hash input (the event's columns, which come first) and the bytes its row key is cut from.
+//! The snapshot's hot loop, without a `Value` (and its `String`) per cell. Also here: the
+//! profile hash of a row (`ProfileHash`) and recipe 1's row hash (`RecipeOne`), both read from
+//! the value spans.
 //!
 //! Invariants:
 //! - Byte for byte what the reference path gives (`value::coerce` per cell, then
@@ -9,7 +11,7 @@
 //!   reference path itself.
 //! - Not a byte of the recipe here: every byte is written by `core::encode`'s writers, so a new
 //!   recipe changes that file and not this one. What is decided here is only which value a
-//!   cell holds, and that a column is its name header then its value.
+//!   cell holds.
 //! - A cell that does not fit its type is encoded as null, and the first such column is the
 //!   row's reject, as the reference typing does (`type_row`, in the snapshot's tests).
 //! - The cells are read, not consumed, so a source may reuse their buffers for the next row.
@@ -27,8 +29,6 @@ pub(super) struct RowEncoder {
     types: Vec<Option<Type>>,
     key: Vec<usize>,
     tz: Tz,
-    /// Per column, in plan order: its name header in the hash input (`encode::put_name`).
-    headers: Vec<Vec<u8>>,
     /// Where column `i`'s value sits in the last row's hash input: `spans[i]`, from its start.
     spans: Vec<(u32, u32)>,
     /// Columns `0..hashed` are the row hash's (`ColumnPlan::hashed`).
@@ -44,6 +44,20 @@ pub(super) struct RecipeOne {
 }
 
 impl RecipeOne {
+    /// The plan's hashed columns' name headers.
+    pub(super) fn new(plan: &ColumnPlan) -> RecipeOne {
+        RecipeOne {
+            headers: plan.columns[..plan.hashed]
+                .iter()
+                .map(|name| {
+                    let mut h = Vec::new();
+                    put_name(name, &mut h);
+                    h
+                })
+                .collect(),
+        }
+    }
+
     /// `spans`: where each column's value sits in `values`.
     pub(super) fn hash(&self, values: &[u8], spans: &[(u32, u32)]) -> RowHash {
         hash_v1(
@@ -107,21 +121,11 @@ impl ProfileHash {
 
 impl RowEncoder {
     pub(super) fn new(plan: &ColumnPlan, tz: Tz) -> RowEncoder {
-        let headers = plan
-            .columns
-            .iter()
-            .map(|name| {
-                let mut h = Vec::new();
-                put_name(name, &mut h);
-                h
-            })
-            .collect();
         RowEncoder {
             columns: plan.columns.clone(),
             types: plan.types.clone(),
             key: plan.key.clone(),
             tz,
-            headers,
             spans: Vec::with_capacity(plan.columns.len()),
             hashed: plan.hashed,
         }
@@ -131,13 +135,6 @@ impl RowEncoder {
     /// attributes' own columns follow them, outside the row hash).
     pub(super) fn hashed_len(&self) -> u32 {
         self.spans[self.hashed - 1].1
-    }
-
-    /// The hashed columns' name headers, for recipe 1 (`RecipeOne`).
-    pub(super) fn recipe_one(&self) -> RecipeOne {
-        RecipeOne {
-            headers: self.headers[..self.hashed].to_vec(),
-        }
     }
 
     /// Appends the row's values to `out`, per column in plan order (`core::encode`): its hash

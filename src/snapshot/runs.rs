@@ -9,8 +9,10 @@
 //!   stays in memory and joins the merge without a file.
 //! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
 //!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
-//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes). Under
-//!   `Payloads::Skip` every payload is empty: the batches then carry no value spans at all.
+//!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes), then
+//!   the row's recipe-1 hash and its profile hash, 16 bytes each, when the line's bits 62 and
+//!   63 say so. Under `Payloads::Skip` every payload is empty (the batches carry value spans
+//!   only when recipe 1's hash needs them).
 //! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
@@ -62,11 +64,12 @@ impl<const N: usize> Steps<N> {
 
 /// Rows typed and encoded by the reading thread, on their way to the sorting thread.
 pub(super) struct Batch {
-    /// Per row, back to back: its hash input ‖ its key.
+    /// Per row, back to back: its values (the row hash's input is their first `hashed` bytes)
+    /// ‖ its key.
     pub(super) buf: Vec<u8>,
     pub(super) rows: Vec<Pending>,
-    /// Per row, one per column: where the column's value sits in the row's hash input. The
-    /// values, back to back, are the row's payload.
+    /// Per row, one per column (`Hashing::stride`): where the column's value sits in the row's
+    /// values, which are its payload.
     pub(super) spans: Vec<(u32, u32)>,
     /// Whether the rows' hashes are filled in: the reading thread hashes a batch itself when
     /// the sorting thread is behind, which shares the hashing between the two cores.
