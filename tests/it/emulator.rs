@@ -10,10 +10,10 @@ use batchsync::emulate::{
 };
 use serde_json::{json, Value};
 
-const API_KEY: &str = "test-api-key";
-const PROJECT_KEY: &str = "test-project-key";
+pub(crate) const API_KEY: &str = "test-api-key";
+pub(crate) const PROJECT_KEY: &str = "test-project-key";
 
-fn config() -> EmulatorConfig {
+pub(crate) fn config() -> EmulatorConfig {
     EmulatorConfig {
         api_key: API_KEY.to_owned(),
         project_key: PROJECT_KEY.to_owned(),
@@ -28,7 +28,7 @@ fn with_faults(faults: Faults) -> EmulatorConfig {
     EmulatorConfig { faults, ..config() }
 }
 
-async fn start(config: EmulatorConfig) -> Emulator {
+pub(crate) async fn start(config: EmulatorConfig) -> Emulator {
     let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
     Emulator::start(addr, config).await.unwrap()
 }
@@ -54,21 +54,28 @@ fn status(status: u16, retry_after: Option<u64>) -> Scripted {
     }
 }
 
-/// What a client saw: the status, the `Retry-After` header, the body (`Null` if not JSON).
+/// What a client saw: the status, the `Retry-After` header, the body (`Null` if not JSON) and
+/// its text as sent.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
     retry_after: Option<String>,
     body: Value,
+    pub(crate) text: String,
 }
 
 impl Answer {
+    /// The body, which must be JSON.
+    pub(crate) fn json(&self) -> Value {
+        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
+    }
+
     fn message(&self) -> &str {
         self.body["error_message"].as_str().unwrap_or_default()
     }
 }
 
-async fn answer(request: reqwest::RequestBuilder) -> Answer {
+pub(crate) async fn answer(request: reqwest::RequestBuilder) -> Answer {
     let response = request.send().await.unwrap();
     let retry_after = response
         .headers()
@@ -80,17 +87,18 @@ async fn answer(request: reqwest::RequestBuilder) -> Answer {
         status,
         retry_after,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
+        text,
     }
 }
 
 /// A reqwest client for one emulator.
-struct Client {
-    http: reqwest::Client,
-    base: String,
+pub(crate) struct Client {
+    pub(crate) http: reqwest::Client,
+    pub(crate) base: String,
 }
 
 impl Client {
-    fn new(emulator: &Emulator) -> Client {
+    pub(crate) fn new(emulator: &Emulator) -> Client {
         Client {
             http: reqwest::Client::new(),
             base: emulator.endpoint(),
@@ -114,11 +122,11 @@ impl Client {
         request
     }
 
-    fn request(&self, path: &str) -> reqwest::RequestBuilder {
+    pub(crate) fn request(&self, path: &str) -> reqwest::RequestBuilder {
         self.keyed(path, Some(API_KEY), Some(PROJECT_KEY))
     }
 
-    async fn send(&self, endpoint: &str, body: &Value) -> Answer {
+    pub(crate) async fn send(&self, endpoint: &str, body: &Value) -> Answer {
         answer(
             self.request(&format!("/2.11/profiles/{endpoint}"))
                 .json(body),

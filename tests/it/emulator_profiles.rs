@@ -2,25 +2,12 @@
 //! them (a `null` deletes one), a dropped operation changes nothing, both endpoints apply them,
 //! and `GET /_emulator/profiles[/{custom_id}]` reads them back.
 
-use std::net::SocketAddr;
-
-use batchsync::emulate::{Emulator, EmulatorConfig, Faults, Scripted};
+use crate::emulator::{answer, config, Answer, Client};
+use batchsync::emulate::{Emulator, Scripted};
 use serde_json::{json, Value};
 
-const API_KEY: &str = "test-api-key";
-const PROJECT_KEY: &str = "test-project-key";
-
 async fn start() -> Emulator {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let config = EmulatorConfig {
-        api_key: API_KEY.to_owned(),
-        project_key: PROJECT_KEY.to_owned(),
-        limits: false,
-        faults: Faults::default(),
-        record_path: None,
-        seed: 1,
-    };
-    Emulator::start(addr, config).await.unwrap()
+    crate::emulator::start(config()).await
 }
 
 /// An operation for `custom_id` carrying `attributes` and no events.
@@ -28,60 +15,16 @@ fn attributes_op(custom_id: &str, attributes: Value) -> Value {
     json!({ "identifiers": { "custom_id": custom_id }, "attributes": attributes })
 }
 
-/// What a client saw: the status and the raw body.
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    text: String,
-}
-
-impl Answer {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.text).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text))
-    }
-}
-
-struct Client {
-    http: reqwest::Client,
-    base: String,
-}
-
+/// The profile endpoints of the emulator's client (`crate::emulator::Client`).
 impl Client {
-    fn new(emulator: &Emulator) -> Client {
-        Client {
-            http: reqwest::Client::new(),
-            base: emulator.endpoint(),
-        }
-    }
-
-    async fn answer(request: reqwest::RequestBuilder) -> Answer {
-        let response = request.send().await.unwrap();
-        Answer {
-            status: response.status().as_u16(),
-            text: response.text().await.unwrap(),
-        }
-    }
-
-    fn post(&self, endpoint: &str, body: &Value) -> reqwest::RequestBuilder {
-        self.http
-            .post(format!("{}/2.11/profiles/{endpoint}", self.base))
-            .bearer_auth(API_KEY)
-            .header("X-Batch-Project", PROJECT_KEY)
-            .json(body)
-    }
-
-    async fn send(&self, endpoint: &str, body: &Value) -> Answer {
-        Client::answer(self.post(endpoint, body)).await
-    }
-
     /// `GET /_emulator/{path}`, `path` sent as given (already encoded).
-    async fn admin_get(&self, path: &str) -> Answer {
-        Client::answer(self.http.get(format!("{}/_emulator/{path}", self.base))).await
+    async fn admin(&self, path: &str) -> Answer {
+        answer(self.http.get(format!("{}/_emulator/{path}", self.base))).await
     }
 
     /// `GET /_emulator/profiles/{custom_id}`, the id percent-encoded byte by byte.
     async fn profile(&self, custom_id: &str) -> Answer {
-        self.admin_get(&format!("profiles/{}", percent_encode(custom_id)))
+        self.admin(&format!("profiles/{}", percent_encode(custom_id)))
             .await
     }
 }
@@ -186,7 +129,7 @@ async fn an_invalid_operation_is_dropped_by_bulk_index_and_the_rest_of_the_reque
         "{answer}"
     );
 
-    let profiles = client.admin_get("profiles").await;
+    let profiles = client.admin("profiles").await;
     assert_eq!(profiles.status, 200);
     assert_eq!(
         profiles.json(),
@@ -224,7 +167,7 @@ async fn mass_update_applies_attributes_in_bulk_order() {
         (202, json!({ "code": "SUCCESS" }))
     );
     assert_eq!(
-        client.admin_get("profiles").await.json(),
+        client.admin("profiles").await.json(),
         json!({ "u1": { "plan": "team" }, "u2": { "$region": "FR" } })
     );
 }
@@ -252,7 +195,7 @@ async fn an_unknown_profile_is_a_404_and_one_that_only_got_events_has_no_attribu
         (200, json!({ "custom_id": "shopper", "attributes": {} }))
     );
     // The list holds profiles with attributes only.
-    assert_eq!(client.admin_get("profiles").await.json(), json!({}));
+    assert_eq!(client.admin("profiles").await.json(), json!({}));
     assert_eq!(emulator.stats().profile_updates, 0);
 }
 
@@ -269,7 +212,7 @@ async fn a_custom_id_is_percent_decoded_from_the_path() {
         answer.json(),
         json!({ "custom_id": id, "attributes": { "plan": "pro" } })
     );
-    assert_eq!(client.admin_get("profiles/a%zz").await.status, 400);
+    assert_eq!(client.admin("profiles/a%zz").await.status, 400);
 }
 
 #[tokio::test]
@@ -278,7 +221,8 @@ async fn a_request_whose_answer_is_dropped_after_processing_is_applied() {
     let client = Client::new(&emulator);
     emulator.script(vec![Scripted::DropAfter]);
     let body = json!([attributes_op("u1", json!({ "plan": "pro" }))]);
-    let error = client.post("update", &body).send().await.unwrap_err();
+    let request = client.request("/2.11/profiles/update").json(&body);
+    let error = request.send().await.unwrap_err();
     assert!(!error.is_status(), "{error}");
     assert_eq!(
         client.profile("u1").await.json()["attributes"],
@@ -299,7 +243,7 @@ async fn an_injected_error_or_throttle_applies_nothing() {
         assert_eq!(client.send("update", &body).await.status, status);
     }
     assert_eq!(client.profile("u1").await.status, 404);
-    assert_eq!(client.admin_get("profiles").await.json(), json!({}));
+    assert_eq!(client.admin("profiles").await.json(), json!({}));
     assert_eq!(emulator.stats().profile_updates, 0);
 }
 
@@ -308,6 +252,6 @@ async fn a_post_on_the_profiles_endpoints_is_refused() {
     let emulator = start().await;
     let client = Client::new(&emulator);
     let url = format!("{}/_emulator/profiles", client.base);
-    let answer = Client::answer(client.http.post(url).json(&json!({}))).await;
+    let answer = answer(client.http.post(url).json(&json!({}))).await;
     assert_eq!(answer.status, 405, "{}", answer.text);
 }
