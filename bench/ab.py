@@ -71,9 +71,7 @@ def main():
         ma, mb = statistics.median(times[("a", k)]), statistics.median(times[("b", k)])
         out[k] = {"a": ma, "b": mb, "a_all": times[("a", k)], "b_all": times[("b", k)]}
         print(f"| {name} | {ma:.2f} s | {mb:.2f} s | {mb / ma:.2f} |")
-    ls = [x for x, _ in loads]
-    ps = [y for _, y in loads if y is not None]
-    print(f"\nload {min(ls)}–{max(ls)}" + (f", CPU pressure {min(ps):.0f}–{max(ps):.0f}%" if ps else ""))
+    print("\n" + h.load_line(loads))
     (d / "ab.json").write_text(json.dumps({"times": out, "loads": loads}, indent=1))
 
 

@@ -548,6 +548,13 @@ def num(x):
     return "" if x is None else f"{x:,.0f}"
 
 
+def load_line(loads):
+    """The load and CPU pressure seen over a comparison's runs, `(load, psi)` each, as one line."""
+    ls = [x for x, _ in loads]
+    ps = [y for _, y in loads if y is not None]
+    return f"load {min(ls)}–{max(ls)}" + (f", CPU pressure {min(ps):.0f}–{max(ps):.0f}%" if ps else "")
+
+
 def fmt_load(l, psi=None):
     s = f"{l[0]}" if l[0] == l[1] else f"{l[0]}–{l[1]}"
     return s if psi is None else f"{s} / {psi:.0f}%"

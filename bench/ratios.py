@@ -88,9 +88,7 @@ def main():
         target = f"{TARGETS[k]}x" if k in TARGETS else ""
         print(f"| {names[k]} | {t:.2f} | {truth['rows'] / t:,.0f} | {mb:.0f} MB | {ratio:.2f} | {target} |")
         out[k] = {"seconds": t, "all": times[k], "rss_mb": mb, "ratio": ratio}
-    ls = [x for x, _ in loads]
-    ps = [y for _, y in loads if y is not None]
-    print(f"\nload {min(ls)}–{max(ls)}" + (f", CPU pressure {min(ps):.0f}–{max(ps):.0f}%" if ps else ""))
+    print("\n" + h.load_line(loads))
     (d / "ratios.json").write_text(json.dumps({"times": out, "loads": loads}, indent=1))
 
 
