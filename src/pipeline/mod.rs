@@ -126,13 +126,8 @@ fn steps(
     }
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let payloads = diff::payloads(run.first_run()?, initial);
-    let backfill = run::backfill(
-        settings,
-        crate::state::StateStore::profile_identity(run.store())?,
-    );
-    let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
-    let stored = crate::state::StateStore::stored_identity(run.store())?;
-    let upgrade = settings.upgrades_recipe(stored.as_deref());
+    let lazy = diff::lazy_profiles(settings, run.backfill(), opts.retry_rejects);
+    let upgrade = run.upgrades_recipe();
     if upgrade {
         tracing::info!("the store holds row hashes of recipe 1: this run rewrites them under recipe {} and sends nothing for that", crate::core::encode::HASH_RECIPE);
     }

@@ -34,6 +34,11 @@ pub struct Run<'a, S: StateStore> {
     summary: RunSummary,
     /// Said after the halt's own message: why the run stopped where it did.
     note: Option<&'static str>,
+    /// The store holds recipe-1 hashes: this run upgrades it (read once, at the start).
+    upgrade: bool,
+    /// This run is the sync's first with its profile attributes (read once, at the start:
+    /// only the run's commit changes it).
+    backfill: bool,
 }
 
 /// A run that failed: the error, and the summary of what it did before (a resumed shipment
@@ -114,9 +119,11 @@ impl<'a, S: StateStore> Run<'a, S> {
         let started_at = crate::store::now_rfc3339();
         store.close_interrupted_runs()?;
         // A store of hash recipe 1 is upgraded by this run (`steps`); any other is checked.
-        if !settings.upgrades_recipe(store.stored_identity()?.as_deref()) {
+        let upgrade = settings.upgrades_recipe(store.stored_identity()?.as_deref());
+        if !upgrade {
             store.check_identity(&settings.store_identity())?;
         }
+        let backfill = backfill(settings, store.profile_identity()?);
         let client = Client::new(&settings.destination, creds).map_err(RunError::Client)?;
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -133,11 +140,23 @@ impl<'a, S: StateStore> Run<'a, S> {
             t0,
             summary: RunSummary::new(started_at),
             note: None,
+            upgrade,
+            backfill,
         })
     }
 
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Whether this run upgrades a store of hash recipe 1.
+    pub fn upgrades_recipe(&self) -> bool {
+        self.upgrade
+    }
+
+    /// Whether this run is the sync's first with its profile attributes (a backfill).
+    pub fn backfill(&self) -> bool {
+        self.backfill
     }
 
     /// Ships what earlier runs left pending. `Some(halt)` when they could not all be shipped
@@ -189,7 +208,7 @@ impl<'a, S: StateStore> Run<'a, S> {
             self.store
                 .begin_run(&self.summary.started_at, self.summary.run_id, &rules)?;
         let diffed = diff::apply(engine, &apply, &mut writer, self.stop)?;
-        let backfill = backfill(settings, self.store.profile_identity()?);
+        let backfill = self.backfill;
         let guards = settings.sync.guards(backfill);
         check_guards(
             guards,
