@@ -98,6 +98,11 @@ impl FileStamp {
         }
     }
 
+    /// The file's length when the read began.
+    pub fn bytes(&self) -> u64 {
+        self.len
+    }
+
     /// A structural error when the file at `path` is not as it was.
     pub fn check(&self, path: &std::path::Path, line: u64) -> Result<(), SourceError> {
         let now = std::fs::metadata(path).map(|m| FileStamp {
@@ -162,6 +167,123 @@ pub trait Source: Send {
 
     /// The source for messages: a file path, or the database without credentials.
     fn describe(&self) -> String;
+
+    /// For a second core: a reader of the source's second part, this source then reading up
+    /// to where that part begins. `None` when the source cannot be split (a query, a small
+    /// file) or has been read from already. See [`Split`].
+    fn split(&mut self) -> Option<Tail> {
+        None
+    }
+}
+
+/// The second part of a split file, read on another thread.
+pub struct Tail {
+    pub source: Box<dyn Source>,
+    split: std::sync::Arc<Split>,
+}
+
+impl Tail {
+    /// Whether the tail's rows count: false when the head found that the tail began inside a
+    /// record and read on to the end itself. Asked once both parts are read.
+    pub fn kept(&self) -> bool {
+        !self.split.abandoned()
+    }
+}
+
+/// A file read in two parts, by two threads, with exact line numbers and nothing read twice or
+/// skipped.
+///
+/// The tail finds the *boundary*: the first record start at or after the file's middle (for
+/// CSV, a line end outside quotes by quote parity from the start of the file; for NDJSON, any
+/// line end), and the line it begins on (line ends counted before it). It reads from there to
+/// the end. The head reads from the start; the first record it would begin at or past the
+/// middle waits for the boundary, and at the boundary it stops. If the head's last record ran
+/// past the boundary (quote parity can be fooled: csv-core takes a quote inside an unquoted
+/// field as text), the boundary was no record start: the head drops the split and reads on to
+/// the end, and the tail's rows and errors are thrown away (`Tail::kept`).
+pub struct Split {
+    mid: u64,
+    boundary: std::sync::Mutex<Boundary>,
+    found: std::sync::Condvar,
+    abandoned: std::sync::atomic::AtomicBool,
+}
+
+/// Where the tail begins.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Boundary {
+    /// Not found yet.
+    Unknown,
+    /// The tail's first byte and the line it is on.
+    At { offset: u64, line: u64 },
+    /// No record starts past the middle: the head reads everything.
+    None,
+}
+
+impl Split {
+    pub fn new(mid: u64) -> std::sync::Arc<Split> {
+        std::sync::Arc::new(Split {
+            mid,
+            boundary: std::sync::Mutex::new(Boundary::Unknown),
+            found: std::sync::Condvar::new(),
+            abandoned: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    pub fn mid(&self) -> u64 {
+        self.mid
+    }
+
+    pub fn tail(self: &std::sync::Arc<Split>, source: Box<dyn Source>) -> Tail {
+        Tail {
+            source,
+            split: self.clone(),
+        }
+    }
+
+    /// The tail's finding.
+    pub fn publish(&self, b: Boundary) {
+        *self.boundary.lock().unwrap_or_else(|e| e.into_inner()) = b;
+        self.found.notify_all();
+    }
+
+    /// The boundary, waiting for the tail to find it.
+    pub fn wait(&self) -> Boundary {
+        let mut b = self.boundary.lock().unwrap_or_else(|e| e.into_inner());
+        while *b == Boundary::Unknown {
+            b = self.found.wait(b).unwrap_or_else(|e| e.into_inner());
+        }
+        *b
+    }
+
+    /// Publishes "no boundary" unless one was published: a tail dropped before it found the
+    /// boundary (an error, a panic) never leaves the head waiting.
+    pub fn give_up(&self) {
+        let mut b = self.boundary.lock().unwrap_or_else(|e| e.into_inner());
+        if *b == Boundary::Unknown {
+            *b = Boundary::None;
+            self.found.notify_all();
+        }
+    }
+
+    /// The head read past the boundary: the tail's rows are not to be used.
+    pub fn abandon(&self) {
+        self.abandoned
+            .store(true, std::sync::atomic::Ordering::Release);
+        // A tail still looking for the boundary need not be waited for.
+        self.found.notify_all();
+    }
+
+    pub fn abandoned(&self) -> bool {
+        self.abandoned.load(std::sync::atomic::Ordering::Acquire)
+    }
+}
+
+/// Files smaller than this are read on one thread: a second one would not pay for itself.
+pub const SPLIT_MIN_BYTES: u64 = 8 << 20;
+
+/// Counts `b` in `bytes` (vectorised by the compiler).
+pub(crate) fn count_byte(bytes: &[u8], b: u8) -> u64 {
+    bytes.iter().filter(|&&x| x == b).count() as u64
 }
 
 /// Opens the configured source for the plan's columns.
