@@ -97,6 +97,17 @@ enum Stop {
     SorterGone,
 }
 
+impl Stop {
+    fn into_error(self) -> SnapshotError {
+        match self {
+            Stop::Failed(e) => e,
+            Stop::SorterGone => SnapshotError::Spill(std::io::Error::other(
+                "the sorting thread stopped without saying why",
+            )),
+        }
+    }
+}
+
 impl From<SnapshotError> for Stop {
     fn from(e: SnapshotError) -> Stop {
         Stop::Failed(e)
@@ -188,7 +199,7 @@ impl Snapshot {
         plan: &ColumnPlan,
         tz: Tz,
         opts: Options<'_>,
-        mut progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
+        progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
     ) -> Result<Snapshot, SnapshotError> {
         let Options {
             on_bad_row,
@@ -221,53 +232,16 @@ impl Snapshot {
             what: &what,
             hashing: hashing.clone(),
         };
-        let (to_sorter, batches) = mpsc::sync_channel::<Batch>(QUEUE);
-        let (recycle, recycled) = mpsc::channel::<Batch>();
-        let abort = AtomicBool::new(false);
-        let queued = AtomicUsize::new(0);
-        let (read, sorted) = std::thread::scope(|scope| {
-            let sorter = std::thread::Builder::new()
-                .name("batchsync-sort".into())
-                .spawn_scoped(scope, || {
-                    runs::sort_batches(
-                        batches,
-                        recycle,
-                        &queued,
-                        runs::Layout {
-                            has_key,
-                            payloads: payloads == Payloads::Keep,
-                            profile: plan.has_profile() && payloads == Payloads::Skip,
-                            upgrade,
-                            hashing,
-                        },
-                        budget,
-                        spill_dir,
-                        &abort,
-                    )
-                })?;
-            let to_sorter = Sorter {
-                tx: to_sorter,
-                recycled,
-                queued: &queued,
-            };
-            let read = read_rows(&reading, source, &mut progress, &to_sorter);
-            if read.is_err() {
-                // Before hanging up: the sorting thread must not sort what nobody will read.
-                abort.store(true, Ordering::Release);
-            }
-            drop(to_sorter);
-            let sorted = sorter
-                .join()
-                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-            Ok::<_, std::io::Error>((read, sorted))
-        })?;
-        let ((rows, loose), sorted) = match (read, sorted) {
-            (Err(Stop::Failed(e)), _) => return Err(e),
-            (Err(Stop::SorterGone), Err(e)) | (Ok(_), Err(e)) => return Err(e.into()),
-            (Err(Stop::SorterGone), Ok(_)) | (Ok(_), Ok(None)) => {
-                unreachable!("the sorting thread stops early only on an error or an abort")
-            }
-            (Ok(read), Ok(Some(sorted))) => (read, sorted),
+        let layout = || runs::Layout {
+            has_key,
+            payloads: payloads == Payloads::Keep,
+            profile: plan.has_profile() && payloads == Payloads::Skip,
+            upgrade,
+            hashing: hashing.clone(),
+        };
+        let (rows, loose, sorted) = match source.split() {
+            Some(tail) => read_split(&reading, source, tail, layout, budget, spill_dir, progress)?,
+            None => read_piped(&reading, source, layout(), budget, spill_dir, progress)?,
         };
         let late_profile = (plan.has_profile() && payloads == Payloads::Keep && !lazy_profiles)
             .then(|| cells::ProfileHash::new(plan));
@@ -305,7 +279,7 @@ fn read_rows(
     r: &Reading<'_>,
     source: &mut dyn Source,
     progress: &mut impl FnMut(u64) -> std::ops::ControlFlow<()>,
-    to_sorter: &Sorter<'_>,
+    to_sorter: &mut impl Sink,
 ) -> Result<(u64, Vec<LooseReject>), Stop> {
     let has_key = r.plan.has_key();
     let mut steps = runs::Steps::<STEPS>::new();
@@ -383,7 +357,6 @@ fn read_rows(
     if !batch.rows.is_empty() {
         to_sorter.send(batch, &r.hashing, &mut steps, &mut hashed)?;
     }
-    source.finish()?;
     steps.mark(PARSE);
     tracing::debug!(
         rows,
@@ -400,6 +373,37 @@ fn read_rows(
     Ok((rows, loose))
 }
 
+/// Where the reading loop puts its full batches.
+trait Sink {
+    /// Takes a full batch; returns an empty one to fill next.
+    fn send(
+        &mut self,
+        batch: Batch,
+        hashing: &runs::Hashing,
+        steps: &mut runs::Steps<STEPS>,
+        hashed: &mut u64,
+    ) -> Result<Batch, Stop>;
+}
+
+/// Both cores read (a split file): each reading thread hashes, lays out and sorts its own
+/// rows.
+struct Inline<'a>(runs::Sorting<'a>);
+
+impl Sink for Inline<'_> {
+    fn send(
+        &mut self,
+        mut batch: Batch,
+        _: &runs::Hashing,
+        steps: &mut runs::Steps<STEPS>,
+        _: &mut u64,
+    ) -> Result<Batch, Stop> {
+        steps.mark(ENCODE);
+        self.0.add(&mut batch).map_err(|e| Stop::Failed(e.into()))?;
+        steps.mark(HASH);
+        Ok(batch)
+    }
+}
+
 /// The reading thread's end of the channel to the sorting thread.
 struct Sorter<'a> {
     tx: SyncSender<Batch>,
@@ -408,11 +412,11 @@ struct Sorter<'a> {
     queued: &'a AtomicUsize,
 }
 
-impl Sorter<'_> {
+impl Sink for Sorter<'_> {
     /// Hands a full batch to the sorting thread, hashing it here first when that thread is
     /// behind (sorting or spilling a run, say); returns an empty batch to fill next.
     fn send(
-        &self,
+        &mut self,
         mut batch: Batch,
         hashing: &runs::Hashing,
         steps: &mut runs::Steps<STEPS>,
@@ -428,6 +432,134 @@ impl Sorter<'_> {
         steps.mark(WAIT);
         Ok(self.recycled.try_recv().unwrap_or_else(|_| Batch::new()))
     }
+}
+
+/// What a read gives: the rows, those rejected without a key, and the sorted runs.
+type ReadOut = (u64, Vec<LooseReject>, runs::Sorted);
+
+/// One core reads, types and encodes; the other hashes, sorts and spills (a query, a small
+/// file).
+fn read_piped(
+    reading: &Reading<'_>,
+    source: &mut dyn Source,
+    layout: runs::Layout,
+    budget: usize,
+    spill_dir: &Path,
+    mut progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
+) -> Result<ReadOut, SnapshotError> {
+    let (to_sorter, batches) = mpsc::sync_channel::<Batch>(QUEUE);
+    let (recycle, recycled) = mpsc::channel::<Batch>();
+    let abort = AtomicBool::new(false);
+    let queued = AtomicUsize::new(0);
+    let (read, sorted) = std::thread::scope(|scope| {
+        let sorter = std::thread::Builder::new()
+            .name("batchsync-sort".into())
+            .spawn_scoped(scope, || {
+                let sorting = runs::Sorting::new(layout, budget, spill_dir);
+                runs::sort_batches(batches, recycle, &queued, sorting, &abort)
+            })?;
+        let mut to_sorter = Sorter {
+            tx: to_sorter,
+            recycled,
+            queued: &queued,
+        };
+        let read = read_rows(reading, source, &mut progress, &mut to_sorter)
+            .and_then(|read| Ok(source.finish().map(|()| read)?));
+        if read.is_err() {
+            // Before hanging up: the sorting thread must not sort what nobody will read.
+            abort.store(true, Ordering::Release);
+        }
+        drop(to_sorter);
+        let sorted = sorter
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        Ok::<_, std::io::Error>((read, sorted))
+    })?;
+    match (read, sorted) {
+        (Err(Stop::Failed(e)), _) => Err(e),
+        (Err(Stop::SorterGone), Err(e)) | (Ok(_), Err(e)) => Err(e.into()),
+        (Err(Stop::SorterGone), Ok(_)) | (Ok(_), Ok(None)) => {
+            unreachable!("the sorting thread stops early only on an error or an abort")
+        }
+        (Ok((rows, loose)), Ok(Some(sorted))) => Ok((rows, loose, sorted)),
+    }
+}
+
+/// Both cores read a split file (`Source::split`): the caller's thread the head, another the
+/// tail, each typing, hashing and sorting its own rows into half the budget; the merge joins
+/// the two. The head's rows come first, so an error in the head is the one reported; the
+/// tail's rows and errors count only if the split held (`Tail::kept`).
+fn read_split(
+    reading: &Reading<'_>,
+    head: &mut dyn Source,
+    tail: crate::source::Tail,
+    layout: impl Fn() -> runs::Layout,
+    budget: usize,
+    spill_dir: &Path,
+    mut progress: impl FnMut(u64) -> std::ops::ControlFlow<()>,
+) -> Result<ReadOut, SnapshotError> {
+    let abort = AtomicBool::new(false);
+    let tail_rows = std::sync::atomic::AtomicU64::new(0);
+    let crate::source::Tail {
+        source: mut tail_source,
+        verdict,
+    } = tail;
+    let half = budget / 2;
+    let (head_read, tail_read) = std::thread::scope(|scope| {
+        let tail_layout = layout();
+        let spawned = std::thread::Builder::new()
+            .name("batchsync-read".into())
+            .spawn_scoped(scope, || {
+                let mut sink = Inline(runs::Sorting::new(tail_layout, half, spill_dir));
+                let mut stop = |rows: u64| {
+                    tail_rows.store(rows, Ordering::Relaxed);
+                    if abort.load(Ordering::Relaxed) {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                };
+                let read = read_rows(reading, tail_source.as_mut(), &mut stop, &mut sink)
+                    .and_then(|read| Ok(tail_source.finish().map(|()| read)?));
+                drop(tail_source);
+                read.map(|(rows, loose)| (rows, loose, sink.0.finish("tail")))
+            });
+        // Without a second thread the tail is dropped unread, which tells the head to read on.
+        let tail = spawned.ok();
+        let mut sink = Inline(runs::Sorting::new(layout(), half, spill_dir));
+        let mut head_progress = |rows: u64| progress(rows + tail_rows.load(Ordering::Relaxed));
+        let mut read = read_rows(reading, head, &mut head_progress, &mut sink)
+            .map(|(rows, loose)| (rows, loose, sink.0.finish("head")));
+        if read.is_err() {
+            abort.store(true, Ordering::Relaxed);
+        }
+        let tail_read = tail.map(|t| {
+            // Progress, and an interrupt, while the tail reads on.
+            while !t.is_finished() {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+                if let Ok((rows, ..)) = &read {
+                    let rows = rows + tail_rows.load(Ordering::Relaxed);
+                    if progress(rows).is_break() && !abort.swap(true, Ordering::Relaxed) {
+                        read = Err(SnapshotError::Interrupted { rows }.into());
+                    }
+                }
+            }
+            t.join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (read, tail_read)
+    });
+    let (rows, mut loose, sorted) = head_read.map_err(Stop::into_error)?;
+    let read = match tail_read {
+        Some(tail) if verdict.kept() => {
+            let (t_rows, t_loose, t_sorted) = tail.map_err(Stop::into_error)?;
+            loose.extend(t_loose);
+            (rows + t_rows, loose, sorted.join(t_sorted))
+        }
+        _ => (rows, loose, sorted),
+    };
+    head.finish()?;
+    Ok(read)
 }
 
 /// One row's cells as the snapshot encodes them: the payload (the values back to back) and
@@ -991,5 +1123,98 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         drop(sorted);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A CSV file for `plan()`: quoted newlines throughout and, when `messy`, bad amounts,
+    /// empty keys and repeated keys spread over the whole file, so that both parts of a split
+    /// meet them; `bad`: rows whose amount is not a number, whatever `messy`.
+    fn messy_csv(n: usize, messy: bool, bad: &[usize]) -> Vec<u8> {
+        let mut s = String::from("id,email,amount\n");
+        for i in 0..n {
+            let id = if messy && i % 97 == 5 {
+                String::new()
+            } else if messy {
+                ((i * 7919) % (n - n / 50)).to_string()
+            } else {
+                i.to_string()
+            };
+            let email = if i % 13 == 0 {
+                format!("\"u{i}\nline two, \"\"quoted\"\"\"")
+            } else {
+                format!("u{i}@x.test")
+            };
+            let amount = if (messy && i % 89 == 3) || bad.contains(&i) {
+                "lots".into()
+            } else {
+                format!("{}.5", i % 7)
+            };
+            s.push_str(&format!("{id},{email},{amount}\n"));
+        }
+        s.into_bytes()
+    }
+
+    type Taken = Result<(u64, Vec<SnapRow>, Vec<LooseReject>), String>;
+
+    fn taken_csv(content: &[u8], split: bool, budget: usize, on_bad_row: OnBadRow) -> Taken {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rows.csv");
+        std::fs::write(&file, content).unwrap();
+        let cols = plan().columns.clone();
+        let mut src = crate::source::csv::CsvSource::open(&file, b',', &cols)
+            .unwrap()
+            .split_from(if split { 1 } else { u64::MAX });
+        let snap = Snapshot::take(
+            &mut src,
+            &plan(),
+            chrono_tz::UTC,
+            on_bad_row,
+            dir.path(),
+            budget,
+            |_| std::ops::ControlFlow::Continue(()),
+        )
+        .map_err(|e| {
+            e.to_string()
+                .replace(&dir.path().display().to_string(), "<dir>")
+        })?;
+        let (rows, loose) = (snap.rows, snap.loose.clone());
+        Ok((
+            rows,
+            snap.into_sorted().map(|r| r.unwrap()).collect(),
+            loose,
+        ))
+    }
+
+    #[test]
+    fn a_file_read_by_both_cores_gives_the_rows_of_one_reader() {
+        let content = messy_csv(6000, true, &[]);
+        for budget in [usize::MAX, 60_000] {
+            let one = taken_csv(&content, false, budget, OnBadRow::Reject).unwrap();
+            let two = taken_csv(&content, true, budget, OnBadRow::Reject).unwrap();
+            assert_eq!(one.0, 6000);
+            assert!(one.2.len() > 50, "rows without a key are loose rejects");
+            assert!(one.1.iter().filter(|r| r.bad.is_some()).count() > 50);
+            assert_eq!(one, two, "budget {budget}");
+        }
+    }
+
+    #[test]
+    fn under_fail_the_first_bad_row_of_the_file_is_reported_whichever_part_meets_it() {
+        // Row 0 spans lines 2-3 (its email holds a newline), so row 3 is on line 6.
+        for bad in [&[3, 5000][..], &[5000, 5500]] {
+            let content = messy_csv(6000, false, bad);
+            let line = 2 + bad[0] + bad[0].div_ceil(13);
+            let one = taken_csv(&content, false, usize::MAX, OnBadRow::Fail);
+            let two = taken_csv(&content, true, usize::MAX, OnBadRow::Fail);
+            let e = one.as_ref().unwrap_err();
+            assert!(e.contains(&format!("line {line}:")), "{bad:?}: {e}");
+            assert_eq!(one.map(|_| ()), two.map(|_| ()), "{bad:?}");
+        }
+        assert!(taken_csv(
+            &messy_csv(6000, false, &[]),
+            true,
+            usize::MAX,
+            OnBadRow::Fail
+        )
+        .is_ok());
     }
 }

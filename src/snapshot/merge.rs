@@ -91,12 +91,12 @@ impl Ord for Head {
 type Batches = SyncSender<io::Result<Vec<u8>>>;
 
 /// The merging thread: records in order into batches, until the runs end or the consumer
-/// hangs up. Owns the spill directory (`_dir`), removed when it returns.
+/// hangs up. Owns the spill directories (`_dirs`), removed when it returns.
 fn merge(
     mut cursors: Vec<Cursor>,
     tx: Batches,
     recycled: Receiver<Vec<u8>>,
-    _dir: Option<tempfile::TempDir>,
+    _dirs: Vec<tempfile::TempDir>,
     mut late_profile: Option<ProfileHash>,
 ) {
     let mut heap = BinaryHeap::with_capacity(cursors.len());
@@ -170,22 +170,25 @@ pub(super) fn into_rows(
     sorted: Sorted,
     late_profile: Option<ProfileHash>,
 ) -> Box<dyn Iterator<Item = io::Result<SnapRow>>> {
-    let (cursors, dir) = match sorted {
-        Sorted::Memory(run) => (vec![Cursor::Memory { run, next: 0 }], None),
-        Sorted::Spilled { files, last, dir } => {
-            let mut cursors: Vec<Cursor> = files
+    let Sorted {
+        files,
+        memory,
+        dirs,
+    } = sorted;
+    let cursors = files
+        .into_iter()
+        .map(|f| Cursor::File(BufReader::with_capacity(256 * 1024, f)))
+        .chain(
+            memory
                 .into_iter()
-                .map(|f| Cursor::File(BufReader::with_capacity(256 * 1024, f)))
-                .collect();
-            cursors.push(Cursor::Memory { run: last, next: 0 });
-            (cursors, Some(dir))
-        }
-    };
+                .map(|run| Cursor::Memory { run, next: 0 }),
+        )
+        .collect();
     let (tx, rx) = mpsc::sync_channel(2);
     let (recycle, recycled) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("batchsync-merge".into())
-        .spawn(move || merge(cursors, tx, recycled, dir, late_profile));
+        .spawn(move || merge(cursors, tx, recycled, dirs, late_profile));
     match spawned {
         Ok(thread) => Box::new(Rows {
             rx: Some(rx),

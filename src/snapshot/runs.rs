@@ -430,17 +430,25 @@ fn radix_sort(entries: &mut Vec<Entry>, scratch: &mut Vec<Entry>) {
     }
 }
 
-/// What the sorting thread hands back: rows sorted in memory, or spilled runs to merge.
-pub(super) enum Sorted {
-    Memory(Run),
-    Spilled {
-        files: Vec<File>,
-        last: Run,
-        dir: tempfile::TempDir,
-    },
+/// Sorted runs to merge: spilled to files, or in memory (the last of each sorting side).
+pub(super) struct Sorted {
+    pub(super) files: Vec<File>,
+    pub(super) memory: Vec<Run>,
+    /// The spill directories, removed when dropped.
+    pub(super) dirs: Vec<tempfile::TempDir>,
 }
 
-/// What the sorting thread needs to know of the rows' shape.
+impl Sorted {
+    /// Both sides' runs, to be merged as one.
+    pub(super) fn join(mut self, other: Sorted) -> Sorted {
+        self.files.extend(other.files);
+        self.memory.extend(other.memory);
+        self.dirs.extend(other.dirs);
+        self
+    }
+}
+
+/// What the sorting side needs to know of the rows' shape.
 pub(super) struct Layout {
     /// Without a primary key, a row's key is its hash.
     pub(super) has_key: bool,
@@ -453,34 +461,51 @@ pub(super) struct Layout {
     pub(super) hashing: Hashing,
 }
 
-/// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
-/// left. `None` when the reading thread gave up (`abort`): nothing is sorted for nobody.
-pub(super) fn sort_batches(
-    batches: Receiver<Batch>,
-    recycle: Sender<Batch>,
-    queued: &AtomicUsize,
+const WAIT: usize = 0;
+const HASH: usize = 1;
+const ARRANGE: usize = 2;
+const SORT: usize = 3;
+const SPILL: usize = 4;
+
+/// Batches hashed, laid out in an arena, sorted and spilled past the budget: on the sorting
+/// thread, or inline on a reading thread when both cores read (a split file).
+pub(super) struct Sorting<'a> {
     layout: Layout,
     budget: usize,
-    spill_dir: &Path,
-    abort: &AtomicBool,
-) -> io::Result<Option<Sorted>> {
-    const WAIT: usize = 0;
-    const HASH: usize = 1;
-    const ARRANGE: usize = 2;
-    const SORT: usize = 3;
-    const SPILL: usize = 4;
-    let mut steps = Steps::<5>::new();
-    let (mut hashed, mut rows) = (0u64, 0u64);
-    let mut run = Run::new();
-    let mut files = Vec::new();
-    let mut dir: Option<tempfile::TempDir> = None;
-    for mut batch in batches.iter() {
-        queued.fetch_sub(1, AtomicOrdering::Relaxed);
+    spill_dir: &'a Path,
+    run: Run,
+    files: Vec<File>,
+    dir: Option<tempfile::TempDir>,
+    steps: Steps<5>,
+    /// Batches this side hashed, and rows.
+    hashed: u64,
+    rows: u64,
+}
+
+impl<'a> Sorting<'a> {
+    pub(super) fn new(layout: Layout, budget: usize, spill_dir: &'a Path) -> Sorting<'a> {
+        Sorting {
+            layout,
+            budget,
+            spill_dir,
+            run: Run::new(),
+            files: Vec::new(),
+            dir: None,
+            steps: Steps::new(),
+            hashed: 0,
+            rows: 0,
+        }
+    }
+
+    /// Takes a batch's rows, hashing them unless the reading thread did; leaves the batch
+    /// empty, to be filled again.
+    pub(super) fn add(&mut self, batch: &mut Batch) -> io::Result<()> {
+        let (layout, steps, run) = (&self.layout, &mut self.steps, &mut self.run);
         steps.mark(WAIT);
-        hashed += !batch.hashed as u64;
+        self.hashed += !batch.hashed as u64;
         batch.hash(&layout.hashing);
         steps.mark(HASH);
-        rows += batch.rows.len() as u64;
+        self.rows += batch.rows.len() as u64;
         let stride = layout.hashing.stride;
         let mut at = 0;
         for (i, r) in batch.rows.drain(..).enumerate() {
@@ -503,55 +528,75 @@ pub(super) fn sort_batches(
                 layout.upgrade.then_some(r.v1),
             );
             run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
-            if run.bytes() >= budget {
+            if run.bytes() >= self.budget {
                 steps.mark(ARRANGE);
-                let d = match &dir {
+                let d = match &self.dir {
                     Some(d) => d,
-                    None => dir.insert(
+                    None => self.dir.insert(
                         tempfile::Builder::new()
                             .prefix("spill-")
-                            .tempdir_in(spill_dir)?,
+                            .tempdir_in(self.spill_dir)?,
                     ),
                 };
                 run.sort();
                 steps.mark(SORT);
-                files.push(run.spill(d.path())?);
+                self.files.push(run.spill(d.path())?);
                 steps.mark(SPILL);
             }
         }
         batch.buf.clear();
         batch.spans.clear();
         batch.hashed = false;
+        steps.mark(ARRANGE);
+        Ok(())
+    }
+
+    /// Sorts what is left in memory; `side` names this side in the debug log.
+    pub(super) fn finish(mut self, side: &str) -> Sorted {
+        self.run.sort();
+        // The last run stays in memory for the merge; its scratch need not.
+        self.run.scratch = Vec::new();
+        self.steps.mark(SORT);
+        let steps = &self.steps;
+        tracing::debug!(
+            side,
+            rows = self.rows,
+            batches_hashed = self.hashed,
+            wait_ms = steps.ms(WAIT),
+            hash_ms = steps.ms(HASH),
+            arrange_ms = steps.ms(ARRANGE),
+            sort_ms = steps.ms(SORT),
+            spill_ms = steps.ms(SPILL),
+            runs_spilled = self.files.len(),
+            "snapshot: sorting"
+        );
+        Sorted {
+            files: self.files,
+            memory: vec![self.run],
+            dirs: self.dir.into_iter().collect(),
+        }
+    }
+}
+
+/// The sorting thread: takes batches until the reading thread hangs up, then sorts what is
+/// left. `None` when the reading thread gave up (`abort`): nothing is sorted for nobody.
+pub(super) fn sort_batches(
+    batches: Receiver<Batch>,
+    recycle: Sender<Batch>,
+    queued: &AtomicUsize,
+    mut sorting: Sorting<'_>,
+    abort: &AtomicBool,
+) -> io::Result<Option<Sorted>> {
+    for mut batch in batches.iter() {
+        queued.fetch_sub(1, AtomicOrdering::Relaxed);
+        sorting.add(&mut batch)?;
         // The reading thread may be gone already (an error): the batch is just dropped.
         let _ = recycle.send(batch);
-        steps.mark(ARRANGE);
     }
     if abort.load(AtomicOrdering::Acquire) {
         return Ok(None);
     }
-    run.sort();
-    // The last run stays in memory for the merge; its scratch need not.
-    run.scratch = Vec::new();
-    steps.mark(SORT);
-    tracing::debug!(
-        rows,
-        batches_hashed = hashed,
-        wait_ms = steps.ms(WAIT),
-        hash_ms = steps.ms(HASH),
-        arrange_ms = steps.ms(ARRANGE),
-        sort_ms = steps.ms(SORT),
-        spill_ms = steps.ms(SPILL),
-        runs_spilled = files.len(),
-        "snapshot: sorting thread"
-    );
-    Ok(Some(match dir {
-        None => Sorted::Memory(run),
-        Some(dir) => Sorted::Spilled {
-            files,
-            last: run,
-            dir,
-        },
-    }))
+    Ok(Some(sorting.finish("sorting thread")))
 }
 
 #[cfg(test)]

@@ -930,13 +930,16 @@ mod split_tests {
         let Some(tail) = head.split() else {
             return (unnamed(drain(&mut head), &f), None);
         };
-        let Tail { mut source, split } = tail;
+        let Tail {
+            mut source,
+            verdict,
+        } = tail;
         let (h, t) = std::thread::scope(|s| {
             let t = s.spawn(move || drain(source.as_mut()));
             let h = drain(&mut head);
             (h, t.join().unwrap())
         });
-        let kept = !split.abandoned();
+        let kept = verdict.kept();
         let rows = match (h, kept) {
             (Err(e), _) => Err(e),
             (Ok(h), false) => Ok(h),

@@ -179,14 +179,17 @@ pub trait Source: Send {
 /// The second part of a split file, read on another thread.
 pub struct Tail {
     pub source: Box<dyn Source>,
-    split: std::sync::Arc<Split>,
+    pub verdict: Verdict,
 }
 
-impl Tail {
+/// The head's word on the tail.
+pub struct Verdict(std::sync::Arc<Split>);
+
+impl Verdict {
     /// Whether the tail's rows count: false when the head found that the tail began inside a
     /// record and read on to the end itself. Asked once both parts are read.
     pub fn kept(&self) -> bool {
-        !self.split.abandoned()
+        !self.0.abandoned()
     }
 }
 
@@ -236,7 +239,7 @@ impl Split {
     pub fn tail(self: &std::sync::Arc<Split>, source: Box<dyn Source>) -> Tail {
         Tail {
             source,
-            split: self.clone(),
+            verdict: Verdict(self.clone()),
         }
     }
 
