@@ -363,11 +363,10 @@ impl CsvSource {
     /// The tail's start: finds the boundary, publishes it, and puts the reader there. False
     /// when there is none (the head reads everything).
     fn start_tail(&mut self, split: &Split) -> Result<bool, SourceError> {
-        let found =
-            find_boundary(&self.path, split, self.records.delimiter).map_err(|e| SourceError::Io {
-                what: self.path.display().to_string(),
-                message: format!("cannot read: {e}"),
-            });
+        let found = super::find_boundary(&self.path, split, true).map_err(|e| SourceError::Io {
+            what: self.path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        });
         let b = match found {
             Ok(b) => b,
             Err(e) => {
@@ -377,6 +376,8 @@ impl CsvSource {
         };
         split.publish(b);
         let Boundary::At { offset, line } = b else {
+            // Nothing to read, now or if asked again.
+            self.records.stop_at = 0;
             return Ok(false);
         };
         let r = &mut self.records;
@@ -585,56 +586,6 @@ impl Drop for CsvSource {
         if let Role::Tail { split, .. } = &self.role {
             split.give_up();
         }
-    }
-}
-
-/// The tail's first byte: the first line start at or after the split's middle whose line end
-/// lies outside quotes by quote parity from the file's start, and the line it begins on.
-/// Reads the file up to there (~5 ms per 10 MB).
-fn find_boundary(path: &Path, split: &Split, delimiter: u8) -> std::io::Result<Boundary> {
-    use std::io::Read as _;
-    if delimiter == b'"' {
-        return Ok(Boundary::None);
-    }
-    let mut file = File::open(path)?;
-    let mut buf = vec![0u8; BUFFER];
-    let (mut at, mut quotes, mut lines) = (0u64, 0u64, 0u64);
-    // Up to the byte before the middle, counted in bulk; from there, byte by byte.
-    let bulk = split.mid().saturating_sub(1);
-    loop {
-        if split.abandoned() {
-            return Ok(Boundary::None);
-        }
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(Boundary::None);
-        }
-        let chunk = &buf[..n];
-        let counted = (bulk.saturating_sub(at) as usize).min(n);
-        quotes += super::count_byte(&chunk[..counted], b'"');
-        lines += super::count_byte(&chunk[..counted], b'\n');
-        for (i, &c) in chunk.iter().enumerate().skip(counted) {
-            match c {
-                b'"' => quotes += 1,
-                b'\n' => {
-                    lines += 1;
-                    if quotes % 2 == 0 {
-                        let offset = at + i as u64 + 1;
-                        let more = offset < file.metadata()?.len();
-                        return Ok(if more {
-                            Boundary::At {
-                                offset,
-                                line: lines + 1,
-                            }
-                        } else {
-                            Boundary::None
-                        });
-                    }
-                }
-                _ => {}
-            }
-        }
-        at += n as u64;
     }
 }
 
@@ -885,17 +836,7 @@ mod split_tests {
     use super::*;
     use std::io::Write;
 
-    type Rows = Result<Vec<(Read, Vec<Cell>)>, String>;
-
-    fn drain(src: &mut dyn Source) -> Rows {
-        let mut out = Vec::new();
-        let mut cells = Vec::new();
-        while let Some(r) = src.next_row(&mut cells).map_err(|e| e.to_string())? {
-            out.push((r, cells.clone()));
-        }
-        src.finish().map_err(|e| e.to_string())?;
-        Ok(out)
-    }
+    use crate::source::split_testing::{drain, split_read, Rows};
 
     fn file(content: &[u8]) -> tempfile::NamedTempFile {
         let mut f = tempfile::NamedTempFile::new().unwrap();
@@ -922,33 +863,11 @@ mod split_tests {
         unnamed(drain(&mut open(&f, require)), &f)
     }
 
-    /// The rows of a head and a tail read on two threads, as the snapshot joins them; whether
-    /// the tail was kept.
+    /// The rows of a head and a tail read on two threads; whether the tail was kept.
     fn split(content: &[u8], require: bool) -> (Rows, Option<bool>) {
         let f = file(content);
-        let mut head = open(&f, require);
-        let Some(tail) = head.split() else {
-            return (unnamed(drain(&mut head), &f), None);
-        };
-        let Tail {
-            mut source,
-            verdict,
-        } = tail;
-        let (h, t) = std::thread::scope(|s| {
-            let t = s.spawn(move || drain(source.as_mut()));
-            let h = drain(&mut head);
-            (h, t.join().unwrap())
-        });
-        let kept = verdict.kept();
-        let rows = match (h, kept) {
-            (Err(e), _) => Err(e),
-            (Ok(h), false) => Ok(h),
-            (Ok(mut h), true) => t.map(|t| {
-                h.extend(t);
-                h
-            }),
-        };
-        (unnamed(rows, &f), Some(kept))
+        let (rows, kept) = split_read(&mut open(&f, require));
+        (unnamed(rows, &f), kept)
     }
 
     fn csv(records: &[&str]) -> Vec<u8> {

@@ -8,12 +8,13 @@
 //! - Only the plan's columns are built into values; other keys are skipped as they are parsed
 //!   (no map of the whole object). A key given twice keeps its last value.
 
-use super::{Read, Source, SourceError};
+use super::{Boundary, Read, Source, SourceError, Split, Tail};
 use crate::core::value::{from_json, Cell};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub struct NdjsonSource {
     path: PathBuf,
@@ -27,6 +28,35 @@ pub struct NdjsonSource {
     slots: Vec<Option<serde_json::Value>>,
     require_final_newline: bool,
     stamp: super::FileStamp,
+    /// Bytes read so far.
+    offset: u64,
+    role: Role,
+    /// Files at least this long are split (`Source::split`).
+    split_from: u64,
+}
+
+/// Which part of the file a source reads (`super::Split`). Every line feed ends a line (JSON
+/// text holds none raw), so the head knows the boundary without waiting for it: the first line
+/// start at or past the middle.
+enum Role {
+    Whole,
+    /// The tail's columns seen and rows, for the check at the end (`Source::finish`).
+    Head {
+        mid: u64,
+        tail: Arc<Mutex<Seen>>,
+    },
+    /// `reading`: `None` until the boundary is found, then whether there is a tail to read.
+    Tail {
+        split: Arc<Split>,
+        reading: Option<bool>,
+        out: Arc<Mutex<Seen>>,
+    },
+}
+
+#[derive(Default)]
+struct Seen {
+    columns: Vec<bool>,
+    rows: u64,
 }
 
 impl NdjsonSource {
@@ -47,7 +77,39 @@ impl NdjsonSource {
             slots: Vec::new(),
             require_final_newline: true,
             stamp,
+            offset: 0,
+            role: Role::Whole,
+            split_from: super::SPLIT_MIN_BYTES,
         })
+    }
+
+    /// Splits files of at least `bytes` (tests split small files).
+    pub fn split_from(mut self, bytes: u64) -> NdjsonSource {
+        self.split_from = bytes;
+        self
+    }
+
+    /// The tail's start: finds the boundary, publishes it, and puts the reader there. False
+    /// when there is none (the head reads everything).
+    fn start_tail(&mut self, split: &Split) -> Result<bool, SourceError> {
+        let io = |e: std::io::Error| SourceError::Io {
+            what: self.path.display().to_string(),
+            message: format!("cannot read: {e}"),
+        };
+        let b = match super::find_boundary(&self.path, split, false) {
+            Ok(b) => b,
+            Err(e) => {
+                split.give_up();
+                return Err(io(e));
+            }
+        };
+        split.publish(b);
+        let Boundary::At { offset, line } = b else {
+            return Ok(false);
+        };
+        self.reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+        (self.offset, self.line) = (offset, line - 1);
+        Ok(true)
     }
 
     /// `[source] require_final_newline` (true unless set).
@@ -60,7 +122,29 @@ impl NdjsonSource {
 impl Source for NdjsonSource {
     fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
         cells.clear();
+        if let Role::Tail { split, reading, .. } = &mut self.role {
+            let split = split.clone();
+            let more = match *reading {
+                Some(more) => more,
+                None => {
+                    *reading = Some(false);
+                    let more = self.start_tail(&split)?;
+                    if let Role::Tail { reading, .. } = &mut self.role {
+                        *reading = Some(more);
+                    }
+                    more
+                }
+            };
+            if !more {
+                return Ok(None);
+            }
+        }
         loop {
+            if let Role::Head { mid, .. } = self.role {
+                if self.offset >= mid {
+                    return Ok(None);
+                }
+            }
             self.buf.clear();
             let n = self
                 .reader
@@ -72,6 +156,7 @@ impl Source for NdjsonSource {
             if n == 0 {
                 return Ok(None);
             }
+            self.offset += n as u64;
             self.line += 1;
             if !self.buf.ends_with(b"\n") {
                 let cut = |message: &str| SourceError::Structure {
@@ -133,6 +218,24 @@ impl Source for NdjsonSource {
 
     fn finish(&mut self) -> Result<(), SourceError> {
         self.stamp.check(&self.path, self.line)?;
+        match &self.role {
+            Role::Whole => {}
+            Role::Head { tail, .. } => {
+                let tail = tail.lock().unwrap_or_else(|e| e.into_inner());
+                self.rows += tail.rows;
+                for (s, t) in self.seen.iter_mut().zip(&tail.columns) {
+                    *s |= t;
+                }
+            }
+            // The head checks the columns of both parts.
+            Role::Tail { out, .. } => {
+                *out.lock().unwrap_or_else(|e| e.into_inner()) = Seen {
+                    columns: self.seen.clone(),
+                    rows: self.rows,
+                };
+                return Ok(());
+            }
+        }
         if self.rows == 0 {
             return Ok(());
         }
@@ -148,6 +251,46 @@ impl Source for NdjsonSource {
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn split(&mut self) -> Option<Tail> {
+        let len = self.stamp.bytes();
+        if !matches!(self.role, Role::Whole) || self.offset != 0 || len < self.split_from.max(2) {
+            return None;
+        }
+        let mid = len / 2;
+        let input = File::open(&self.path).ok()?;
+        let split = Split::new(mid);
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let tail = NdjsonSource {
+            path: self.path.clone(),
+            reader: BufReader::with_capacity(1 << 20, input),
+            columns: self.columns.clone(),
+            seen: vec![false; self.columns.len()],
+            line: 0,
+            buf: Vec::new(),
+            rows: 0,
+            slots: Vec::new(),
+            require_final_newline: self.require_final_newline,
+            stamp: self.stamp.clone(),
+            offset: 0,
+            role: Role::Tail {
+                split: split.clone(),
+                reading: None,
+                out: seen.clone(),
+            },
+            split_from: self.split_from,
+        };
+        self.role = Role::Head { mid, tail: seen };
+        Some(split.tail(Box::new(tail)))
+    }
+}
+
+impl Drop for NdjsonSource {
+    fn drop(&mut self) {
+        if let Role::Tail { split, .. } = &self.role {
+            split.give_up();
+        }
     }
 }
 
@@ -360,5 +503,90 @@ mod ending_tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("not whole JSON"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod split_tests {
+    use super::*;
+    use crate::source::split_testing::{drain, split_read, Rows};
+    use std::io::Write;
+
+    fn both(content: &[u8], cols: &[&str], require: bool) -> (Rows, Rows, Option<bool>) {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(content).unwrap();
+        let cols: Vec<String> = cols.iter().map(|s| s.to_string()).collect();
+        let open = || {
+            NdjsonSource::open(f.path(), &cols)
+                .unwrap()
+                .require_final_newline(require)
+                .split_from(1)
+        };
+        let whole = drain(&mut open().split_from(u64::MAX));
+        let (split, kept) = split_read(&mut open());
+        (whole, split, kept)
+    }
+
+    #[test]
+    fn lines_and_rows_are_those_of_one_reader() {
+        let mut content = Vec::new();
+        for i in 0..200 {
+            content.extend_from_slice(format!("{{\"id\":{i},\"note\":\"a\\nb\"}}\n").as_bytes());
+            if i % 17 == 0 {
+                content.extend_from_slice(b"\n{\"id\": oops\n");
+            }
+        }
+        let (whole, split, kept) = both(&content, &["id", "note"], true);
+        assert_eq!(kept, Some(true));
+        assert_eq!(whole.as_ref().unwrap().len(), 212);
+        assert_eq!(split, whole);
+    }
+
+    #[test]
+    fn a_column_seen_in_one_part_only_is_seen_and_a_cut_short_tail_is_refused() {
+        let mut content = Vec::new();
+        for i in 0..100 {
+            content.extend_from_slice(format!("{{\"id\":{i}}}\n").as_bytes());
+        }
+        content.extend_from_slice(b"{\"id\":1,\"late\":2}\n");
+        let (whole, split, kept) = both(&content, &["id", "late"], true);
+        assert_eq!(kept, Some(true));
+        assert_eq!(split, whole);
+        assert_eq!(split.unwrap().len(), 101);
+        let (_, split, _) = both(&content, &["id", "never"], true);
+        assert!(split.unwrap_err().contains("\"never\""));
+        content.extend_from_slice(b"{\"id\":");
+        let (whole, split, _) = both(&content, &["id"], true);
+        let e = split.clone().unwrap_err();
+        assert!(e.contains("line 102") && e.contains("line end"), "{e}");
+        assert_eq!(split, whole);
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn split_reads_give_the_rows_and_errors_of_one_reader(
+            lines in proptest::collection::vec(
+                prop_oneof![
+                    4 => (0i64..50).prop_map(|i| format!("{{\"id\":{i}}}")),
+                    2 => (0i64..50).prop_map(|i| format!("{{\"id\":{i},\"x\":\"y\"}}")),
+                    1 => Just(String::new()),
+                    1 => Just("[1]".to_string()),
+                    1 => Just("{\"id\":".to_string()),
+                ],
+                0..60,
+            ),
+            end_newline in any::<bool>(),
+            require in any::<bool>(),
+        ) {
+            let mut content = lines.join("\n").into_bytes();
+            if end_newline {
+                content.push(b'\n');
+            }
+            let (whole, split, _) = both(&content, &["id", "x"], require);
+            prop_assert_eq!(split, whole);
+        }
     }
 }
