@@ -6,7 +6,8 @@
 //! Invariants:
 //! - An arena holds at most `budget` bytes (records plus 48 bytes per row: its 24-byte sort
 //!   entry and the entry's place in the radix sort's scratch) before it is spilled; the last one
-//!   stays in memory and joins the merge without a file.
+//!   stays in memory and joins the merge without a file. Two sides reading a split file share
+//!   one budget (`Sorting::add`).
 //! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
 //!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
 //!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes), then
@@ -472,6 +473,10 @@ const SPILL: usize = 4;
 pub(super) struct Sorting<'a> {
     layout: Layout,
     budget: usize,
+    /// The bytes held by every side sharing the budget, this one's as of its last batch
+    /// (`published`).
+    pool: &'a AtomicUsize,
+    published: usize,
     spill_dir: &'a Path,
     run: Run,
     files: Vec<File>,
@@ -483,10 +488,18 @@ pub(super) struct Sorting<'a> {
 }
 
 impl<'a> Sorting<'a> {
-    pub(super) fn new(layout: Layout, budget: usize, spill_dir: &'a Path) -> Sorting<'a> {
+    /// Sides sharing a budget share its `pool`.
+    pub(super) fn new(
+        layout: Layout,
+        budget: usize,
+        pool: &'a AtomicUsize,
+        spill_dir: &'a Path,
+    ) -> Sorting<'a> {
         Sorting {
             layout,
             budget,
+            pool,
+            published: 0,
             spill_dir,
             run: Run::new(),
             files: Vec::new(),
@@ -499,7 +512,16 @@ impl<'a> Sorting<'a> {
 
     /// Takes a batch's rows, hashing them unless the reading thread did; leaves the batch
     /// empty, to be filled again.
+    ///
+    /// A side spills its run when the sides together reach the budget and its run holds at
+    /// least half of it (the other side, holding more, spills at its next row), or when its
+    /// run alone reaches the budget. While both sides read, they hold about the budget; a
+    /// side reading on after the other ended holds at most half of it more.
     pub(super) fn add(&mut self, batch: &mut Batch) -> io::Result<()> {
+        let others = self
+            .pool
+            .load(AtomicOrdering::Relaxed)
+            .saturating_sub(self.published);
         let (layout, steps, run) = (&self.layout, &mut self.steps, &mut self.run);
         steps.mark(WAIT);
         self.hashed += !batch.hashed as u64;
@@ -528,7 +550,14 @@ impl<'a> Sorting<'a> {
                 layout.upgrade.then_some(r.v1),
             );
             run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
-            if run.bytes() >= self.budget {
+            let own = run.bytes();
+            if own >= self.budget || (own + others >= self.budget && own >= self.budget / 2) {
+                tracing::debug!(
+                    own,
+                    others,
+                    budget = self.budget,
+                    "snapshot: spilling a sorted run"
+                );
                 steps.mark(ARRANGE);
                 let d = match &self.dir {
                     Some(d) => d,
@@ -547,6 +576,15 @@ impl<'a> Sorting<'a> {
         batch.buf.clear();
         batch.spans.clear();
         batch.hashed = false;
+        let now = run.bytes();
+        if now >= self.published {
+            self.pool
+                .fetch_add(now - self.published, AtomicOrdering::Relaxed);
+        } else {
+            self.pool
+                .fetch_sub(self.published - now, AtomicOrdering::Relaxed);
+        }
+        self.published = now;
         steps.mark(ARRANGE);
         Ok(())
     }

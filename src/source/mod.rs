@@ -286,7 +286,7 @@ pub const SPLIT_MIN_BYTES: u64 = 8 << 20;
 
 /// The tail's first byte: the first line start at or after the split's middle, where a line
 /// start follows a line feed (with `quoted`, one outside quotes by quote parity from the start
-/// of the file), and the line it begins on. Reads the file up to there (~5 ms per 10 MB).
+/// of the file), and the line it begins on. Reads the file up to there: ~6 ms per 10 MB.
 pub(crate) fn find_boundary(
     path: &std::path::Path,
     split: &Split,
@@ -294,7 +294,7 @@ pub(crate) fn find_boundary(
 ) -> std::io::Result<Boundary> {
     use std::io::Read as _;
     let mut file = std::fs::File::open(path)?;
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; 256 << 10];
     let (mut at, mut quotes, mut lines) = (0u64, 0u64, 0u64);
     // Up to the byte before the middle, counted in bulk; from there, byte by byte.
     let bulk = split.mid().saturating_sub(1);
@@ -308,10 +308,8 @@ pub(crate) fn find_boundary(
         }
         let chunk = &buf[..n];
         let counted = (bulk.saturating_sub(at) as usize).min(n);
-        if quoted {
-            quotes += count_byte(&chunk[..counted], b'"');
-        }
-        lines += count_byte(&chunk[..counted], b'\n');
+        let (l, q) = count_lines_and_quotes(&chunk[..counted], quoted);
+        (lines, quotes) = (lines + l, quotes + q);
         for (i, &c) in chunk.iter().enumerate().skip(counted) {
             match c {
                 b'"' if quoted => quotes += 1,
@@ -337,9 +335,39 @@ pub(crate) fn find_boundary(
     }
 }
 
-/// Counts `b` in `bytes` (vectorised by the compiler).
-pub(crate) fn count_byte(bytes: &[u8], b: u8) -> u64 {
-    bytes.iter().filter(|&&x| x == b).count() as u64
+/// How many of `bytes` are a line feed, and a double quote (when `quoted`): eight bytes at a
+/// time, each match a 1 in its byte's lane of a counter (~15x the byte loop here, which the
+/// compiler does not vectorise for the baseline x86-64).
+pub(crate) fn count_lines_and_quotes(bytes: &[u8], quoted: bool) -> (u64, u64) {
+    use crate::source::csv::bytes_equal;
+    /// Sums the eight byte lanes of `x`.
+    fn lanes(x: u64) -> u64 {
+        const M: u64 = 0x00ff_00ff_00ff_00ff;
+        let pairs = (x & M) + ((x >> 8) & M);
+        pairs.wrapping_mul(0x0001_0001_0001_0001) >> 48
+    }
+    let (mut lines, mut quotes) = (0u64, 0u64);
+    let words = bytes.chunks_exact(8);
+    let rest = words.remainder();
+    let mut words = words.peekable();
+    while words.peek().is_some() {
+        // At most 255 words per round: a lane holds up to 255.
+        let (mut l, mut q) = (0u64, 0u64);
+        for w in words.by_ref().take(255) {
+            let x = u64::from_le_bytes(w.try_into().expect("8 bytes"));
+            l += bytes_equal(x, b'\n') >> 7;
+            if quoted {
+                q += bytes_equal(x, b'"') >> 7;
+            }
+        }
+        lines += lanes(l);
+        quotes += lanes(q);
+    }
+    for &b in rest {
+        lines += u64::from(b == b'\n');
+        quotes += u64::from(quoted && b == b'"');
+    }
+    (lines, quotes)
 }
 
 /// Opens the configured source for the plan's columns.
@@ -438,5 +466,39 @@ pub(crate) mod split_testing {
             }),
         };
         (rows, Some(kept))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count_lines_and_quotes;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn lines_and_quotes_are_counted_exactly(
+            bytes in proptest::collection::vec(
+                prop_oneof![Just(b'\n'), Just(b'"'), Just(b'a'), Just(0x8a), Just(0xa2), any::<u8>()],
+                0..700,
+            ),
+            quoted in any::<bool>(),
+        ) {
+            let lines = bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+            let quotes = bytes.iter().filter(|&&b| b == b'"').count() as u64;
+            prop_assert_eq!(
+                count_lines_and_quotes(&bytes, quoted),
+                (lines, if quoted { quotes } else { 0 })
+            );
+        }
+    }
+
+    #[test]
+    fn a_long_run_of_matches_fills_no_lane_past_its_byte() {
+        let bytes = vec![b'\n'; 8 * 255 * 3 + 5];
+        assert_eq!(
+            count_lines_and_quotes(&bytes, true),
+            (bytes.len() as u64, 0)
+        );
     }
 }
