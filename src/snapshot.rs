@@ -451,12 +451,11 @@ fn read_piped(
     let (recycle, recycled) = mpsc::channel::<Batch>();
     let abort = AtomicBool::new(false);
     let queued = AtomicUsize::new(0);
-    let pool = AtomicUsize::new(0);
     let (read, sorted) = std::thread::scope(|scope| {
         let sorter = std::thread::Builder::new()
             .name("batchsync-sort".into())
             .spawn_scoped(scope, || {
-                let sorting = runs::Sorting::new(layout, budget, &pool, spill_dir);
+                let sorting = runs::Sorting::new(layout, budget, spill_dir);
                 runs::sort_batches(batches, recycle, &queued, sorting, &abort)
             })?;
         let mut to_sorter = Sorter {
@@ -487,8 +486,8 @@ fn read_piped(
 }
 
 /// Both cores read a split file (`Source::split`): the caller's thread the head, another the
-/// tail, each typing, hashing and sorting its own rows, the two sharing the budget; the merge
-/// joins them. The head's rows come first, so an error in the head is the one reported; the
+/// tail, each typing, hashing and sorting its own rows into half the budget; the merge joins
+/// them. The head's rows come first, so an error in the head is the one reported; the
 /// tail's rows and errors count only if the split held (`Tail::kept`).
 fn read_split(
     reading: &Reading<'_>,
@@ -505,13 +504,13 @@ fn read_split(
         source: mut tail_source,
         verdict,
     } = tail;
-    let pool = AtomicUsize::new(0);
+    let half = budget / 2;
     let (head_read, tail_read) = std::thread::scope(|scope| {
         let tail_layout = layout();
         let spawned = std::thread::Builder::new()
             .name("batchsync-read".into())
             .spawn_scoped(scope, || {
-                let mut sink = Inline(runs::Sorting::new(tail_layout, budget, &pool, spill_dir));
+                let mut sink = Inline(runs::Sorting::new(tail_layout, half, spill_dir));
                 let mut stop = |rows: u64| {
                     tail_rows.store(rows, Ordering::Relaxed);
                     if abort.load(Ordering::Relaxed) {
@@ -523,14 +522,19 @@ fn read_split(
                 let read = read_rows(reading, tail_source.as_mut(), &mut stop, &mut sink)
                     .and_then(|read| Ok(tail_source.finish().map(|()| read)?));
                 drop(tail_source);
-                read.map(|(rows, loose)| (rows, loose, sink.0.finish("tail")))
+                let (rows, loose) = read?;
+                let sorted = sink.0.finish("tail").map_err(|e| Stop::Failed(e.into()))?;
+                Ok((rows, loose, sorted))
             });
         // Without a second thread the tail is dropped unread, which tells the head to read on.
         let tail = spawned.ok();
-        let mut sink = Inline(runs::Sorting::new(layout(), budget, &pool, spill_dir));
+        let mut sink = Inline(runs::Sorting::new(layout(), half, spill_dir));
         let mut head_progress = |rows: u64| progress(rows + tail_rows.load(Ordering::Relaxed));
-        let mut read = read_rows(reading, head, &mut head_progress, &mut sink)
-            .map(|(rows, loose)| (rows, loose, sink.0.finish("head")));
+        let mut read =
+            read_rows(reading, head, &mut head_progress, &mut sink).and_then(|(rows, loose)| {
+                let sorted = sink.0.finish("head").map_err(|e| Stop::Failed(e.into()))?;
+                Ok((rows, loose, sorted))
+            });
         if read.is_err() {
             abort.store(true, Ordering::Relaxed);
         }

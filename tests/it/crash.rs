@@ -815,6 +815,42 @@ fn a_signal_while_reading_a_large_segment_stops_within_seconds_and_commits_nothi
     );
 }
 
+#[test]
+fn a_file_read_by_both_cores_sends_every_row_once_and_a_cut_short_one_is_refused() {
+    // 120,000 orders (~10 MB): a file this size is read in two parts, one per core.
+    let em = emulator_free(Faults::default());
+    let d = Dir::new();
+    Config::new(&em.endpoint()).write(&d);
+    let n = 120_000u64;
+    let whole = orders_csv(0..n, Customers::Unique);
+    assert!(whole.len() as u64 >= batchsync::source::SPLIT_MIN_BYTES);
+    // Cut in the middle of the last line: the tail's part ends the file.
+    d.write("orders.csv", &whole[..whole.len() - 10]);
+    let r = sync(&d, &[]);
+    r.expect_code(1, "a file cut short");
+    let err = r.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        err.contains(&format!("orders.csv line {}", n + 1)) && err.contains("cut short"),
+        "{err}"
+    );
+    assert!(em.received().is_empty());
+    assert!(dump(&d.state()).baseline.is_empty(), "nothing committed");
+    // Whole: every order once, and the next run has nothing to do.
+    d.write("orders.csv", &whole);
+    let r = sync(&d, &[]);
+    r.expect_code(0, "the whole file");
+    assert_eq!(r.json()["rows"], n);
+    let received = em.received();
+    assert_eq!(distinct(&received).len() as u64, n);
+    assert_eq!(duplicates(&received), 0);
+    let r = sync(&d, &[]);
+    r.expect_code(0, "the same file again");
+    assert_eq!(
+        (r.json()["added"].as_u64(), r.json()["unchanged"].as_u64()),
+        (Some(0), Some(n))
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // 5. Network faults
 // ---------------------------------------------------------------------------------------------
