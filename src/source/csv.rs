@@ -412,21 +412,7 @@ impl CsvSource {
     /// The tail's start: finds the boundary, publishes it, and puts the reader there. False
     /// when there is none (the head reads everything).
     fn start_tail(&mut self, split: &Split) -> Result<bool, SourceError> {
-        let t = std::time::Instant::now();
-        let found = super::find_boundary(&self.path, split, true).map_err(|e| SourceError::Io {
-            what: self.path.display().to_string(),
-            message: format!("cannot read: {e}"),
-        });
-        let b = match found {
-            Ok(b) => b,
-            Err(e) => {
-                split.give_up();
-                return Err(e);
-            }
-        };
-        split.publish(b);
-        tracing::debug!(boundary = ?b, ms = t.elapsed().as_secs_f64() * 1000.0, "csv: split");
-        let Boundary::At { offset, line } = b else {
+        let Some((offset, line)) = split.start_tail(&self.path, true)? else {
             // Nothing to read, now or if asked again.
             self.records.stop_at = 0;
             return Ok(false);

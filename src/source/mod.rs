@@ -268,6 +268,29 @@ impl Split {
         }
     }
 
+    /// The tail's first step: finds the boundary (`quoted`: CSV's quote parity), publishes
+    /// it, and returns where the tail begins and on which line, if anywhere.
+    pub(crate) fn start_tail(
+        &self,
+        path: &std::path::Path,
+        quoted: bool,
+    ) -> Result<Option<(u64, u64)>, SourceError> {
+        let t = std::time::Instant::now();
+        let b = find_boundary(path, self, quoted).map_err(|e| {
+            self.give_up();
+            SourceError::Io {
+                what: path.display().to_string(),
+                message: format!("cannot read: {e}"),
+            }
+        })?;
+        self.publish(b);
+        tracing::debug!(boundary = ?b, ms = t.elapsed().as_secs_f64() * 1000.0, "source: split");
+        Ok(match b {
+            Boundary::At { offset, line } => Some((offset, line)),
+            Boundary::None | Boundary::Unknown => None,
+        })
+    }
+
     /// The head read past the boundary: the tail's rows are not to be used.
     pub fn abandon(&self) {
         self.abandoned

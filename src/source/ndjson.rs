@@ -8,7 +8,7 @@
 //! - Only the plan's columns are built into values; other keys are skipped as they are parsed
 //!   (no map of the whole object). A key given twice keeps its last value.
 
-use super::{Boundary, Read, Source, SourceError, Split, Tail};
+use super::{Read, Source, SourceError, Split, Tail};
 use crate::core::value::{from_json, Cell};
 use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use std::fs::File;
@@ -92,22 +92,15 @@ impl NdjsonSource {
     /// The tail's start: finds the boundary, publishes it, and puts the reader there. False
     /// when there is none (the head reads everything).
     fn start_tail(&mut self, split: &Split) -> Result<bool, SourceError> {
-        let io = |e: std::io::Error| SourceError::Io {
-            what: self.path.display().to_string(),
-            message: format!("cannot read: {e}"),
-        };
-        let b = match super::find_boundary(&self.path, split, false) {
-            Ok(b) => b,
-            Err(e) => {
-                split.give_up();
-                return Err(io(e));
-            }
-        };
-        split.publish(b);
-        let Boundary::At { offset, line } = b else {
+        let Some((offset, line)) = split.start_tail(&self.path, false)? else {
             return Ok(false);
         };
-        self.reader.seek(SeekFrom::Start(offset)).map_err(io)?;
+        self.reader
+            .seek(SeekFrom::Start(offset))
+            .map_err(|e| SourceError::Io {
+                what: self.path.display().to_string(),
+                message: format!("cannot seek: {e}"),
+            })?;
         (self.offset, self.line) = (offset, line - 1);
         Ok(true)
     }
