@@ -399,6 +399,8 @@ impl Sink for Inline<'_> {
     ) -> Result<Batch, Stop> {
         steps.mark(ENCODE);
         self.0.add(&mut batch).map_err(|e| Stop::Failed(e.into()))?;
+        // All of the side's hashing, layout, sorting and spilling: its own debug line
+        // ("snapshot: sorting", side "head" or "tail") breaks it down.
         steps.mark(HASH);
         Ok(batch)
     }
