@@ -1,11 +1,16 @@
 //! The snapshot: stream the source, type and validate each row, compute its key and hash, and
 //! hand the rows back sorted by key, spilling sorted runs to disk past a memory budget.
 //!
-//! Two threads share the work (`cells`, `runs`): the caller's thread reads, types and encodes
-//! each row into batches; a sorting thread hashes them, lays them out in an arena, and sorts
-//! and spills it. When the sorting thread falls behind, the reading thread hashes its batches
-//! itself, so the hashing (the largest cost per row) lands on whichever core is free. The sorted
-//! runs are then merged on a third thread, ahead of the consumer (`merge`).
+//! Two threads share the work (`cells`, `runs`), in one of two ways:
+//! - A source that splits (a file of 8 MB or more, `Source::split`): each thread reads one
+//!   part and types, encodes, hashes, lays out, sorts and spills its own rows into half the
+//!   budget (`read_split`).
+//! - Any other (`read_piped`): the caller's thread reads, types and encodes each row into
+//!   batches; a sorting thread hashes them, lays them out in an arena, and sorts and spills it.
+//!   When the sorting thread falls behind, the reading thread hashes its batches itself, so the
+//!   hashing lands on whichever core is free.
+//!
+//! The sorted runs are then merged on a thread of their own, ahead of the consumer (`merge`).
 //!
 //! Invariants:
 //! - Memory is bounded by `budget` bytes of rows (records and sort entries), plus one read
@@ -490,7 +495,7 @@ fn read_piped(
 /// Both cores read a split file (`Source::split`): the caller's thread the head, another the
 /// tail, each typing, hashing and sorting its own rows into half the budget; the merge joins
 /// them. The head's rows come first, so an error in the head is the one reported; the
-/// tail's rows and errors count only if the split held (`Tail::kept`).
+/// tail's rows and errors count only if the split held (`Verdict::kept`).
 fn read_split(
     reading: &Reading<'_>,
     head: &mut dyn Source,

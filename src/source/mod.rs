@@ -203,7 +203,7 @@ impl Verdict {
 /// middle waits for the boundary, and at the boundary it stops. If the head's last record ran
 /// past the boundary (quote parity can be fooled: csv-core takes a quote inside an unquoted
 /// field as text), the boundary was no record start: the head drops the split and reads on to
-/// the end, and the tail's rows and errors are thrown away (`Tail::kept`).
+/// the end, and the tail's rows and errors are thrown away (`Verdict::kept`).
 pub struct Split {
     mid: u64,
     boundary: std::sync::Mutex<Boundary>,
