@@ -9,7 +9,9 @@ a change in the machine's load hits both alike. For a change's figures in docs/B
 profile), and b maps plan, country and score as profile attributes besides its events.
 
 Uses (or generates) the harness's data in bench/out/<size>/; prints medians and b ÷ a for the
-first run, `plan` and `run --max-requests 0` of the second run, with the load seen.
+first run, `plan` and `run --max-requests 0` of the second run, with the load seen; with
+`--backfill`, also a first run under `initial = "send"` (every row becomes an event, committed to
+the outbox, none sent), checked to hold one pending event per row.
 """
 
 import argparse
@@ -32,6 +34,9 @@ def main():
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--profile", action="store_true",
                    help="key by email on both sides; b maps profile attributes")
+    p.add_argument("--backfill", action="store_true",
+                   help="also a backfill: a first run under initial = \"send\", "
+                        "`run --max-requests 0` (every row an event, committed, none sent)")
     a = p.parse_args()
     env = dict(os.environ, BATCH_REST_API_KEY="bench-rest-key", BATCH_PROJECT_KEY="bench-project-key")
     d = h.HERE / "out" / f"ab-{h.label(a.rows)}"
@@ -45,13 +50,17 @@ def main():
         first, second = d / f"first-{b}.toml", d / f"second-{b}.toml"
         h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9", key=key, profile=profile)
         h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9", key=key, profile=profile)
-        configs[b] = (first, second)
-    times = {(b, k): [] for b in "ab" for k in ("first", "plan", "commit")}
+        backfill = d / f"backfill-{b}.toml"
+        h.write_config(backfill, d / "base.csv", state, "http://127.0.0.1:9", initial="send", key=key,
+                       profile=profile)
+        configs[b] = (first, second, backfill)
+    kinds = ("first", "plan", "commit") + (("backfill",) if a.backfill else ())
+    times = {(b, k): [] for b in "ab" for k in kinds}
     loads = []
     for r in range(a.rounds):
         for b in ("ab" if r % 2 == 0 else "ba"):
             bs = [str(getattr(a, b)), "-q"]
-            first, second = configs[b]
+            first, second, backfill = configs[b]
             h.reset(state)
             m = h.measure(bs[:1] + ["--config", str(first)] + bs[1:] + ["run", "--json"], env)
             times[(b, "first")].append(m["seconds"])
@@ -62,12 +71,24 @@ def main():
             h.save(s1, state)
             m = h.measure(bs[:1] + ["--config", str(second)] + bs[1:] + ["run", "--max-requests", "0", "--json"], env)
             times[(b, "commit")].append(m["seconds"])
+            if a.backfill:
+                h.reset(state)
+                m = h.measure(bs[:1] + ["--config", str(backfill)] + bs[1:]
+                              + ["run", "--max-requests", "0", "--json"], env)
+                s = json.loads(m["stdout"])
+                if (s["added"], s["events"], s["events_pending"]) != (a.rows,) * 3:
+                    raise SystemExit(f"backfill of {b}: {s['added']} added, {s['events']} events, "
+                                     f"{s['events_pending']} pending, not {a.rows} each")
+                times[(b, "backfill")].append(m["seconds"])
         h.log(f"round {r + 1} of {a.rounds} done")
     out = {}
     print(f"| run ({h.label(a.rows)} rows, medians of {a.rounds}) | a: before | b: after | b ÷ a |")
     print("|---|---:|---:|---:|")
     for k, name in (("first", "first run"), ("plan", "second run, `plan`"),
-                    ("commit", "second run, `run --max-requests 0`")):
+                    ("commit", "second run, `run --max-requests 0`"),
+                    ("backfill", "backfill, `run --max-requests 0`")):
+        if k not in kinds:
+            continue
         ma, mb = statistics.median(times[("a", k)]), statistics.median(times[("b", k)])
         out[k] = {"a": ma, "b": mb, "a_all": times[("a", k)], "b_all": times[("b", k)]}
         print(f"| {name} | {ma:.2f} s | {mb:.2f} s | {mb / ma:.2f} |")

@@ -12,8 +12,10 @@
 //!   it sorted by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
 //! - Each delta row's history line is written in the same transaction: at once for a row
-//!   without an event, when its request is packed for a row with one (its manifest's rows,
-//!   each with its place in the body, which keeps the event: no second copy is written).
+//!   without an event; for a row sent in a request, once the requests are packed (its
+//!   manifest's rows, each with its place in the body, which keeps the event: no second copy
+//!   is written). Those wait in a TEMP table and go into `history` sorted by key, the order
+//!   of its `history_key` index.
 //!   A still-rejected row's streak gets its one line when its open reject closes or renews.
 //! - Before the COMMIT, what is older than the newest `keep_runs` runs is pruned ([`prune`]).
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
@@ -49,43 +51,36 @@ pub struct RunWriter<'a> {
 
 const INSERT_LINE: &str = "INSERT INTO history (run_id, key, kind, hash, request_id, op, ev, reject_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
-/// Writes the history lines of a request's events: its manifest's rows, each with the
-/// request and its event's place in the body (operation, event).
-fn request_lines(
-    st: &mut rusqlite::CachedStatement<'_>,
-    run_id: i64,
-    id: &str,
-    r: &Packed,
-) -> rusqlite::Result<()> {
+/// The change a row sent in a request is recorded as in its history line.
+fn sent_change(row: &RowRef) -> Change {
+    match row.only {
+        None => Change::of_event(row.prev.as_ref().map(|(_, present)| *present)),
+        // A changed row (another row hash) whose profile alone was sent is still a changed
+        // row; a row whose row hash stayed is a profile update.
+        Some(ProfileOnly::Update) if row.prev.as_ref().is_some_and(|(h, _)| *h != row.h) => {
+            Change::Changed
+        }
+        Some(ProfileOnly::Update) => Change::Profile,
+        Some(ProfileOnly::Unset) => Change::Removed,
+    }
+}
+
+/// The history lines of a request's rows (its manifest's), each with the request and its
+/// place in the body: the operation and, for a row with an event, the event's place in it.
+/// They wait in `new_place` to be written in key order ([`RunWriter::commit_all`]).
+fn places(st: &mut rusqlite::CachedStatement<'_>, id: &str, r: &Packed) -> rusqlite::Result<()> {
     for (op, rows) in r.manifest.iter().enumerate() {
         let mut ev = 0i64;
         for row in rows {
-            // A profile update alone has no event: its line points at the operation only.
-            let (change, at) = match row.only {
-                None => (
-                    Change::of_event(row.prev.as_ref().map(|(_, present)| *present)),
-                    Some(ev),
-                ),
-                // A changed row (another row hash) whose profile alone was sent is still a
-                // changed row; a row whose row hash stayed is a profile update.
-                Some(ProfileOnly::Update)
-                    if row.prev.as_ref().is_some_and(|(h, _)| *h != row.h) =>
-                {
-                    (Change::Changed, None)
-                }
-                Some(ProfileOnly::Update) => (Change::Profile, None),
-                Some(ProfileOnly::Unset) => (Change::Removed, None),
-            };
+            let at = row.has_event().then_some(ev);
             ev += at.is_some() as i64;
             st.execute(params![
-                run_id,
                 unhex(&row.k).unwrap_or_default(),
-                change.as_str(),
+                sent_change(row).as_str(),
                 unhex(&row.h),
                 id,
                 op as i64,
-                at,
-                None::<i64>
+                at
             ])?;
         }
     }
@@ -123,6 +118,8 @@ impl Store {
             .execute_batch(
                 "CREATE TEMP TABLE IF NOT EXISTS new_op (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT, attributes TEXT, row TEXT NOT NULL);
                  DELETE FROM temp.new_op;
+                 CREATE TEMP TABLE IF NOT EXISTS new_place (key BLOB NOT NULL, kind TEXT NOT NULL, hash BLOB, request_id TEXT NOT NULL, op INTEGER NOT NULL, ev INTEGER);
+                 DELETE FROM temp.new_place;
                  CREATE TEMP TABLE IF NOT EXISTS run_open (key BLOB PRIMARY KEY, hash BLOB, reject_id INTEGER, still INTEGER NOT NULL) WITHOUT ROWID;
                  DELETE FROM temp.run_open;",
             )
@@ -198,7 +195,11 @@ impl RunWriter<'_> {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'pending', ?8)",
                 )
                 .ctx(&p)?;
-            let mut lines = conn.prepare_cached(INSERT_LINE).ctx(&p)?;
+            let mut place = conn
+                .prepare_cached(
+                    "INSERT INTO temp.new_place (key, kind, hash, request_id, op, ev) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )
+                .ctx(&p)?;
             let mut write = |r: Packed, seq: &mut u64| -> Result<()> {
                 *seq += 1;
                 let id = request_id(self.run_id, *seq);
@@ -215,7 +216,7 @@ impl RunWriter<'_> {
                         self.rules
                     ])
                     .ctx(&p)?;
-                request_lines(&mut lines, self.run_id, &id, &r).ctx(&p)?;
+                places(&mut place, &id, &r).ctx(&p)?;
                 written.requests += 1;
                 written.events += r.events as u64;
                 if *seq == 2 {
@@ -247,7 +248,17 @@ impl RunWriter<'_> {
                 write(r, &mut seq)?;
             }
         }
-        conn.execute("DELETE FROM temp.new_op", []).ctx(&p)?;
+        // The sent rows' history lines, in key order, which is the order of the `history_key`
+        // index: written as their requests are packed (in custom-id order), each would land at
+        // a random place in it. Sorting them first is cheaper.
+        conn.execute(
+            "INSERT INTO history (run_id, key, kind, hash, request_id, op, ev)
+             SELECT ?1, key, kind, hash, request_id, op, ev FROM temp.new_place ORDER BY key",
+            [self.run_id],
+        )
+        .ctx(&p)?;
+        conn.execute_batch("DELETE FROM temp.new_op; DELETE FROM temp.new_place;")
+            .ctx(&p)?;
         // A streak of runs that found a row still rejected ends when its open reject closes or
         // renews: one line, at the last of those runs.
         conn.execute(
@@ -362,10 +373,17 @@ impl Sink for RunWriter<'_> {
         self.push(&b.key, state, &b.hash, b.profile.as_ref())
     }
 
+    /// The row's history line waits with it: it is written once the requests are packed.
     fn send(&mut self, op: &Operation, row: RowRef) -> Result<()> {
         let row = serde_json::to_string(&row).expect("RowRef serialises");
-        let body = op.event.as_ref().map(|e| e.to_string());
-        let attributes = op.attributes.as_ref().map(|a| a.to_string());
+        let body = op
+            .event
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("JSON serialises"));
+        let attributes = op
+            .attributes
+            .as_ref()
+            .map(|a| serde_json::to_string(a).expect("JSON serialises"));
         self.store
             .conn
             .prepare_cached("INSERT INTO temp.new_op (custom_id, body, attributes, row) VALUES (?1, ?2, ?3, ?4)")

@@ -110,6 +110,58 @@ fn a_rows_history_shows_each_run_that_added_changed_removed_or_brought_it_back()
     assert!(text.contains("event of run 3: {"), "{text}");
 }
 
+/// Requests are packed in custom-id order, one operation per custom id, while the history
+/// lines are written in key order: each line must still name its own event's place.
+#[test]
+fn each_rows_line_names_its_own_event_when_custom_ids_sort_apart_from_keys() {
+    let emu = emulator();
+    let dir = sync_dir(&emu.endpoint());
+    // Custom-id order: 2 (a@), 4 (m@), then 1 and 3 in one operation (z@); 5 (b@) changes later.
+    let rows = [
+        (1, "z@x.io", "10"),
+        (2, "a@x.io", "20"),
+        (3, "z@x.io", "30"),
+        (4, "m@x.io", "40"),
+        (5, "b@x.io", "50"),
+    ];
+    segment(
+        &dir,
+        &rows.map(|(id, email, amount)| row(id, email, amount)),
+    );
+    assert_eq!(dir.sync().0, 0);
+    segment(
+        &dir,
+        &rows.map(|(id, email, amount)| row(id, email, if id == 5 { "55" } else { amount })),
+    );
+    assert_eq!(dir.sync().0, 0);
+    for (id, email, amount) in rows {
+        let (code, e) = explain(&dir, &[&id.to_string()]);
+        assert_eq!(code, 0, "{e}");
+        let h = e["history"].as_array().unwrap();
+        assert_eq!(h[0]["kind"], "added", "{e}");
+        assert_eq!(h[0]["answer"], "delivered", "{e}");
+        let event = &h[0]["event"];
+        assert_eq!(
+            event["attributes"]["amount"],
+            amount.parse::<i64>().unwrap(),
+            "key {id}: {e}"
+        );
+        if id == 5 {
+            assert_eq!(kinds(&e), ["added", "changed"], "{e}");
+            assert_eq!(h[1]["event"]["attributes"]["amount"], 55, "{e}");
+        }
+        let received = emu.received();
+        let mine = received
+            .iter()
+            .filter(|r| r.custom_id == email && r.event == *event);
+        assert_eq!(
+            mine.count(),
+            1,
+            "key {id}: the event its line names reached Batch once"
+        );
+    }
+}
+
 #[test]
 fn a_rejected_row_shows_its_reason_then_the_runs_that_found_it_still_rejected() {
     let emu = emulator();
