@@ -176,24 +176,26 @@ where
             Some(Ok(s)) => s,
             _ => unreachable!("peeked Ok"),
         };
-        let mut group = vec![first];
-        while let Some(Ok(next)) = self.snap.peek() {
-            if next.key != group[0].key {
-                break;
-            }
-            match self.snap.next() {
-                Some(Ok(s)) => group.push(s),
-                _ => unreachable!("peeked Ok"),
-            }
-        }
         let present = base.as_ref().is_some_and(|b| b.present);
-        let delta = if group.len() > 1 {
+        // A group is allocated only for a key seen twice: one row is the rule.
+        let duplicate = matches!(self.snap.peek(), Some(Ok(next)) if next.key == first.key);
+        let delta = if duplicate {
+            let mut rows = vec![first];
+            while let Some(Ok(next)) = self.snap.peek() {
+                if next.key != rows[0].key {
+                    break;
+                }
+                match self.snap.next() {
+                    Some(Ok(s)) => rows.push(s),
+                    _ => unreachable!("peeked Ok"),
+                }
+            }
             Delta::Duplicate {
-                rows: group,
+                rows,
                 in_baseline: present,
             }
         } else {
-            let row = group.pop().expect("one row");
+            let row = first;
             match &base {
                 _ if row.bad.is_some() => Delta::Bad {
                     row,
