@@ -56,6 +56,13 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The run's operations wait in a temporary file beside the store to be packed in
+    /// custom-id order (`store::staged`): it could not be written or read back.
+    #[error("cannot stage the run's operations in a temporary file in {dir}")]
+    Staging {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;

@@ -8,8 +8,9 @@
 //!   layer (`baseline`): a delta layer of the puts and tombstones, or, when the layers are due
 //!   for compaction, a new base that also takes every entry the run keeps as it was
 //!   ([`Sink::keep`](crate::state::Sink::keep)).
-//! - Events wait in a TEMP table (on disk, not in memory) until the merge is over, then leave
-//!   it sorted by custom id to be packed into requests (one operation per profile).
+//! - Operations (events, profile updates) wait in `store::staged` (16 MB in memory, then sorted
+//!   runs in an anonymous file beside the store) until the merge is over, then leave it sorted
+//!   by custom id to be packed into requests (one operation per profile).
 //! - Request ids are deterministic: `r{run:08}-{seq:06}`, so their order is the send order.
 //! - Each delta row's history line is written in the same transaction: at once for a row
 //!   without an event; for a row sent in a request, once the requests are packed (its
@@ -21,15 +22,17 @@
 //! - Crash points: `mid_commit` (half the outbox written), `before_commit`.
 
 use super::baseline::{self, LayerWriter, State};
+use super::staged::{self, Staged};
 use super::{now_rfc3339, Ctx, Result, Store, StoreError};
 use crate::core::diff::BaseRow;
 use crate::core::encode::{unhex, RowHash};
 use crate::core::history::Change;
 use crate::core::mapping::{Operation, Reject};
-use crate::core::pack::{Endpoint, PackEvent, Packed, Packer, ProfileOnly, RowRef};
+use crate::core::pack::{Endpoint, Packed, Packer, ProfileOnly, RowRef};
 use crate::core::run::{Counts, RunStatus};
 use crate::state::{Commit, CommitMeta, Line, Rejected, Sink};
 use rusqlite::{params, OptionalExtension, Transaction, TransactionBehavior};
+use std::path::PathBuf;
 
 pub use crate::state::Committed;
 
@@ -41,6 +44,10 @@ pub struct RunWriter<'a> {
     layer: Option<LayerWriter>,
     /// The mapping and rules this run's rejects and requests are recorded under.
     rules: String,
+    /// The operations to pack, in the order the diff sends them (`store::staged`).
+    staged: Staged,
+    /// Where `staged` spills: beside the store.
+    spill_dir: PathBuf,
     /// The reject last recorded: a `Rejected` history line names it.
     last_reject: Option<i64>,
     /// Present entries after this commit: every key the baseline held gets one of `put`,
@@ -102,9 +109,15 @@ impl Store {
     ) -> Result<RunWriter<'_>> {
         let p = &self.path;
         let tx = Transaction::new_unchecked(&self.conn, TransactionBehavior::Immediate).ctx(p)?;
+        let spill_dir = match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let mut w = RunWriter {
             store: self,
             tx,
+            staged: Staged::new(&spill_dir, staged::BUDGET),
+            spill_dir,
             run_id: 0,
             events: 0,
             layer: None,
@@ -116,9 +129,7 @@ impl Store {
         // rejected now with their hash and reject record); every other open reject closes.
         self.conn
             .execute_batch(
-                "CREATE TEMP TABLE IF NOT EXISTS new_op (seq INTEGER PRIMARY KEY, custom_id TEXT NOT NULL, body TEXT, attributes TEXT, row TEXT NOT NULL);
-                 DELETE FROM temp.new_op;
-                 CREATE TEMP TABLE IF NOT EXISTS new_place (key BLOB NOT NULL, kind TEXT NOT NULL, hash BLOB, request_id TEXT NOT NULL, op INTEGER NOT NULL, ev INTEGER);
+                "CREATE TEMP TABLE IF NOT EXISTS new_place (key BLOB NOT NULL, kind TEXT NOT NULL, hash BLOB, request_id TEXT NOT NULL, op INTEGER NOT NULL, ev INTEGER);
                  DELETE FROM temp.new_place;
                  CREATE TEMP TABLE IF NOT EXISTS run_open (key BLOB PRIMARY KEY, hash BLOB, reject_id INTEGER, still INTEGER NOT NULL) WITHOUT ROWID;
                  DELETE FROM temp.run_open;",
@@ -224,23 +235,13 @@ impl RunWriter<'_> {
                 }
                 Ok(())
             };
-            let mut st = conn
-                .prepare("SELECT custom_id, body, attributes, row FROM temp.new_op ORDER BY custom_id, seq")
-                .ctx(&p)?;
-            let mut rows = st.query([]).ctx(&p)?;
-            while let Some(row) = rows.next().ctx(&p)? {
-                let custom_id: String = row.get(0).ctx(&p)?;
-                let event_json: Option<String> = row.get(1).ctx(&p)?;
-                let attributes_json: Option<String> = row.get(2).ctx(&p)?;
-                let row_json: String = row.get(3).ctx(&p)?;
-                let rref: RowRef = serde_json::from_str(&row_json)
-                    .map_err(|e| self.store.corrupt(format!("temp event row: {e}")))?;
-                for r in packer.push(PackEvent {
-                    custom_id,
-                    event_json,
-                    attributes_json,
-                    row: rref,
-                }) {
+            let staged = std::mem::replace(&mut self.staged, Staged::new(&self.spill_dir, 0));
+            let staging = |source| StoreError::Staging {
+                dir: self.spill_dir.clone(),
+                source,
+            };
+            for op in staged.into_sorted().map_err(staging)? {
+                for r in packer.push(op.map_err(staging)?) {
                     write(r, &mut seq)?;
                 }
             }
@@ -257,8 +258,7 @@ impl RunWriter<'_> {
             [self.run_id],
         )
         .ctx(&p)?;
-        conn.execute_batch("DELETE FROM temp.new_op; DELETE FROM temp.new_place;")
-            .ctx(&p)?;
+        conn.execute("DELETE FROM temp.new_place", []).ctx(&p)?;
         // A streak of runs that found a row still rejected ends when its open reject closes or
         // renews: one line, at the last of those runs.
         conn.execute(
@@ -384,11 +384,12 @@ impl Sink for RunWriter<'_> {
             .attributes
             .as_ref()
             .map(|a| serde_json::to_string(a).expect("JSON serialises"));
-        self.store
-            .conn
-            .prepare_cached("INSERT INTO temp.new_op (custom_id, body, attributes, row) VALUES (?1, ?2, ?3, ?4)")
-            .and_then(|mut s| s.execute(params![op.custom_id, body, attributes, row]))
-            .ctx(&self.store.path)?;
+        self.staged
+            .add(&op.custom_id, body.as_deref(), attributes.as_deref(), &row)
+            .map_err(|source| StoreError::Staging {
+                dir: self.spill_dir.clone(),
+                source,
+            })?;
         self.events += op.event.is_some() as u64;
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod commit;
 pub(crate) mod history;
 pub mod outbox;
 mod schema;
+mod staged;
 
 pub use baseline::BaselineIter;
 
