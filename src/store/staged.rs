@@ -7,7 +7,7 @@
 //!   stable, and where two runs hold the same custom id the earlier run's come first. A failed
 //!   write or read is an error, never a shorter stream.
 //! - Memory: at most `budget` bytes of records (and 8 bytes of index each) before a run is
-//!   spilled; the merge holds one buffer of `READ_BUFFER` bytes per run.
+//!   spilled; the merge's read buffers hold `MERGE_BUFFERS` bytes in all (4 to 64 KiB a run).
 //! - The file is anonymous (`tempfile::tempfile_in`, beside the state store): the system
 //!   removes it when it is closed, even after kill -9.
 //! - A record: its length (u32 LE), then the custom id, the event's JSON, the profile
@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 /// Bytes of records held in memory before a sorted run is spilled.
 pub(super) const BUDGET: usize = 16 << 20;
-const READ_BUFFER: usize = 64 << 10;
+/// The merge's read buffers, all runs together: a 10M-row backfill spills ~400 runs.
+const MERGE_BUFFERS: usize = 8 << 20;
 const ABSENT: u32 = u32::MAX;
 
 pub(super) struct Staged {
@@ -198,6 +199,7 @@ impl Staged {
             .runs
             .iter()
             .map(|&(at, len)| RunReader {
+                buffer: (MERGE_BUFFERS / self.runs.len()).clamp(4 << 10, 64 << 10),
                 at,
                 end: at + len,
                 buf: Vec::new(),
@@ -238,6 +240,8 @@ impl Write for FileAt<'_> {
 
 /// A spilled run read back through its own buffer.
 struct RunReader {
+    /// Bytes read at a time.
+    buffer: usize,
     at: u64,
     end: u64,
     buf: Vec<u8>,
@@ -252,7 +256,7 @@ impl RunReader {
         }
         self.buf.drain(..self.pos);
         self.pos = 0;
-        let want = (n.max(READ_BUFFER) - self.buf.len()) as u64;
+        let want = (n.max(self.buffer) - self.buf.len()) as u64;
         let take = want.min(self.end - self.at) as usize;
         let from = self.buf.len();
         self.buf.resize(from + take, 0);
