@@ -44,10 +44,9 @@ pub struct RunWriter<'a> {
     layer: Option<LayerWriter>,
     /// The mapping and rules this run's rejects and requests are recorded under.
     rules: String,
-    /// The operations to pack, in the order the diff sends them (`store::staged`).
+    /// The operations to pack, in the order the diff sends them (`store::staged`); they
+    /// spill beside the store.
     staged: Staged,
-    /// Where `staged` spills: beside the store.
-    spill_dir: PathBuf,
     /// The reject last recorded: a `Rejected` history line names it.
     last_reject: Option<i64>,
     /// Present entries after this commit: every key the baseline held gets one of `put`,
@@ -117,7 +116,6 @@ impl Store {
             store: self,
             tx,
             staged: Staged::new(&spill_dir, staged::BUDGET),
-            spill_dir,
             run_id: 0,
             events: 0,
             layer: None,
@@ -235,9 +233,10 @@ impl RunWriter<'_> {
                 }
                 Ok(())
             };
-            let staged = std::mem::replace(&mut self.staged, Staged::new(&self.spill_dir, 0));
+            let staged = self.staged;
+            let dir = staged.dir().to_path_buf();
             let staging = |source| StoreError::Staging {
-                dir: self.spill_dir.clone(),
+                dir: dir.clone(),
                 source,
             };
             for op in staged.into_sorted().map_err(staging)? {
@@ -375,19 +374,16 @@ impl Sink for RunWriter<'_> {
 
     /// The row's history line waits with it: it is written once the requests are packed.
     fn send(&mut self, op: &Operation, row: RowRef) -> Result<()> {
-        let row = serde_json::to_string(&row).expect("RowRef serialises");
-        let body = op
-            .event
-            .as_ref()
-            .map(|e| serde_json::to_string(e).expect("JSON serialises"));
-        let attributes = op
-            .attributes
-            .as_ref()
-            .map(|a| serde_json::to_string(a).expect("JSON serialises"));
-        self.staged
-            .add(&op.custom_id, body.as_deref(), attributes.as_deref(), &row)
+        let staged = &mut self.staged;
+        staged
+            .add(
+                &op.custom_id,
+                op.event.as_ref(),
+                op.attributes.as_ref(),
+                &row,
+            )
             .map_err(|source| StoreError::Staging {
-                dir: self.spill_dir.clone(),
+                dir: staged.dir().to_path_buf(),
                 source,
             })?;
         self.events += op.event.is_some() as u64;

@@ -43,14 +43,24 @@ pub(super) struct Staged {
     added: u64,
 }
 
-fn put(buf: &mut Vec<u8>, field: Option<&[u8]>) {
-    match field {
-        Some(b) => {
-            buf.extend_from_slice(&(b.len() as u32).to_le_bytes());
-            buf.extend_from_slice(b);
-        }
-        None => buf.extend_from_slice(&ABSENT.to_le_bytes()),
+/// Appends a field: its length, then its bytes, written by `write` straight into `buf`.
+fn put(buf: &mut Vec<u8>, write: Option<impl FnOnce(&mut Vec<u8>)>) -> io::Result<()> {
+    let at = buf.len();
+    buf.extend_from_slice(&ABSENT.to_le_bytes());
+    if let Some(write) = write {
+        write(buf);
+        let len = u32::try_from(buf.len() - at - 4)
+            .ok()
+            .filter(|&l| l != ABSENT)
+            .ok_or_else(|| corrupt("a field of 4 GiB or more"))?;
+        buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
     }
+    Ok(())
+}
+
+/// A value's JSON text, written into a record.
+fn json(v: &impl serde::Serialize) -> impl FnOnce(&mut Vec<u8>) + '_ {
+    move |buf| serde_json::to_writer(buf, v).expect("JSON serialises into memory")
 }
 
 fn corrupt(what: &str) -> io::Error {
@@ -122,19 +132,29 @@ impl Staged {
         }
     }
 
+    /// Where the runs are spilled.
+    pub(super) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Adds an operation: its custom id, its event and profile attributes (JSON values), and
+    /// the manifest's row.
     pub(super) fn add(
         &mut self,
         custom_id: &str,
-        event: Option<&str>,
-        attributes: Option<&str>,
-        row: &str,
+        event: Option<&serde_json::Value>,
+        attributes: Option<&serde_json::Value>,
+        row: &RowRef,
     ) -> io::Result<()> {
         let start = self.mem.len();
         self.mem.extend_from_slice(&[0; 4]);
-        put(&mut self.mem, Some(custom_id.as_bytes()));
-        put(&mut self.mem, event.map(str::as_bytes));
-        put(&mut self.mem, attributes.map(str::as_bytes));
-        put(&mut self.mem, Some(row.as_bytes()));
+        put(
+            &mut self.mem,
+            Some(|b: &mut Vec<u8>| b.extend_from_slice(custom_id.as_bytes())),
+        )?;
+        put(&mut self.mem, event.map(json))?;
+        put(&mut self.mem, attributes.map(json))?;
+        put(&mut self.mem, Some(json(row)))?;
         let len = u32::try_from(self.mem.len() - start)
             .map_err(|_| corrupt("an operation of 4 GiB or more"))?;
         self.mem[start..start + 4].copy_from_slice(&len.to_le_bytes());
@@ -373,8 +393,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Custom id, event JSON, attributes JSON.
-    type Op = (String, Option<String>, Option<String>);
+    /// Custom id, event, attributes.
+    type Op = (String, Option<serde_json::Value>, Option<serde_json::Value>);
 
     fn row(n: usize) -> RowRef {
         RowRef::new(
@@ -390,8 +410,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Staged::new(dir.path(), budget);
         for (n, (id, ev, attrs)) in ops.iter().enumerate() {
-            let r = serde_json::to_string(&row(n)).unwrap();
-            s.add(id, ev.as_deref(), attrs.as_deref(), &r).unwrap();
+            s.add(id, ev.as_ref(), attrs.as_ref(), &row(n)).unwrap();
         }
         assert_eq!(s.added, ops.len() as u64);
         s.into_sorted().unwrap().map(Result::unwrap).collect()
@@ -403,7 +422,11 @@ mod tests {
         #[test]
         fn operations_come_out_once_sorted_by_custom_id_then_arrival(
             ops in prop::collection::vec(
-                ("[a-d]{0,3}", prop::option::of("[{}a-z0-9\"]{0,40}"), prop::option::of("[a-z]{0,8}")),
+                (
+                    "[a-d]{0,3}",
+                    prop::option::of("[a-z0-9\"{}]{0,40}".prop_map(serde_json::Value::String)),
+                    prop::option::of(any::<u32>().prop_map(|n| serde_json::json!({"n": n}))),
+                ),
                 0..300,
             ),
             budget in prop::sample::select(vec![1usize, 64, 700, 4096, BUDGET]),
@@ -414,8 +437,8 @@ mod tests {
             prop_assert_eq!(out.len(), want.len());
             for (got, (n, (id, ev, attrs))) in out.iter().zip(want) {
                 prop_assert_eq!(&got.custom_id, id);
-                prop_assert_eq!(&got.event_json, ev);
-                prop_assert_eq!(&got.attributes_json, attrs);
+                prop_assert_eq!(&got.event_json, &ev.as_ref().map(|v| v.to_string()));
+                prop_assert_eq!(&got.attributes_json, &attrs.as_ref().map(|v| v.to_string()));
                 prop_assert_eq!(&got.row, &row(n));
             }
         }
@@ -424,11 +447,11 @@ mod tests {
     #[test]
     fn a_spilled_run_cut_short_is_an_error_not_a_shorter_stream() {
         let dir = tempfile::tempdir().unwrap();
-        let r = serde_json::to_string(&row(1)).unwrap();
-        let one = 4 + 4 + 1 + 4 + 2 + 4 + 4 + r.len();
+        let r = row(1);
+        let one = 4 + 4 + 1 + 4 + 2 + 4 + 4 + serde_json::to_string(&r).unwrap().len();
         let mut s = Staged::new(dir.path(), 2 * one);
         for id in ["b", "a", "d", "c"] {
-            s.add(id, Some("{}"), None, &r).unwrap();
+            s.add(id, Some(&serde_json::json!({})), None, &r).unwrap();
         }
         assert_eq!(s.runs.len(), 2, "two runs of two");
         // The first run loses its last byte.
