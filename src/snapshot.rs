@@ -93,6 +93,8 @@ pub struct Snapshot {
     /// keep their payloads (records then need not carry it through the sort).
     late_profile: Option<cells::ProfileHash>,
     lazy_profiles: bool,
+    /// Reads the rows that become events again (`Payloads::Refetch`).
+    refetch: Option<Refetcher>,
 }
 
 /// Why the reading thread stopped early.
@@ -130,7 +132,9 @@ struct Reading<'a> {
     plan: &'a ColumnPlan,
     tz: Tz,
     on_bad_row: OnBadRow,
-    payloads: Payloads,
+    /// Whether the reading thread computes each row's profile hash (it then travels in the
+    /// records; otherwise the merging thread computes it from the payload, or the diff does).
+    early_profile: bool,
     what: &'a str,
     hashing: runs::Hashing,
 }
@@ -143,6 +147,11 @@ pub enum Payloads {
     /// the segment and sends nothing (the first run under `initial = "baseline"`): a record
     /// is then ~70 bytes instead of ~245, so three times the rows fit the budget.
     Skip,
+    /// As `Skip`, and each record carries where its row began in the file: the rows that
+    /// become events are read again from there ([`Refetcher`]), their values checked to be the
+    /// ones hashed. For a file source on a run that sends a few percent of its rows; a source
+    /// that cannot read a row twice (a query) keeps its payloads instead.
+    Refetch,
 }
 
 /// How [`Snapshot::take_with`] reads and sorts.
@@ -155,7 +164,7 @@ pub struct Options<'a> {
     pub budget: usize,
     pub payloads: Payloads,
     /// Profile hashes are left to the diff (`core::diff::Merge::lazy_profiles`): the caller
-    /// knows the row hash settles them. Only with payloads kept.
+    /// knows the row hash settles them. Not with payloads skipped.
     pub lazy_profiles: bool,
     /// The store holds recipe-1 hashes: each row carries its recipe-1 hash too
     /// (`SnapRow::old_hash`), to be diffed with them (DESIGN.md "Hash recipe upgrades").
@@ -214,7 +223,21 @@ impl Snapshot {
             lazy_profiles,
             upgrade,
         } = opts;
-        let lazy_profiles = lazy_profiles && payloads == Payloads::Keep;
+        let refetch = match payloads {
+            Payloads::Refetch => source.refetch(),
+            _ => None,
+        };
+        let payloads = match (payloads, &refetch) {
+            (Payloads::Refetch, None) => Payloads::Keep,
+            (p, _) => p,
+        };
+        let lazy_profiles = lazy_profiles && payloads != Payloads::Skip;
+        let early_profile = plan.has_profile()
+            && match payloads {
+                Payloads::Skip => true,
+                Payloads::Refetch => !lazy_profiles,
+                Payloads::Keep => false,
+            };
         let has_key = plan.has_key();
         let v1 = (upgrade || !has_key).then(|| cells::RecipeOne::new(plan));
         let hashing = runs::Hashing {
@@ -233,15 +256,16 @@ impl Snapshot {
             plan,
             tz,
             on_bad_row,
-            payloads,
+            early_profile,
             what: &what,
             hashing: hashing.clone(),
         };
         let layout = || runs::Layout {
             has_key,
             payloads: payloads == Payloads::Keep,
-            profile: plan.has_profile() && payloads == Payloads::Skip,
+            profile: early_profile,
             upgrade,
+            offsets: payloads == Payloads::Refetch,
             hashing: hashing.clone(),
         };
         let (rows, loose, sorted) = match source.split() {
@@ -257,7 +281,14 @@ impl Snapshot {
             sorted,
             late_profile,
             lazy_profiles: lazy_profiles && plan.has_profile(),
+            refetch: refetch.map(|source| Refetcher::new(source, plan, tz, hashing)),
         })
+    }
+
+    /// What reads the rows that become events again, when their payloads stayed in the file
+    /// (`Payloads::Refetch`); every row of the sorted stream then comes with `SnapRow::at`.
+    pub fn take_refetcher(&mut self) -> Option<Refetcher> {
+        self.refetch.take()
     }
 
     /// Whether the rows were left without profile hashes (`Options::lazy_profiles`).
@@ -292,9 +323,10 @@ fn read_rows(
     let mut encoder = cells::RowEncoder::new(r.plan, r.tz);
     // Without payloads, the profile hash travels in the records; with them, the merging thread
     // computes it from the payload (`Snapshot::late_profile`), off the sort's path.
-    let mut profile = match r.payloads {
-        Payloads::Skip => cells::ProfileHash::new(r.plan),
-        Payloads::Keep => cells::ProfileHash::default(),
+    let mut profile = if r.early_profile {
+        cells::ProfileHash::new(r.plan)
+    } else {
+        cells::ProfileHash::default()
     };
     let mut cells = Vec::with_capacity(r.plan.columns.len());
     let mut batch = Batch::new();
@@ -346,6 +378,7 @@ fn read_rows(
         };
         batch.rows.push(Pending {
             line: read.line,
+            at: read.at.unwrap_or(0),
             input: input as u32,
             hashed: encoder.hashed_len(),
             profile,
@@ -604,6 +637,80 @@ impl PayloadEncoder {
     }
 }
 
+/// Reads a row again from where it began in its file, for its event: its values are encoded as
+/// the snapshot encoded them, and must hash to the row's hashes (and give its key), or the file
+/// changed during the run and the run stops before its commit.
+pub struct Refetcher {
+    source: Box<dyn crate::source::Refetch>,
+    enc: cells::RowEncoder,
+    hashing: runs::Hashing,
+    profile: cells::ProfileHash,
+    has_key: bool,
+    cells: Vec<crate::core::value::Cell>,
+    buf: Vec<u8>,
+    /// Rows read again, for the debug log.
+    pub rows: u64,
+}
+
+impl Refetcher {
+    fn new(
+        source: Box<dyn crate::source::Refetch>,
+        plan: &ColumnPlan,
+        tz: Tz,
+        hashing: runs::Hashing,
+    ) -> Refetcher {
+        Refetcher {
+            source,
+            enc: cells::RowEncoder::new(plan, tz),
+            hashing,
+            profile: if plan.has_profile() {
+                cells::ProfileHash::new(plan)
+            } else {
+                cells::ProfileHash::default()
+            },
+            has_key: plan.has_key(),
+            cells: Vec::with_capacity(plan.columns.len()),
+            buf: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Fills in the payload of a row whose values stayed in the file (`SnapRow::at`); a row
+    /// that has its payload is left as it is.
+    pub fn fill(&mut self, row: &mut SnapRow) -> Result<(), SnapshotError> {
+        let Some(at) = row.at else {
+            return Ok(());
+        };
+        self.rows += 1;
+        let read = self.source.row_at(at, row.line, &mut self.cells)?;
+        self.buf.clear();
+        let typed = self.enc.row(&mut self.cells, &mut self.buf);
+        let input = self.buf.len();
+        let hash = self
+            .hashing
+            .row
+            .hash(&self.buf[..self.enc.hashed_len() as usize]);
+        let profile = row
+            .profile
+            .map(|_| self.profile.of(&self.buf[..input], self.enc.spans()));
+        let key_same = !self.has_key
+            || (self.enc.key(&mut self.buf, 0).is_ok() && self.buf[input..] == row.key[..]);
+        let same = read.bad.is_none()
+            && typed.is_none()
+            && hash == row.hash
+            && profile == row.profile
+            && key_same;
+        if !same {
+            return Err(crate::source::changed(&self.source.describe(), row.line).into());
+        }
+        self.buf.truncate(input);
+        row.payload.clear();
+        row.payload.extend_from_slice(&self.buf);
+        row.at = None;
+        Ok(())
+    }
+}
+
 pub(crate) fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
     let col = p
         .column
@@ -665,6 +772,7 @@ mod tests {
             Ok(Some(Read {
                 line: self.1 as u64 + 1,
                 bad: None,
+                at: None,
             }))
         }
         fn describe(&self) -> String {
@@ -796,6 +904,7 @@ mod tests {
             Ok(Some(Read {
                 line: self.1 as u64 * 2,
                 bad: bad.clone(),
+                at: None,
             }))
         }
         fn describe(&self) -> String {
@@ -857,6 +966,7 @@ mod tests {
                 old_hash: upgrade.then(|| reference_v1(plan, &values)),
                 profile,
                 payload,
+                at: None,
                 line,
                 bad,
             });
@@ -1206,6 +1316,147 @@ mod tests {
             assert!(one.2.len() > 50, "rows without a key are loose rejects");
             assert!(one.1.iter().filter(|r| r.bad.is_some()).count() > 50);
             assert_eq!(one, two, "budget {budget}");
+        }
+    }
+
+    /// A file's snapshot with `payloads`, and its refetcher if it has one.
+    fn taken_file(
+        file: &std::path::Path,
+        plan: &ColumnPlan,
+        (split, budget, payloads): (bool, usize, Payloads),
+    ) -> (Vec<SnapRow>, Option<Refetcher>) {
+        let cols = plan.columns.clone();
+        let split = if split { 1 } else { u64::MAX };
+        let mut src: Box<dyn Source> = if file.extension().is_some_and(|e| e == "csv") {
+            Box::new(
+                crate::source::csv::CsvSource::open(file, b',', &cols)
+                    .unwrap()
+                    .split_from(split),
+            )
+        } else {
+            Box::new(
+                crate::source::ndjson::NdjsonSource::open(file, &cols)
+                    .unwrap()
+                    .split_from(split),
+            )
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let opts = Options {
+            on_bad_row: OnBadRow::Reject,
+            spill_dir: dir.path(),
+            budget,
+            payloads,
+            lazy_profiles: false,
+            upgrade: false,
+        };
+        let mut snap = Snapshot::take_with(src.as_mut(), plan, chrono_tz::UTC, opts, |_| {
+            std::ops::ControlFlow::Continue(())
+        })
+        .unwrap();
+        let refetch = snap.take_refetcher();
+        (snap.into_sorted().map(|r| r.unwrap()).collect(), refetch)
+    }
+
+    /// The CSV of `messy_csv` as NDJSON, line for line where it has no quoted newline.
+    fn messy_ndjson(n: usize) -> Vec<u8> {
+        let mut s = String::new();
+        for i in 0..n {
+            let id = ((i * 7919) % (n - n / 50)).to_string();
+            let amount = if i % 89 == 3 {
+                "\"lots\"".to_string()
+            } else {
+                format!("{}.5", i % 7)
+            };
+            if i % 17 == 0 {
+                s.push_str("   \n");
+            }
+            s.push_str(&format!(
+                "{{\"id\":{id},\"email\":\"u{i}\\nline two\",\"amount\":{amount}}}\r\n"
+            ));
+        }
+        s.into_bytes()
+    }
+
+    #[test]
+    fn rows_read_again_from_the_file_are_the_rows_kept_payloads_give() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("rows.csv");
+        std::fs::write(&csv, messy_csv(6000, true, &[])).unwrap();
+        let ndjson = dir.path().join("rows.ndjson");
+        std::fs::write(&ndjson, messy_ndjson(6000)).unwrap();
+        for (file, plan) in [(&csv, plan()), (&csv, profile_plan()), (&ndjson, plan())] {
+            for (split, budget) in [(false, usize::MAX), (true, 60_000)] {
+                let at = format!("{} split {split} budget {budget}", file.display());
+                let (kept, none) = taken_file(file, &plan, (split, budget, Payloads::Keep));
+                assert!(none.is_none(), "{at}");
+                let (mut left, refetch) =
+                    taken_file(file, &plan, (split, budget, Payloads::Refetch));
+                let mut refetch = refetch.expect("a file can be read again");
+                assert_eq!(kept.len(), left.len(), "{at}");
+                assert!(
+                    kept.iter().any(|r| r.bad.is_some()),
+                    "{at}: some rows are rejected"
+                );
+                let mut kept = kept;
+                for (k, l) in kept.iter_mut().zip(&mut left) {
+                    assert!(
+                        l.at.is_some() && l.payload.is_empty(),
+                        "{at}: line {}",
+                        l.line
+                    );
+                    if l.bad.is_some() {
+                        // A rejected row sends nothing: it is never read again.
+                        (l.at, k.payload) = (None, Vec::new());
+                    } else {
+                        refetch.fill(l).unwrap();
+                    }
+                }
+                assert_eq!(kept, left, "{at}");
+                let good = kept.iter().filter(|r| r.bad.is_none()).count() as u64;
+                assert_eq!(refetch.rows, good, "{at}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_row_that_changed_in_the_file_since_it_was_read_stops_the_run_at_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["rows.csv", "rows.ndjson"] {
+            let file = dir.path().join(name);
+            let (content, was, now) = if name.ends_with("csv") {
+                (
+                    messy_csv(3000, false, &[]),
+                    "u1500@x.test,2.5",
+                    "u1500@x.test,3.5",
+                )
+            } else {
+                (
+                    messy_ndjson(3000),
+                    "u1500\\nline two\",\"amount\":2.5",
+                    "u1500\\nline two\",\"amount\":3.5",
+                )
+            };
+            std::fs::write(&file, &content).unwrap();
+            let (mut rows, refetch) =
+                taken_file(&file, &plan(), (true, usize::MAX, Payloads::Refetch));
+            let mut refetch = refetch.unwrap();
+            // The same length, one value changed: only a row's own check can tell.
+            let text = String::from_utf8(content).unwrap();
+            assert_eq!(text.matches(was).count(), 1, "{name}");
+            std::fs::write(&file, text.replacen(was, now, 1)).unwrap();
+            let errors: Vec<(u64, String)> = rows
+                .iter_mut()
+                .filter(|r| r.bad.is_none())
+                .filter_map(|r| refetch.fill(r).err().map(|e| (r.line, e.to_string())))
+                .collect();
+            assert_eq!(errors.len(), 1, "{name}: {errors:?}");
+            let (line, e) = &errors[0];
+            assert!(
+                e.contains(&format!("{} line {line}:", file.display()))
+                    && e.contains("the file changed during the run")
+                    && e.contains("Nothing was committed"),
+                "{name}: {e}"
+            );
         }
     }
 

@@ -25,6 +25,10 @@ pub struct SnapRow {
     pub profile: Option<RowHash>,
     /// The canonical encoding of the used columns' values, in plan order (values only).
     pub payload: Vec<u8>,
+    /// Where the row began in its file when its values were left there (the snapshot's
+    /// `Payloads::Refetch`): the payload is empty until the row is read again, which the local
+    /// engine does for a row that may send something.
+    pub at: Option<u64>,
     /// Where the row came from: the 1-based line (files) or row number (queries).
     pub line: u64,
     /// A row-level read or typing error: the row is rejected, its key kept as it was.
@@ -292,6 +296,7 @@ mod tests {
             old_hash: None,
             profile: None,
             payload: vec![],
+            at: None,
             line,
             bad: None,
         }
@@ -527,7 +532,7 @@ mod tests {
             old in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), (0u8..3, any::<bool>()), 0..30),
         ) {
             let s: Vec<SnapRow> = new.iter().enumerate()
-                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), old_hash: None, profile: None, payload: vec![], line: i as u64 + 1, bad: None })
+                .map(|(i, (k, hh))| SnapRow { key: k.clone(), hash: h(*hh), old_hash: None, profile: None, payload: vec![], at: None, line: i as u64 + 1, bad: None })
                 .collect();
             let base: BTreeMap<Vec<u8>, (RowHash, bool)> = old.iter().map(|(k, (hh, p))| (k.clone(), (h(*hh), *p))).collect();
             let b: Vec<BaseRow> = base.iter().map(|(k, (hh, p))| BaseRow { key: k.clone(), hash: *hh, present: *p, profile: None }).collect();

@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::core::diff::{merge, BaseRow, Delta, Merge, SnapRow};
 use crate::core::run::Counts;
 use crate::ship::StopFlag;
-use crate::snapshot::{LooseReject, Payloads, Snapshot, SnapshotError};
+use crate::snapshot::{LooseReject, Payloads, Refetcher, Snapshot, SnapshotError};
 use crate::state::Sink;
 use crate::ui::Ui;
 
@@ -86,15 +86,21 @@ pub struct LocalDiff<'a> {
     rows: u64,
     loose: Vec<LooseReject>,
     merge: Merge<Sorted, Baseline<'a>>,
+    /// Reads again the rows that may send something, when their values stayed in the file.
+    refetch: Option<Refetcher>,
 }
 
 impl<'a> LocalDiff<'a> {
     /// `baseline`: the committed baseline in key order, or nothing on a first run.
-    pub fn new<E>(snap: Snapshot, baseline: impl Iterator<Item = Result<BaseRow, E>> + 'a) -> Self
+    pub fn new<E>(
+        mut snap: Snapshot,
+        baseline: impl Iterator<Item = Result<BaseRow, E>> + 'a,
+    ) -> Self
     where
         RunError: From<E>,
     {
         let rows = snap.rows;
+        let refetch = snap.take_refetcher();
         let loose = snap.loose.clone();
         let lazy = snap.lazy_profiles();
         let sorted: Sorted = Box::new(
@@ -106,6 +112,15 @@ impl<'a> LocalDiff<'a> {
             rows,
             loose,
             merge: merge(sorted, baseline).lazy_profiles(lazy),
+            refetch,
+        }
+    }
+}
+
+impl Drop for LocalDiff<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = &self.refetch {
+            tracing::debug!(rows = r.rows, "snapshot: rows read again for their events");
         }
     }
 }
@@ -117,8 +132,20 @@ impl DiffEngine for LocalDiff<'_> {
     fn loose(&self) -> &[LooseReject] {
         &self.loose
     }
+    /// The merge's next delta; a row that may send something (added, changed, or its profile
+    /// attributes) has its values read again first when they stayed in the file.
     fn next_step(&mut self) -> Option<Result<Step, RunError>> {
-        self.merge.next_with_base()
+        let mut step = self.merge.next_with_base()?;
+        if let (
+            Some(refetch),
+            Ok((Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Profile { row }, _)),
+        ) = (&mut self.refetch, &mut step)
+        {
+            if let Err(e) = refetch.fill(row) {
+                return Some(Err(RunError::Snapshot(e)));
+            }
+        }
+        Some(step)
     }
 }
 
@@ -176,15 +203,19 @@ pub fn read_snapshot(
     Ok(snap)
 }
 
-/// Whether the rows' payloads will be needed: not on a run that only records the segment (the
+/// Where the rows' payloads are kept: nowhere on a run that only records the segment (the
 /// first under `initial = "baseline"`, as [`Apply::for_run`] decides it), which never builds an
-/// event. Should the two ever disagree, an event would find an empty payload and reject its row
-/// (`corrupt_row`), never send a wrong one.
-pub fn payloads(first_run: bool, initial: crate::config::Initial) -> Payloads {
+/// event; in the sort on a run that may send every row (any other first run, a `backfill`);
+/// otherwise in the file, read again for the rows that send something (a source that cannot,
+/// a query, keeps them in the sort). Should these ever disagree with the run's policy, an event
+/// would find an empty payload and reject its row (`corrupt_row`), never send a wrong one.
+pub fn payloads(first_run: bool, initial: crate::config::Initial, backfill: bool) -> Payloads {
     if first_run && initial == crate::config::Initial::Baseline {
         Payloads::Skip
-    } else {
+    } else if first_run || backfill {
         Payloads::Keep
+    } else {
+        Payloads::Refetch
     }
 }
 

@@ -125,7 +125,7 @@ fn steps(
         return Ok(Some(halt));
     }
     let initial = opts.initial.unwrap_or(settings.sync.initial);
-    let payloads = diff::payloads(run.first_run()?, initial);
+    let payloads = diff::payloads(run.first_run()?, initial, run.backfill());
     let lazy = diff::lazy_profiles(settings, run.backfill(), opts.retry_rejects);
     let upgrade = run.upgrades_recipe();
     if upgrade {

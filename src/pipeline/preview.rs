@@ -141,7 +141,7 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     let backfill = super::run::backfill(settings, stored_profile);
     let initial = opts.initial.unwrap_or(settings.sync.initial);
     let stop = StopFlag::default();
-    let payloads = diff::payloads(first_run, initial);
+    let payloads = diff::payloads(first_run, initial, backfill);
     let lazy = diff::lazy_profiles(settings, backfill, opts.retry_rejects);
     let upgrade = match &store {
         Some(s) => settings.upgrades_recipe(s.stored_identity()?.as_deref()),

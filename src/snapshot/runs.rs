@@ -11,9 +11,10 @@
 //! - A record is the same bytes in an arena and in a spill file: a 36-byte header (key,
 //!   payload and reject lengths as u32 LE, the line as u64 LE, the 16-byte hash), then the key,
 //!   the payload and the reject (column, rule and reason, each u32 LE length ‖ bytes), then
-//!   the row's recipe-1 hash and its profile hash, 16 bytes each, when the line's bits 62 and
-//!   63 say so. Under `Payloads::Skip` every payload is empty (the batches carry value spans
-//!   only when recipe 1's hash needs them).
+//!   the row's recipe-1 hash (16 bytes), where the row began in its file (u64 LE) and its
+//!   profile hash (16 bytes), when the line's bits 62, 61 and 63 say so. Under
+//!   `Payloads::Skip` and `Payloads::Refetch` every payload is empty (the batches carry value
+//!   spans only when recipe 1's hash needs them).
 //! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
@@ -79,6 +80,8 @@ pub(super) struct Batch {
 
 pub(super) struct Pending {
     pub(super) line: u64,
+    /// Where the row began in its file (`source::Read::at`; 0 for a query).
+    pub(super) at: u64,
     pub(super) input: u32,
     /// The row hash's input: the first `hashed` bytes of `input` (the event's columns).
     pub(super) hashed: u32,
@@ -159,12 +162,18 @@ pub(super) struct Header {
     pub(super) profile: bool,
     /// Whether the record carries the row's recipe-1 hash (16 bytes after the reject).
     pub(super) old: bool,
+    /// Whether the record carries where the row began in its file (8 bytes, before the
+    /// profile hash).
+    pub(super) at: bool,
 }
 
 /// The line's top bit in a header: the record carries a profile hash.
 const PROFILE_BIT: u64 = 1 << 63;
 /// The line's next bit: the record carries the row's recipe-1 hash (an upgrading run).
 const OLD_BIT: u64 = 1 << 62;
+/// And the next: the record carries where the row began in its file (`Payloads::Refetch`).
+const AT_BIT: u64 = 1 << 61;
+const FLAGS: u64 = PROFILE_BIT | OLD_BIT | AT_BIT;
 
 /// Marks a record's header as followed, after its reject, by a profile hash.
 pub(super) fn set_profile_flag(head: &mut [u8]) {
@@ -181,6 +190,7 @@ impl Header {
             + self.bad
             + if self.profile { 16 } else { 0 }
             + if self.old { 16 } else { 0 }
+            + if self.at { 8 } else { 0 }
     }
 }
 
@@ -194,10 +204,11 @@ pub(super) fn header(b: &[u8]) -> Header {
         key: u32_at(b, 0),
         payload: u32_at(b, 4),
         bad: u32_at(b, 8),
-        line: line & !(PROFILE_BIT | OLD_BIT),
+        line: line & !FLAGS,
         hash: RowHash(b[20..36].try_into().expect("16 bytes")),
         profile: line & PROFILE_BIT != 0,
         old: line & OLD_BIT != 0,
+        at: line & AT_BIT != 0,
     }
 }
 
@@ -235,30 +246,32 @@ fn decode_reject(b: &[u8]) -> io::Result<Reject> {
     })
 }
 
-/// A row from its header and its body (key ‖ payload ‖ reject ‖ recipe-1 hash ‖ profile hash,
-/// the last two if any).
+/// A row from its header and its body (key ‖ payload ‖ reject ‖ recipe-1 hash ‖ file offset ‖
+/// profile hash, the last three if any).
 pub(super) fn row(h: &Header, body: &[u8]) -> io::Result<SnapRow> {
     let (key, rest) = body.split_at(h.key);
     let (payload, rest) = rest.split_at(h.payload);
     let (bad, mut rest) = rest.split_at(h.bad);
-    let mut hash16 = |on: bool| -> io::Result<Option<RowHash>> {
+    let corrupt = || io::Error::new(io::ErrorKind::InvalidData, "corrupt record in a run");
+    let mut take = |on: bool, n: usize| -> io::Result<Option<&[u8]>> {
         if !on {
             return Ok(None);
         }
-        let (h, tail) = rest.split_at(16);
+        let (h, tail) = rest.split_at_checked(n).ok_or_else(corrupt)?;
         rest = tail;
-        h.try_into()
-            .map(|h| Some(RowHash(h)))
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "corrupt hash in a run"))
+        Ok(Some(h))
     };
-    let old_hash = hash16(h.old)?;
-    let profile = hash16(h.profile)?;
+    let hash16 = |b: Option<&[u8]>| b.map(|b| RowHash(b.try_into().expect("16 bytes")));
+    let old_hash = hash16(take(h.old, 16)?);
+    let at = take(h.at, 8)?.map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")));
+    let profile = hash16(take(h.profile, 16)?);
     Ok(SnapRow {
         key: key.to_vec(),
         hash: h.hash,
         old_hash,
         profile,
         payload: payload.to_vec(),
+        at,
         line: h.line,
         bad: if h.bad == 0 {
             None
@@ -282,12 +295,13 @@ impl Run {
         self.data.len() + self.entries.len() * 2 * std::mem::size_of::<Entry>()
     }
 
-    /// Appends a row whose payload is the `values` of its hash `input`.
+    /// Appends a row whose payload is the `values` of its hash `input`; with its line comes,
+    /// when its values stay in the file, where it began there.
     fn push(
         &mut self,
         key: &[u8],
         (hash, profile, old): (RowHash, Option<RowHash>, Option<RowHash>),
-        line: u64,
+        (line, source_at): (u64, Option<u64>),
         (input, values): (&[u8], &[(u32, u32)]),
         bad: Option<&Reject>,
     ) {
@@ -306,7 +320,8 @@ impl Run {
         head[4..8].copy_from_slice(&payload.to_le_bytes());
         let flagged = line
             | if profile.is_some() { PROFILE_BIT } else { 0 }
-            | if old.is_some() { OLD_BIT } else { 0 };
+            | if old.is_some() { OLD_BIT } else { 0 }
+            | if source_at.is_some() { AT_BIT } else { 0 };
         head[12..20].copy_from_slice(&flagged.to_le_bytes());
         head[20..36].copy_from_slice(&hash.0);
         let d = &mut self.data;
@@ -327,6 +342,9 @@ impl Run {
         }
         if let Some(o) = old {
             d.extend_from_slice(&o.0);
+        }
+        if let Some(a) = source_at {
+            d.extend_from_slice(&a.to_le_bytes());
         }
         if let Some(p) = profile {
             d.extend_from_slice(&p.0);
@@ -459,6 +477,8 @@ pub(super) struct Layout {
     pub(super) profile: bool,
     /// Whether records carry the row's recipe-1 hash (a run upgrading a recipe-1 store).
     pub(super) upgrade: bool,
+    /// Whether records carry where each row began in its file (`Payloads::Refetch`).
+    pub(super) offsets: bool,
     pub(super) hashing: Hashing,
 }
 
@@ -532,7 +552,8 @@ impl<'a> Sorting<'a> {
                 layout.profile.then_some(r.profile),
                 layout.upgrade.then_some(r.v1),
             );
-            run.push(key, hashes, r.line, (input, spans), r.bad.as_deref());
+            let at = layout.offsets.then_some(r.at);
+            run.push(key, hashes, (r.line, at), (input, spans), r.bad.as_deref());
             if run.bytes() >= self.budget {
                 steps.mark(ARRANGE);
                 let d = match &self.dir {
@@ -659,7 +680,7 @@ mod tests {
             run.push(
                 key,
                 (RowHash::default(), None, None),
-                *line,
+                (*line, None),
                 (&[], &[]),
                 None,
             );

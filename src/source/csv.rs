@@ -78,6 +78,8 @@ struct Records<R> {
     fields: Vec<(usize, usize)>,
     /// The line where the current record starts.
     record_line: u64,
+    /// The input's offset of the current record's first byte.
+    record_at: u64,
     /// The current record reached the end of the input inside a quoted field.
     open_quote: bool,
     /// The input's offset of `buf[0]`.
@@ -144,6 +146,7 @@ impl<R: std::io::Read> Records<R> {
             line_at: None,
             fields: Vec::with_capacity(64),
             record_line: 1,
+            record_at: 0,
             open_quote: false,
             base: 0,
             stop_at: u64::MAX,
@@ -209,6 +212,7 @@ impl<R: std::io::Read> Records<R> {
             return Ok(false);
         }
         self.record_line = self.line;
+        self.record_at = self.offset();
         let read = (self.fast && self.fast_line()) || self.slow_record()?;
         self.last_end = self.offset();
         Ok(read)
@@ -454,6 +458,46 @@ impl CsvSource {
         false
     }
 
+    /// The current record's cells (one per plan column), and where it came from.
+    fn cells(&self, cells: &mut Vec<Cell>) -> Read {
+        let r = &self.records;
+        let bad = (r.fields.len() != self.width).then(|| {
+            format!(
+                "{} fields where the header has {}",
+                r.fields.len(),
+                self.width
+            )
+        });
+        // One UTF-8 check for the whole record; a field is checked alone only when that fails.
+        let bytes = r.bytes();
+        let end = r.fields.last().map_or(0, |f| f.1);
+        let text = std::str::from_utf8(&bytes[..end]).ok();
+        for (i, &p) in self.positions.iter().enumerate() {
+            let Some(&(a, b)) = r.fields.get(p) else {
+                set(cells, i, Cell::Invalid("missing field".into()));
+                continue;
+            };
+            match text
+                .and_then(|t| t.get(a..b))
+                .map(Ok)
+                .unwrap_or_else(|| std::str::from_utf8(&bytes[a..b]))
+            {
+                Ok(s) => set_text(cells, i, s),
+                Err(e) => set(
+                    cells,
+                    i,
+                    Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+                ),
+            }
+        }
+        cells.truncate(self.positions.len());
+        Read {
+            line: r.record_line,
+            bad,
+            at: Some(r.record_at),
+        }
+    }
+
     /// `[source] require_final_newline` (true unless set).
     pub fn require_final_newline(mut self, require: bool) -> CsvSource {
         self.require_final_newline = require;
@@ -539,46 +583,29 @@ impl Source for CsvSource {
             self.check_ending()?;
             return Ok(None);
         }
-        let r = &self.records;
-        self.last_line = r.record_line;
-        let bad = (r.fields.len() != self.width).then(|| {
-            format!(
-                "{} fields where the header has {}",
-                r.fields.len(),
-                self.width
-            )
-        });
-        // One UTF-8 check for the whole record; a field is checked alone only when that fails.
-        let bytes = r.bytes();
-        let end = r.fields.last().map_or(0, |f| f.1);
-        let text = std::str::from_utf8(&bytes[..end]).ok();
-        for (i, &p) in self.positions.iter().enumerate() {
-            let Some(&(a, b)) = r.fields.get(p) else {
-                set(cells, i, Cell::Invalid("missing field".into()));
-                continue;
-            };
-            match text
-                .and_then(|t| t.get(a..b))
-                .map(Ok)
-                .unwrap_or_else(|| std::str::from_utf8(&bytes[a..b]))
-            {
-                Ok(s) => set_text(cells, i, s),
-                Err(e) => set(
-                    cells,
-                    i,
-                    Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
-                ),
-            }
-        }
-        cells.truncate(self.positions.len());
-        Ok(Some(Read {
-            line: r.record_line,
-            bad,
-        }))
+        self.last_line = self.records.record_line;
+        Ok(Some(self.cells(cells)))
     }
 
     fn describe(&self) -> String {
         self.path.display().to_string()
+    }
+
+    fn refetch(&self) -> Option<Box<dyn super::Refetch>> {
+        let input = File::open(&self.path).ok()?;
+        let mut records = Records::new(input, self.records.delimiter, REFETCH_BUFFER);
+        records.fast = self.records.fast;
+        Some(Box::new(CsvRefetch(CsvSource {
+            path: self.path.clone(),
+            records,
+            positions: self.positions.clone(),
+            width: self.width,
+            last_line: 1,
+            require_final_newline: false,
+            stamp: self.stamp.clone(),
+            role: Role::Whole,
+            split_from: u64::MAX,
+        })))
     }
 
     fn split(&mut self) -> Option<Tail> {
@@ -615,6 +642,41 @@ impl Source for CsvSource {
             known: false,
         };
         Some(split.tail(Box::new(tail)))
+    }
+}
+
+/// The refetching reader's buffer: one record and a little more, not the 1 MB of a read.
+const REFETCH_BUFFER: usize = 16 << 10;
+
+/// A CSV file's rows read again by where they began (`Source::refetch`).
+struct CsvRefetch(CsvSource);
+
+impl super::Refetch for CsvRefetch {
+    fn row_at(&mut self, at: u64, line: u64, cells: &mut Vec<Cell>) -> Result<Read, SourceError> {
+        let s = &mut self.0;
+        let what = || s.path.display().to_string();
+        let r = &mut s.records;
+        r.input
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| SourceError::Io {
+                what: what(),
+                message: format!("cannot seek to byte {at} to read line {line} again: {e}"),
+            })?;
+        (r.base, r.pos, r.len, r.eof, r.last_byte) = (at, 0, 0, false, None);
+        (r.line, r.stop_at, r.stopped, r.open_quote) = (line, u64::MAX, false, false);
+        let more = r.next_record().map_err(|e| SourceError::Structure {
+            what: what(),
+            line,
+            message: format!("cannot read the row again: {e}"),
+        })?;
+        if !more || r.record_at != at || r.record_line != line || r.open_quote {
+            return Err(super::changed(&what(), line));
+        }
+        Ok(s.cells(cells))
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
     }
 }
 

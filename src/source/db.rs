@@ -182,6 +182,7 @@ impl Source for FedSource {
                 return Ok(Some(Read {
                     line: self.line,
                     bad: None,
+                    at: None,
                 }));
             }
             if self.done {

@@ -127,6 +127,16 @@ impl FileStamp {
     }
 }
 
+/// A row read again for its event is not the row the diff read: the file changed during the
+/// run.
+pub(crate) fn changed(what: &str, line: u64) -> SourceError {
+    SourceError::Structure {
+        what: what.to_string(),
+        line,
+        message: "the row read again to build its event is not the row read for the diff: the file changed during the run. Nothing was committed; run again once it is complete".into(),
+    }
+}
+
 fn hint(available: &[String]) -> String {
     if available.is_empty() {
         String::new()
@@ -154,6 +164,9 @@ pub struct Read {
     /// A row-level read error (a malformed line, a wrong number of fields). Cells that could be
     /// read are still filled, so the row key may still be known.
     pub bad: Option<String>,
+    /// The file offset of the row's first byte, where the source can read it again there
+    /// ([`Source::refetch`]); `None` for a query.
+    pub at: Option<u64>,
 }
 
 pub trait Source: Send {
@@ -174,6 +187,24 @@ pub trait Source: Send {
     fn split(&mut self) -> Option<Tail> {
         None
     }
+
+    /// A second reader of the same file, which reads a row again from where it began
+    /// ([`Read::at`]): the snapshot then leaves the rows' values in the file and reads back
+    /// only those of the rows that become events (`snapshot::Payloads::Refetch`). `None` for a
+    /// query, whose rows cannot be read twice.
+    fn refetch(&self) -> Option<Box<dyn Refetch>> {
+        None
+    }
+}
+
+/// Reads a file's rows again, one at a time, by where each began.
+pub trait Refetch: Send {
+    /// The row that began at byte `at`, on line `line`, into `cells` (as [`Source::next_row`]
+    /// gave it). A structural error when no row is there any more.
+    fn row_at(&mut self, at: u64, line: u64, cells: &mut Vec<Cell>) -> Result<Read, SourceError>;
+
+    /// The file, for messages.
+    fn describe(&self) -> String;
 }
 
 /// The second part of a split file, read on another thread.

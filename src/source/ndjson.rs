@@ -132,12 +132,14 @@ impl Source for NdjsonSource {
                 return Ok(None);
             }
         }
+        let mut at;
         loop {
             if let Role::Head { mid, .. } = self.role {
                 if self.offset >= mid {
                     return Ok(None);
                 }
             }
+            at = self.offset;
             self.buf.clear();
             let n = self
                 .reader
@@ -192,7 +194,11 @@ impl Source for NdjsonSource {
                 self.columns.len(),
                 Cell::Typed(crate::core::value::Value::Null),
             );
-            return Ok(Some(Read { line, bad }));
+            return Ok(Some(Read {
+                line,
+                bad,
+                at: Some(at),
+            }));
         }
         for (i, slot) in self.slots.iter_mut().enumerate() {
             cells.push(match slot.take() {
@@ -206,7 +212,11 @@ impl Source for NdjsonSource {
                 None => Cell::Typed(crate::core::value::Value::Null),
             });
         }
-        Ok(Some(Read { line, bad: None }))
+        Ok(Some(Read {
+            line,
+            bad: None,
+            at: Some(at),
+        }))
     }
 
     fn finish(&mut self) -> Result<(), SourceError> {
@@ -246,6 +256,25 @@ impl Source for NdjsonSource {
         self.path.display().to_string()
     }
 
+    fn refetch(&self) -> Option<Box<dyn super::Refetch>> {
+        let input = File::open(&self.path).ok()?;
+        Some(Box::new(NdjsonRefetch(NdjsonSource {
+            path: self.path.clone(),
+            reader: BufReader::with_capacity(16 << 10, input),
+            columns: self.columns.clone(),
+            seen: vec![false; self.columns.len()],
+            line: 0,
+            buf: Vec::new(),
+            rows: 0,
+            slots: Vec::new(),
+            require_final_newline: false,
+            stamp: self.stamp.clone(),
+            offset: 0,
+            role: Role::Whole,
+            split_from: u64::MAX,
+        })))
+    }
+
     fn split(&mut self) -> Option<Tail> {
         let len = self.stamp.bytes();
         if !matches!(self.role, Role::Whole) || self.offset != 0 || len < self.split_from.max(2) {
@@ -276,6 +305,30 @@ impl Source for NdjsonSource {
         };
         self.role = Role::Head { mid, tail: seen };
         Some(split.tail(Box::new(tail)))
+    }
+}
+
+/// An NDJSON file's rows read again by where they began (`Source::refetch`).
+struct NdjsonRefetch(NdjsonSource);
+
+impl super::Refetch for NdjsonRefetch {
+    fn row_at(&mut self, at: u64, line: u64, cells: &mut Vec<Cell>) -> Result<Read, SourceError> {
+        let s = &mut self.0;
+        s.reader
+            .seek(SeekFrom::Start(at))
+            .map_err(|e| SourceError::Io {
+                what: s.path.display().to_string(),
+                message: format!("cannot seek to byte {at} to read line {line} again: {e}"),
+            })?;
+        (s.offset, s.line) = (at, line - 1);
+        match s.next_row(cells)? {
+            Some(read) if read.line == line && read.at == Some(at) => Ok(read),
+            _ => Err(super::changed(&s.describe(), line)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.0.describe()
     }
 }
 

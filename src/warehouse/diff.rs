@@ -59,6 +59,7 @@ fn sends(kind: &str, policy: Policy) -> bool {
         old_hash: None,
         profile: None,
         payload: Vec::new(),
+        at: None,
         line: 0,
         bad: None,
     };
@@ -446,6 +447,7 @@ impl SqlDiff {
             old_hash: None,
             profile: None,
             payload,
+            at: None,
             // No line: the database's rows have none (rejects keep null).
             line: 0,
             bad,
@@ -498,6 +500,7 @@ impl DiffEngine for SqlDiff {
                     old_hash: None,
                     profile: None,
                     payload: Vec::new(),
+                    at: None,
                     line: 0,
                     bad: None,
                 })

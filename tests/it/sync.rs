@@ -100,6 +100,62 @@ fn second_run_sends_exactly_the_added_rows_and_a_third_sends_nothing() {
     );
 }
 
+/// A second run reads an added row's values again from the file to build its event: if the
+/// row changed after the diff read it, the run stops before its commit, naming the file and the
+/// line, and sends nothing; the next run sends the row as the file now has it.
+#[test]
+fn an_added_row_edited_after_the_read_stops_the_run_and_the_next_sends_it_as_it_is() {
+    use crate::common::crash_support::wait_until;
+    use std::time::Duration;
+    let emu = emulator();
+    let dir = Dir::new();
+    day1(&dir, &emu.endpoint());
+    assert_eq!(dir.sync().0, 0);
+    dir.copy_fixture("orders_day2.csv", "orders.csv");
+    let pause = tempfile::tempdir().unwrap();
+    let child = dir
+        .cmd(&["run", "--json", "--quiet"])
+        .env("BATCHSYNC_PAUSE_AT", "after_read")
+        .env("BATCHSYNC_PAUSE_DIR", pause.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(60), || pause
+            .path()
+            .join("paused")
+            .exists()),
+        "the run never paused after its read"
+    );
+    // The same length, so that only the row's own check can tell.
+    let was = "1015,katherine@example.com,2026-11-21T10:45:00Z,27.5,";
+    let csv = std::fs::read_to_string(dir.join("orders.csv")).unwrap();
+    assert_eq!(csv.matches(was).count(), 1);
+    dir.write(
+        "orders.csv",
+        csv.replacen(was, &was.replace("27.5", "72.5"), 1),
+    );
+    std::fs::write(pause.path().join("resume"), "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("orders.csv line 15") && err.contains("the file changed during the run"),
+        "{err}"
+    );
+    assert_eq!(emu.received().len(), 12, "the stopped run sent nothing");
+    let (code, s) = dir.sync();
+    assert_eq!(code, 0, "{s}");
+    assert_counts(&s, &[("added", 3), ("events_sent", 3)]);
+    let katherine: Vec<String> = emu.received()[12..]
+        .iter()
+        .filter(|r| r.custom_id == "katherine@example.com")
+        .map(|r| r.event["attributes"]["amount"].to_string())
+        .collect();
+    assert_eq!(katherine, ["72.5"], "the row as the file has it now, once");
+}
+
 fn baseline_dump(dir: &Dir) -> Vec<(Vec<u8>, Vec<u8>, bool)> {
     crate::common::baseline(&dir.state())
 }
