@@ -119,7 +119,39 @@ fn decode(plan: &ColumnPlan, payload: &[u8]) -> Result<Vec<Value>, Reject> {
         .map_err(|e| Reject::new(None, "corrupt_row", e.to_string()))
 }
 
+/// Which deltas may use their row's values (to build an event or profile attributes): the
+/// local engine reads only those rows again when their values stayed in the file.
+#[derive(Debug, Clone, Copy)]
+pub struct Sends {
+    policy: Policy,
+    event: bool,
+    profiles: bool,
+}
+
+impl Sends {
+    /// Whether `delta` may need its row's values. Errs on the side of yes: a row whose
+    /// profile attributes turn out unchanged was read for nothing, never the other way.
+    pub fn values(&self, delta: &Delta) -> bool {
+        match delta {
+            Delta::Added { .. } | Delta::Changed { .. } => {
+                (self.event && decide(delta, self.policy).0) || self.profiles
+            }
+            Delta::Profile { .. } => self.profiles,
+            _ => false,
+        }
+    }
+}
+
 impl Apply<'_> {
+    /// What this run sends, for [`Sends::values`].
+    pub fn sends(&self) -> Sends {
+        Sends {
+            policy: self.policy,
+            event: self.plan.has_event(),
+            profiles: self.profiles(),
+        }
+    }
+
     /// One history line, unless the run only records the segment (the first under
     /// `initial = "baseline"`: nothing is sent, and its rows are the starting point).
     fn line<S: Sink>(
@@ -418,5 +450,71 @@ impl Apply<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sends;
+    use crate::core::diff::{Delta, Policy, SnapRow};
+    use crate::core::encode::RowHash;
+
+    fn row() -> SnapRow {
+        SnapRow {
+            key: vec![1],
+            hash: RowHash([1; 16]),
+            old_hash: None,
+            profile: None,
+            payload: vec![],
+            at: Some(0),
+            line: 2,
+            bad: None,
+        }
+    }
+
+    #[test]
+    fn only_rows_that_may_send_something_need_their_values() {
+        let added = Delta::Added {
+            row: row(),
+            reentry: false,
+        };
+        let reentry = Delta::Added {
+            row: row(),
+            reentry: true,
+        };
+        let changed = Delta::Changed {
+            row: row(),
+            old: RowHash([2; 16]),
+        };
+        let profile = Delta::Profile { row: row() };
+        let rehashed = Delta::Rehashed { row: row() };
+        let sends = |record_only, on_change, on_reentry, event, profiles| Sends {
+            policy: Policy {
+                record_only,
+                event_on_change: on_change,
+                event_on_reentry: on_reentry,
+            },
+            event,
+            profiles,
+        };
+        let all = [&added, &reentry, &changed, &profile, &rehashed];
+        let needs = |s: Sends| all.map(|d| s.values(d));
+        // Events on entry only: the added rows, not the changed ones or a re-entry.
+        assert_eq!(
+            needs(sends(false, false, false, true, false)),
+            [true, false, false, false, false]
+        );
+        assert_eq!(
+            needs(sends(false, true, true, true, false)),
+            [true, true, true, false, false]
+        );
+        // Profile attributes: any row whose attributes may have changed.
+        assert_eq!(
+            needs(sends(false, false, false, true, true)),
+            [true, true, true, true, false]
+        );
+        // A run that only records, or a sync without events: nothing to build.
+        assert_eq!(needs(sends(true, true, true, true, false)), [false; 5]);
+        assert_eq!(needs(sends(false, true, true, false, false)), [false; 5]);
     }
 }

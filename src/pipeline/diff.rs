@@ -15,7 +15,7 @@
 //! - The guards' denominator (the baseline's present rows) is counted as the entries go by: no
 //!   second read of the baseline.
 
-use super::delta::Apply;
+use super::delta::{Apply, Sends};
 use super::RunError;
 use crate::config::Settings;
 use crate::core::diff::{merge, BaseRow, Delta, Merge, SnapRow};
@@ -88,6 +88,8 @@ pub struct LocalDiff<'a> {
     merge: Merge<Sorted, Baseline<'a>>,
     /// Reads again the rows that may send something, when their values stayed in the file.
     refetch: Option<Refetcher>,
+    /// Which rows those are (any added, changed or profile row until told).
+    sends: Option<Sends>,
 }
 
 impl<'a> LocalDiff<'a> {
@@ -113,7 +115,14 @@ impl<'a> LocalDiff<'a> {
             loose,
             merge: merge(sorted, baseline).lazy_profiles(lazy),
             refetch,
+            sends: None,
         }
+    }
+
+    /// Reads again only the rows `sends` may use the values of (`Apply::sends`).
+    pub fn reading_again(mut self, sends: Sends) -> Self {
+        self.sends = Some(sends);
+        self
     }
 }
 
@@ -136,13 +145,19 @@ impl DiffEngine for LocalDiff<'_> {
     /// attributes) has its values read again first when they stayed in the file.
     fn next_step(&mut self) -> Option<Result<Step, RunError>> {
         let mut step = self.merge.next_with_base()?;
-        if let (
-            Some(refetch),
-            Ok((Delta::Added { row, .. } | Delta::Changed { row, .. } | Delta::Profile { row }, _)),
-        ) = (&mut self.refetch, &mut step)
-        {
-            if let Err(e) = refetch.fill(row) {
-                return Some(Err(RunError::Snapshot(e)));
+        let Some(refetch) = &mut self.refetch else {
+            return Some(step);
+        };
+        if let Ok((delta, _)) = &mut step {
+            if self.sends.is_none_or(|s| s.values(delta)) {
+                if let Delta::Added { row, .. }
+                | Delta::Changed { row, .. }
+                | Delta::Profile { row } = delta
+                {
+                    if let Err(e) = refetch.fill(row) {
+                        return Some(Err(RunError::Snapshot(e)));
+                    }
+                }
             }
         }
         Some(step)

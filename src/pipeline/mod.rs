@@ -136,7 +136,8 @@ fn steps(
     tracing::debug!(rows = snap.rows, "snapshot taken");
     // The baseline is read on a second connection while the run's transaction writes.
     let reader = run.store().reader()?;
-    let mut engine = diff::LocalDiff::new(snap, reader.baseline_iter());
+    let sends = delta::Apply::for_run(settings, run.first_run()?, initial, false).sends();
+    let mut engine = diff::LocalDiff::new(snap, reader.baseline_iter()).reading_again(sends);
     let spin = ui.step("diffing against the baseline and committing");
     let committed = run.commit(&mut engine);
     spin.done();

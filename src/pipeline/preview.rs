@@ -148,10 +148,12 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
         None => false,
     };
     let snap = diff::read_snapshot(settings, &stop, ui, (payloads, lazy, upgrade))?;
-    let mut engine = match &store {
+    let sends = Apply::for_run(settings, first_run, initial, false).sends();
+    let engine = match &store {
         Some(s) => LocalDiff::new(snap, s.baseline_iter()),
         None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
     };
+    let mut engine = engine.reading_again(sends);
     summarize(
         &mut engine,
         settings,

@@ -593,11 +593,9 @@ impl Source for CsvSource {
 
     fn refetch(&self) -> Option<Box<dyn super::Refetch>> {
         let input = File::open(&self.path).ok()?;
-        let mut records = Records::new(input, self.records.delimiter, REFETCH_BUFFER);
-        records.fast = self.records.fast;
         Some(Box::new(CsvRefetch(CsvSource {
             path: self.path.clone(),
-            records,
+            records: Records::new(input, self.records.delimiter, REFETCH_BUFFER),
             positions: self.positions.clone(),
             width: self.width,
             last_line: 1,
@@ -646,7 +644,7 @@ impl Source for CsvSource {
 }
 
 /// The refetching reader's buffer: one record and a little more, not the 1 MB of a read.
-const REFETCH_BUFFER: usize = 16 << 10;
+const REFETCH_BUFFER: usize = 4 << 10;
 
 /// A CSV file's rows read again by where they began (`Source::refetch`).
 struct CsvRefetch(CsvSource);
