@@ -12,7 +12,7 @@
 //!   thread and waits for it, so the files are gone when the drop returns.
 
 use super::cells::ProfileHash;
-use super::runs::{header, row, set_profile_flag, Run, Sorted, Steps, HEADER};
+use super::runs::{header, row, set_profile_flag, Run, Sorted, Steps, HEADER, PREFETCH_AHEAD};
 use crate::core::diff::SnapRow;
 use std::cmp::Ordering;
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
@@ -35,6 +35,7 @@ impl Cursor {
         match self {
             Cursor::Memory { run, next } => match run.sorted_at(*next) {
                 Some(at) => {
+                    run.prefetch(*next + PREFETCH_AHEAD);
                     *next += 1;
                     rec.extend_from_slice(run.record(at));
                     Ok(true)

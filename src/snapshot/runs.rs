@@ -33,6 +33,9 @@ use std::time::Instant;
 /// Rows per batch between the reading and the sorting thread.
 pub(super) const BATCH_ROWS: usize = 1024;
 pub(super) const HEADER: usize = 36;
+/// How many records ahead of a reader in sorted order an arena's records are prefetched:
+/// enough to cover a trip to memory at a merge's pace (~100 ns a record).
+pub(super) const PREFETCH_AHEAD: usize = 16;
 
 /// Where a thread's time goes, step by step: kept only when debug logs are on
 /// (`BATCHSYNC_LOG=batchsync::snapshot=debug`), for docs/BENCHMARKS.md.
@@ -361,6 +364,27 @@ impl Run {
         self.entries.get(i).map(|e| e.at)
     }
 
+    /// Asks the CPU to bring the `i`th record in sorted order into its cache (a spill and the
+    /// merge ask [`PREFETCH_AHEAD`] records ahead). The merge reads a
+    /// run in sorted order, a random order in the arena: without this it waits on memory at
+    /// nearly every record (measured: a tenth of a second run's CPU, on the merging thread).
+    #[inline]
+    pub(super) fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(e) = self.entries.get(i) {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let record = &self.data[e.at..];
+            // A record of up to 64 bytes may span two cache lines.
+            for line in [0, 63.min(record.len() - 1)] {
+                // SAFETY: a prefetch is a hint to the cache: it reads nothing into the program
+                // and cannot fault, and the address is inside the arena anyway.
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(record[line..].as_ptr().cast::<i8>()) }
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
     fn sort(&mut self) {
         radix_sort(&mut self.entries, &mut self.scratch);
         let data = &self.data;
@@ -390,7 +414,8 @@ impl Run {
         let mut file = tempfile::tempfile_in(dir)?;
         {
             let mut w = BufWriter::with_capacity(1 << 20, &mut file);
-            for e in &self.entries {
+            for (i, e) in self.entries.iter().enumerate() {
+                self.prefetch(i + PREFETCH_AHEAD);
                 w.write_all(self.record(e.at))?;
             }
             w.flush()?;
