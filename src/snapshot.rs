@@ -968,7 +968,7 @@ mod tests {
                 payload,
                 at: None,
                 line,
-                bad,
+                bad: bad.map(Box::new),
             });
         }
         rows.sort_by(|a, b| a.key.cmp(&b.key).then(a.line.cmp(&b.line)));

@@ -279,7 +279,7 @@ pub(super) fn row(h: &Header, body: &[u8]) -> io::Result<SnapRow> {
         bad: if h.bad == 0 {
             None
         } else {
-            Some(decode_reject(&bad[..h.bad])?)
+            Some(Box::new(decode_reject(&bad[..h.bad])?))
         },
     })
 }

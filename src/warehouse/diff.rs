@@ -450,7 +450,7 @@ impl SqlDiff {
             at: None,
             // No line: the database's rows have none (rejects keep null).
             line: 0,
-            bad,
+            bad: bad.map(Box::new),
         };
         let delta = if row.bad.is_some() {
             Delta::Bad { row, in_baseline }
