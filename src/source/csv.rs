@@ -460,42 +460,7 @@ impl CsvSource {
 
     /// The current record's cells (one per plan column), and where it came from.
     fn cells(&self, cells: &mut Vec<Cell>) -> Read {
-        let r = &self.records;
-        let bad = (r.fields.len() != self.width).then(|| {
-            format!(
-                "{} fields where the header has {}",
-                r.fields.len(),
-                self.width
-            )
-        });
-        // One UTF-8 check for the whole record; a field is checked alone only when that fails.
-        let bytes = r.bytes();
-        let end = r.fields.last().map_or(0, |f| f.1);
-        let text = std::str::from_utf8(&bytes[..end]).ok();
-        for (i, &p) in self.positions.iter().enumerate() {
-            let Some(&(a, b)) = r.fields.get(p) else {
-                set(cells, i, Cell::Invalid("missing field".into()));
-                continue;
-            };
-            match text
-                .and_then(|t| t.get(a..b))
-                .map(Ok)
-                .unwrap_or_else(|| std::str::from_utf8(&bytes[a..b]))
-            {
-                Ok(s) => set_text(cells, i, s),
-                Err(e) => set(
-                    cells,
-                    i,
-                    Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
-                ),
-            }
-        }
-        cells.truncate(self.positions.len());
-        Read {
-            line: r.record_line,
-            bad,
-            at: Some(r.record_at),
-        }
+        record_cells(&self.records, &self.positions, self.width, cells)
     }
 
     /// `[source] require_final_newline` (true unless set).
@@ -518,6 +483,46 @@ impl CsvSource {
             return Err(cut("the file does not end with a line end: its last line may be cut short. If the file is complete, end it with a newline, or set [source] require_final_newline = false"));
         }
         self.stamp.check(&self.path, self.last_line)
+    }
+}
+
+/// A record's cells (one per plan column, `positions` in the record's fields of which the
+/// header has `width`), and where it came from.
+fn record_cells<R: std::io::Read>(
+    r: &Records<R>,
+    positions: &[usize],
+    width: usize,
+    cells: &mut Vec<Cell>,
+) -> Read {
+    let bad = (r.fields.len() != width)
+        .then(|| format!("{} fields where the header has {}", r.fields.len(), width));
+    // One UTF-8 check for the whole record; a field is checked alone only when that fails.
+    let bytes = r.bytes();
+    let end = r.fields.last().map_or(0, |f| f.1);
+    let text = std::str::from_utf8(&bytes[..end]).ok();
+    for (i, &p) in positions.iter().enumerate() {
+        let Some(&(a, b)) = r.fields.get(p) else {
+            set(cells, i, Cell::Invalid("missing field".into()));
+            continue;
+        };
+        match text
+            .and_then(|t| t.get(a..b))
+            .map(Ok)
+            .unwrap_or_else(|| std::str::from_utf8(&bytes[a..b]))
+        {
+            Ok(s) => set_text(cells, i, s),
+            Err(e) => set(
+                cells,
+                i,
+                Cell::Invalid(format!("invalid UTF-8 at byte {}", e.valid_up_to())),
+            ),
+        }
+    }
+    cells.truncate(positions.len());
+    Read {
+        line: r.record_line,
+        bad,
+        at: Some(r.record_at),
     }
 }
 
@@ -592,18 +597,14 @@ impl Source for CsvSource {
     }
 
     fn refetch(&self) -> Option<Box<dyn super::Refetch>> {
-        let input = File::open(&self.path).ok()?;
-        Some(Box::new(CsvRefetch(CsvSource {
+        let file = File::open(&self.path).ok()?;
+        let input = Positioned { file, at: 0 };
+        Some(Box::new(CsvRefetch {
             path: self.path.clone(),
             records: Records::new(input, self.records.delimiter, REFETCH_BUFFER),
             positions: self.positions.clone(),
             width: self.width,
-            last_line: 1,
-            require_final_newline: false,
-            stamp: self.stamp.clone(),
-            role: Role::Whole,
-            split_from: u64::MAX,
-        })))
+        }))
     }
 
     fn split(&mut self) -> Option<Tail> {
@@ -644,37 +645,51 @@ impl Source for CsvSource {
 }
 
 /// The refetching reader's buffer: one record and a little more, not the 1 MB of a read.
-const REFETCH_BUFFER: usize = 4 << 10;
+pub(crate) const REFETCH_BUFFER: usize = 512;
+
+/// A file read from a position of its own with `pread`: moving to a row costs no system call,
+/// and reading it one.
+struct Positioned {
+    file: File,
+    at: u64,
+}
+
+impl std::io::Read for Positioned {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
 
 /// A CSV file's rows read again by where they began (`Source::refetch`).
-struct CsvRefetch(CsvSource);
+struct CsvRefetch {
+    path: PathBuf,
+    records: Records<Positioned>,
+    positions: Vec<usize>,
+    width: usize,
+}
 
 impl super::Refetch for CsvRefetch {
     fn row_at(&mut self, at: u64, line: u64, cells: &mut Vec<Cell>) -> Result<Read, SourceError> {
-        let s = &mut self.0;
-        let what = || s.path.display().to_string();
-        let r = &mut s.records;
-        r.input
-            .seek(SeekFrom::Start(at))
-            .map_err(|e| SourceError::Io {
-                what: what(),
-                message: format!("cannot seek to byte {at} to read line {line} again: {e}"),
-            })?;
+        let r = &mut self.records;
+        r.input.at = at;
         (r.base, r.pos, r.len, r.eof, r.last_byte) = (at, 0, 0, false, None);
         (r.line, r.stop_at, r.stopped, r.open_quote) = (line, u64::MAX, false, false);
         let more = r.next_record().map_err(|e| SourceError::Structure {
-            what: what(),
+            what: self.path.display().to_string(),
             line,
             message: format!("cannot read the row again: {e}"),
         })?;
         if !more || r.record_at != at || r.record_line != line || r.open_quote {
-            return Err(super::changed(&what(), line));
+            return Err(super::changed(&self.describe(), line));
         }
-        Ok(s.cells(cells))
+        Ok(record_cells(r, &self.positions, self.width, cells))
     }
 
     fn describe(&self) -> String {
-        self.0.describe()
+        self.path.display().to_string()
     }
 }
 

@@ -260,7 +260,7 @@ impl Source for NdjsonSource {
         let input = File::open(&self.path).ok()?;
         Some(Box::new(NdjsonRefetch(NdjsonSource {
             path: self.path.clone(),
-            reader: BufReader::with_capacity(4 << 10, input),
+            reader: BufReader::with_capacity(super::csv::REFETCH_BUFFER, input),
             columns: self.columns.clone(),
             seen: vec![false; self.columns.len()],
             line: 0,
