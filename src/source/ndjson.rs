@@ -95,14 +95,20 @@ impl NdjsonSource {
         let Some((offset, line)) = split.start_tail(&self.path, false)? else {
             return Ok(false);
         };
+        self.go_to(offset, line)?;
+        Ok(true)
+    }
+
+    /// Puts the reader at byte `offset`, the start of line `line`.
+    fn go_to(&mut self, offset: u64, line: u64) -> Result<(), SourceError> {
         self.reader
             .seek(SeekFrom::Start(offset))
             .map_err(|e| SourceError::Io {
                 what: self.path.display().to_string(),
-                message: format!("cannot seek: {e}"),
+                message: format!("cannot seek to byte {offset} (line {line}): {e}"),
             })?;
         (self.offset, self.line) = (offset, line - 1);
-        Ok(true)
+        Ok(())
     }
 
     /// `[source] require_final_newline` (true unless set).
@@ -314,13 +320,7 @@ struct NdjsonRefetch(NdjsonSource);
 impl super::Refetch for NdjsonRefetch {
     fn row_at(&mut self, at: u64, line: u64, cells: &mut Vec<Cell>) -> Result<Read, SourceError> {
         let s = &mut self.0;
-        s.reader
-            .seek(SeekFrom::Start(at))
-            .map_err(|e| SourceError::Io {
-                what: s.path.display().to_string(),
-                message: format!("cannot seek to byte {at} to read line {line} again: {e}"),
-            })?;
-        (s.offset, s.line) = (at, line - 1);
+        s.go_to(at, line)?;
         match s.next_row(cells)? {
             Some(read) if read.line == line && read.at == Some(at) => Ok(read),
             _ => Err(super::changed(&s.describe(), line)),
