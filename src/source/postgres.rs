@@ -1211,7 +1211,7 @@ pub(crate) fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>)
         return db_message(db);
     }
     let mut m = crate::errors::chain(e);
-    let ended = lost.and_then(|l| l.lock().ok().and_then(|slot| slot.clone()));
+    let ended = lost.and_then(|l| ended_with(l, e.is_closed()));
     if let Some(ended) = ended {
         if !m.contains(&ended) {
             m.push_str(&format!(" ({ended})"));
@@ -1219,6 +1219,27 @@ pub(crate) fn message(e: &tokio_postgres::Error, lost: Option<&ConnectionError>)
     }
     m
 }
+
+/// How the connection ended, as its task recorded it. A request can fail with "connection
+/// closed" a moment before the task, on the runtime's thread, writes why: for such an error
+/// this waits up to [`REASON_WAIT`] for the reason (an error path only; a task that never
+/// writes one, a connection that ended cleanly, costs that wait once).
+fn ended_with(lost: &ConnectionError, closed: bool) -> Option<String> {
+    let read = || lost.lock().ok().and_then(|slot| slot.clone());
+    let t0 = std::time::Instant::now();
+    loop {
+        match read() {
+            Some(reason) => return Some(reason),
+            None if closed && t0.elapsed() < REASON_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(2))
+            }
+            None => return None,
+        }
+    }
+}
+
+/// The longest [`ended_with`] waits for a closed connection's reason.
+const REASON_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 
 fn db_message(db: &DbError) -> String {
     let mut m = format!(
