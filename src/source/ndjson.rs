@@ -111,6 +111,26 @@ impl NdjsonSource {
         Ok(())
     }
 
+    /// A second reader of the same file, from its start, with a buffer of `capacity` bytes.
+    fn second(&self, capacity: usize, role: Role) -> Option<NdjsonSource> {
+        let input = File::open(&self.path).ok()?;
+        Some(NdjsonSource {
+            path: self.path.clone(),
+            reader: BufReader::with_capacity(capacity, input),
+            columns: self.columns.clone(),
+            seen: vec![false; self.columns.len()],
+            line: 0,
+            buf: Vec::new(),
+            rows: 0,
+            slots: Vec::new(),
+            require_final_newline: self.require_final_newline,
+            stamp: self.stamp.clone(),
+            offset: 0,
+            role,
+            split_from: self.split_from,
+        })
+    }
+
     /// `[source] require_final_newline` (true unless set).
     pub fn require_final_newline(mut self, require: bool) -> NdjsonSource {
         self.require_final_newline = require;
@@ -263,22 +283,8 @@ impl Source for NdjsonSource {
     }
 
     fn refetch(&self) -> Option<Box<dyn super::Refetch>> {
-        let input = File::open(&self.path).ok()?;
-        Some(Box::new(NdjsonRefetch(NdjsonSource {
-            path: self.path.clone(),
-            reader: BufReader::with_capacity(super::csv::REFETCH_BUFFER, input),
-            columns: self.columns.clone(),
-            seen: vec![false; self.columns.len()],
-            line: 0,
-            buf: Vec::new(),
-            rows: 0,
-            slots: Vec::new(),
-            require_final_newline: false,
-            stamp: self.stamp.clone(),
-            offset: 0,
-            role: Role::Whole,
-            split_from: u64::MAX,
-        })))
+        let reader = self.second(super::csv::REFETCH_BUFFER, Role::Whole)?;
+        Some(Box::new(NdjsonRefetch(reader)))
     }
 
     fn split(&mut self) -> Option<Tail> {
@@ -287,28 +293,14 @@ impl Source for NdjsonSource {
             return None;
         }
         let mid = len / 2;
-        let input = File::open(&self.path).ok()?;
         let split = Split::new(mid);
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let tail = NdjsonSource {
-            path: self.path.clone(),
-            reader: BufReader::with_capacity(1 << 20, input),
-            columns: self.columns.clone(),
-            seen: vec![false; self.columns.len()],
-            line: 0,
-            buf: Vec::new(),
-            rows: 0,
-            slots: Vec::new(),
-            require_final_newline: self.require_final_newline,
-            stamp: self.stamp.clone(),
-            offset: 0,
-            role: Role::Tail {
-                split: split.clone(),
-                reading: None,
-                out: seen.clone(),
-            },
-            split_from: self.split_from,
+        let role = Role::Tail {
+            split: split.clone(),
+            reading: None,
+            out: seen.clone(),
         };
+        let tail = self.second(1 << 20, role)?;
         self.role = Role::Head { mid, tail: seen };
         Some(split.tail(Box::new(tail)))
     }
