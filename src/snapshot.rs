@@ -643,7 +643,8 @@ impl PayloadEncoder {
 pub struct Refetcher {
     source: Box<dyn crate::source::Refetch>,
     enc: cells::RowEncoder,
-    hashing: runs::Hashing,
+    /// The row hash (recipe 2), as the snapshot computed it.
+    hasher: crate::core::encode::RowHasher,
     profile: cells::ProfileHash,
     has_key: bool,
     cells: Vec<crate::core::value::Cell>,
@@ -662,7 +663,7 @@ impl Refetcher {
         Refetcher {
             source,
             enc: cells::RowEncoder::new(plan, tz),
-            hashing,
+            hasher: hashing.row,
             profile: if plan.has_profile() {
                 cells::ProfileHash::new(plan)
             } else {
@@ -687,8 +688,7 @@ impl Refetcher {
         let typed = self.enc.row(&mut self.cells, &mut self.buf);
         let input = self.buf.len();
         let hash = self
-            .hashing
-            .row
+            .hasher
             .hash(&self.buf[..self.enc.hashed_len() as usize]);
         let profile = row
             .profile

@@ -458,11 +458,6 @@ impl CsvSource {
         false
     }
 
-    /// The current record's cells (one per plan column), and where it came from.
-    fn cells(&self, cells: &mut Vec<Cell>) -> Read {
-        record_cells(&self.records, &self.positions, self.width, cells)
-    }
-
     /// `[source] require_final_newline` (true unless set).
     pub fn require_final_newline(mut self, require: bool) -> CsvSource {
         self.require_final_newline = require;
@@ -589,7 +584,12 @@ impl Source for CsvSource {
             return Ok(None);
         }
         self.last_line = self.records.record_line;
-        Ok(Some(self.cells(cells)))
+        Ok(Some(record_cells(
+            &self.records,
+            &self.positions,
+            self.width,
+            cells,
+        )))
     }
 
     fn describe(&self) -> String {
