@@ -234,7 +234,7 @@ fn diff(s: &Settings) -> Res<Timed> {
     let snap = take(s, dir.path())?;
     let rows = snap.rows;
     let a = Apply::for_run(s, false, s.sync.initial, !snap.loose.is_empty());
-    let mut engine = LocalDiff::new(snap, store.baseline_iter());
+    let mut engine = LocalDiff::new(snap, Some(store.baseline_iter()));
     pipeline::diff::apply(&mut engine, &a, &mut Nothing, &StopFlag::default())?;
     Ok(Timed {
         ms: since(t),
@@ -266,7 +266,7 @@ fn write(s: &Settings) -> Res<Timed> {
     let a = Apply::for_run(s, first_run, s.sync.initial, !snap.loose.is_empty());
     let reader = store.reader()?;
     let mut writer = store.begin_run(&batchsync::store::now_rfc3339(), None, "bench")?;
-    let mut engine = LocalDiff::new(snap, reader.baseline_iter());
+    let mut engine = LocalDiff::new(snap, Some(reader.baseline_iter()));
     let diffed = pipeline::diff::apply(&mut engine, &a, &mut writer, &StopFlag::default())?;
     let ms = since(t);
     let t = Instant::now();

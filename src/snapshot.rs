@@ -37,6 +37,7 @@ use crate::core::encode::RowHash;
 use crate::core::mapping::{ColumnPlan, Reject};
 use crate::source::{Source, SourceError};
 use chrono_tz::Tz;
+pub use merge::{Record, Rows};
 use runs::{Batch, Pending, BATCH_ROWS};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -297,7 +298,7 @@ impl Snapshot {
     }
 
     /// The rows, sorted by key then line.
-    pub fn into_sorted(self) -> Box<dyn Iterator<Item = Result<SnapRow, std::io::Error>>> {
+    pub fn into_sorted(self) -> Rows {
         merge::into_rows(self.sorted, self.late_profile)
     }
 }
@@ -1415,6 +1416,57 @@ mod tests {
                 let good = kept.iter().filter(|r| r.bad.is_none()).count() as u64;
                 assert_eq!(refetch.rows, good, "{at}");
             }
+        }
+    }
+
+    #[test]
+    fn merged_records_tell_whether_their_key_is_shared_across_batch_borders() {
+        // Keys 0..20000 three times each, then 40000 keys once: the groups span many 256 KB
+        // batches, whose borders would fall inside some of them.
+        let mut csv = String::from("id,email,amount\n");
+        for i in 0..100_000usize {
+            let id = if i < 60_000 { i / 3 } else { i };
+            let amount = if i % 1001 == 7 { "lots" } else { "1.5" };
+            csv.push_str(&format!("{id},u{i}@x.test,{amount}\n"));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("rows.csv");
+        std::fs::write(&file, csv).unwrap();
+        let cols = plan().columns.clone();
+        for budget in [usize::MAX, 200_000] {
+            let mut src = crate::source::csv::CsvSource::open(&file, b',', &cols)
+                .unwrap()
+                .split_from(1);
+            let opts = Options {
+                on_bad_row: OnBadRow::Reject,
+                spill_dir: dir.path(),
+                budget,
+                payloads: Payloads::Refetch,
+                lazy_profiles: false,
+                upgrade: false,
+            };
+            let snap = Snapshot::take_with(&mut src, &plan(), chrono_tz::UTC, opts, |_| {
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            let mut rows = snap.into_sorted();
+            let mut seen = 0usize;
+            while let Some(rec) = rows.peek() {
+                let rec = rec.unwrap();
+                let (shared, plain) = (rec.shared(), rec.plain());
+                let row = rec.to_row().unwrap();
+                let line = row.line;
+                // Line 2 is row 0.
+                assert_eq!(shared, line - 2 < 60_000, "budget {budget}: line {line}");
+                assert_eq!(
+                    plain,
+                    !shared && row.bad.is_none(),
+                    "budget {budget}: line {line}"
+                );
+                rows.advance();
+                seen += 1;
+            }
+            assert_eq!(seen, 100_000, "budget {budget}");
         }
     }
 

@@ -192,6 +192,15 @@ pub trait Sink {
     fn tombstone(&mut self, key: &[u8], hash: RowHash) -> std::result::Result<(), Self::Error>;
     /// The baseline's entry for this key stays as it was.
     fn keep(&mut self, base: &BaseRow) -> std::result::Result<(), Self::Error>;
+    /// Whether every entry kept as it was must be told to [`Sink::keep`] (a commit writing a
+    /// whole new base), or a count of the unchanged ones will do ([`Sink::kept`]).
+    fn keeps_each(&self) -> bool {
+        true
+    }
+    /// This many present entries stayed as they were without being told one by one.
+    fn kept(&mut self, _present: u64) -> std::result::Result<(), Self::Error> {
+        Ok(())
+    }
     /// One row's operation: its event, its profile attributes, or both.
     fn send(&mut self, op: &Operation, row: RowRef) -> std::result::Result<(), Self::Error>;
     fn reject(&mut self, at: Rejected<'_>, reject: &Reject)

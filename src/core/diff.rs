@@ -3,15 +3,17 @@
 //! Invariants:
 //! - Inputs are sorted by key (the snapshot by key then source line); the merge never buffers
 //!   more than the rows that share one key, so memory does not grow with the segment.
-//! - Each key of either side yields exactly one [`Delta`].
+//! - Each key of either side yields exactly one [`Delta`], except an unchanged key the caller
+//!   asked to have passed over and counted ([`Merge::settle_unchanged`]): the rule that decides
+//!   it ([`unchanged`]) is the one that would have yielded [`Delta::Unchanged`].
 //! - A key that a bad row or several rows share never counts as removed: the baseline keeps
 //!   its entry and the rows are rejected (DESIGN.md, step 5).
-//! - Pure: no I/O; the caller feeds the iterators and applies the deltas.
+//! - Pure: no I/O; the caller feeds the cursors ([`SnapCursor`], [`BaseCursor`], or iterators
+//!   through [`merge`]) and applies the deltas.
 
 use super::encode::RowHash;
 use super::mapping::Reject;
 use std::cmp::Ordering;
-use std::iter::Peekable;
 
 /// One row of the new snapshot.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,6 +46,26 @@ pub struct BaseRow {
     pub present: bool,
     /// The profile hash of the attributes last sent (or recorded) for this row, if any.
     pub profile: Option<RowHash>,
+}
+
+/// A baseline entry read in place (its key borrowed from the page it sits in).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BaseRef<'a> {
+    pub key: &'a [u8],
+    pub hash: RowHash,
+    pub present: bool,
+    pub profile: Option<RowHash>,
+}
+
+impl BaseRef<'_> {
+    pub fn to_row(&self) -> BaseRow {
+        BaseRow {
+            key: self.key.to_vec(),
+            hash: self.hash,
+            present: self.present,
+            profile: self.profile,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -105,26 +127,85 @@ impl Delta {
     }
 }
 
-/// The merge, as an iterator of deltas in key order.
-pub struct Merge<S: Iterator, B: Iterator> {
-    snap: Peekable<S>,
-    base: Peekable<B>,
-    lazy_profiles: bool,
+/// A row of the snapshot read in place, before it is taken whole.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapPeek<'a> {
+    pub key: &'a [u8],
+    pub hash: RowHash,
+    pub profile: Option<RowHash>,
+    /// Another row shares its key (the rows of a key are next to each other).
+    pub shared: bool,
+    /// The only row of its key, read and typed without error, hashed under the store's recipe
+    /// (no `old_hash`): its delta is decided by the baseline entry alone.
+    pub plain: bool,
 }
 
-pub fn merge<S, B, E>(snap: S, base: B) -> Merge<S, B>
+/// The snapshot's side of the merge: rows in (key, line) order, each seen in place first.
+/// An error ends the merge: after one, the cursor need not go on.
+pub trait SnapCursor {
+    type Error;
+    /// The row under the cursor; `None` past the last.
+    fn peek(&mut self) -> Option<Result<SnapPeek<'_>, Self::Error>>;
+    /// The row under the cursor, whole; the cursor moves past it.
+    fn take(&mut self) -> Result<SnapRow, Self::Error>;
+    /// Moves past the row under the cursor without making it a row.
+    fn skip(&mut self);
+}
+
+/// The baseline's side of the merge: entries in key order, each seen in place first.
+pub trait BaseCursor {
+    type Error;
+    /// The entry under the cursor; `None` past the last.
+    fn peek(&mut self) -> Option<Result<BaseRef<'_>, Self::Error>>;
+    /// Moves past the entry under the cursor.
+    fn skip(&mut self) -> Result<(), Self::Error>;
+}
+
+/// The merge, as deltas in key order, each with the baseline entry it met.
+pub struct Merge<S, B> {
+    snap: S,
+    base: B,
+    lazy_profiles: bool,
+    /// At most this many unchanged keys passed over in a row (0: none).
+    settle: u64,
+    settled: u64,
+}
+
+/// The merge of two cursors.
+pub fn merge_cursors<S, B>(snap: S, base: B) -> Merge<S, B>
+where
+    S: SnapCursor,
+    B: BaseCursor<Error = S::Error>,
+{
+    Merge {
+        snap,
+        base,
+        lazy_profiles: false,
+        settle: 0,
+        settled: 0,
+    }
+}
+
+/// The merge of rows and entries held whole (iterators in key order).
+pub fn merge<S, B, E>(snap: S, base: B) -> Merge<RowsOf<S>, EntriesOf<B>>
 where
     S: Iterator<Item = Result<SnapRow, E>>,
     B: Iterator<Item = Result<BaseRow, E>>,
 {
-    Merge {
-        snap: snap.peekable(),
-        base: base.peekable(),
-        lazy_profiles: false,
-    }
+    merge_cursors(
+        RowsOf {
+            iter: snap,
+            head: None,
+            next: None,
+        },
+        EntriesOf {
+            iter: base,
+            head: None,
+        },
+    )
 }
 
-impl<S: Iterator, B: Iterator> Merge<S, B> {
+impl<S, B> Merge<S, B> {
     /// The snapshot's rows carry no profile hash where the row hash settles it (every profile
     /// attribute is an event column, and the baseline's profile hashes are the current
     /// mapping's): an unchanged row keeps its entry's, and only an entry that has none yet
@@ -133,37 +214,84 @@ impl<S: Iterator, B: Iterator> Merge<S, B> {
         self.lazy_profiles = on;
         self
     }
+
+    /// A key that would be a [`Delta::Unchanged`] is passed over and counted
+    /// ([`Merge::settled`]) rather than yielded, its row and entry never made whole; at most
+    /// `in_a_row` keys in one call, after which the next is yielded as it would be, so that the
+    /// caller gets control back (to see a stop) however long the segment. 0: none.
+    pub fn settle_unchanged(&mut self, in_a_row: u64) {
+        self.settle = in_a_row;
+    }
+
+    /// The unchanged keys passed over so far.
+    pub fn settled(&self) -> u64 {
+        self.settled
+    }
 }
 
 impl<S, B, E> Merge<S, B>
 where
-    S: Iterator<Item = Result<SnapRow, E>>,
-    B: Iterator<Item = Result<BaseRow, E>>,
+    S: SnapCursor<Error = E>,
+    B: BaseCursor<Error = E>,
 {
     /// The next delta with the baseline entry it met, if any. A run that writes a new base
     /// (a compaction) needs that entry to keep it when the delta leaves it as it was.
     pub fn next_with_base(&mut self) -> Option<Result<(Delta, Option<BaseRow>), E>> {
-        // Surface errors from either side first.
-        if matches!(self.snap.peek(), Some(Err(_))) {
-            return self.snap.next().map(|r| r.map(|_| unreachable!()));
+        let mut in_a_row = 0;
+        loop {
+            let snap = match self.snap.peek() {
+                Some(Err(e)) => return Some(Err(e)),
+                other => other.map(|r| r.ok().expect("errors returned above")),
+            };
+            let base = match self.base.peek() {
+                Some(Err(e)) => return Some(Err(e)),
+                other => other.map(|r| r.ok().expect("errors returned above")),
+            };
+            let order = match (&snap, &base) {
+                (None, None) => return None,
+                (Some(_), None) => Ordering::Less,
+                (None, Some(_)) => Ordering::Greater,
+                (Some(s), Some(b)) => s.key.cmp(b.key),
+            };
+            let shared = snap.is_some_and(|s| s.shared);
+            let settles = match (&snap, &base) {
+                (Some(s), Some(b)) if in_a_row < self.settle && order.is_eq() && s.plain => {
+                    unchanged(
+                        (s.hash, s.profile),
+                        (b.hash, b.present, b.profile),
+                        self.lazy_profiles,
+                    )
+                }
+                _ => false,
+            };
+            if settles {
+                in_a_row += 1;
+                self.settled += 1;
+                self.snap.skip();
+                if let Err(e) = self.base.skip() {
+                    return Some(Err(e));
+                }
+                continue;
+            }
+            let base = base.filter(|_| order.is_ge()).map(|b| b.to_row());
+            if base.is_some() {
+                if let Err(e) = self.base.skip() {
+                    return Some(Err(e));
+                }
+            }
+            return Some(self.key_delta(order, base, shared));
         }
-        if matches!(self.base.peek(), Some(Err(_))) {
-            return self.base.next().map(|r| r.map(|_| unreachable!()));
-        }
-        let order = match (self.snap.peek(), self.base.peek()) {
-            (None, None) => return None,
-            (Some(Ok(_)), None) => Ordering::Less,
-            (None, Some(Ok(_))) => Ordering::Greater,
-            (Some(Ok(s)), Some(Ok(b))) => s.key.cmp(&b.key),
-            _ => unreachable!("errors handled above"),
-        };
-        let base = match order {
-            Ordering::Less => None,
-            _ => match self.base.next() {
-                Some(Ok(b)) => Some(b),
-                _ => unreachable!("peeked Ok"),
-            },
-        };
+    }
+
+    /// The delta of the key under the cursors: the snapshot's (`Less`), the baseline's
+    /// (`Greater`, its entry taken) or both's (`Equal`); `shared`: the snapshot has several
+    /// rows of it.
+    fn key_delta(
+        &mut self,
+        order: Ordering,
+        base: Option<BaseRow>,
+        shared: bool,
+    ) -> Result<(Delta, Option<BaseRow>), E> {
         if order == Ordering::Greater {
             let b = base.expect("taken");
             let delta = if b.present {
@@ -174,29 +302,27 @@ where
             } else {
                 Delta::Absent { key: b.key.clone() }
             };
-            return Some(Ok((delta, Some(b))));
+            return Ok((delta, Some(b)));
         }
         // Take every snapshot row that shares this key.
-        let first = match self.snap.next() {
-            Some(Ok(s)) => s,
-            _ => unreachable!("peeked Ok"),
-        };
+        let first = self.snap.take()?;
         let present = base.as_ref().is_some_and(|b| b.present);
         // A group is allocated only for a key seen twice: one row is the rule.
-        let duplicate = matches!(self.snap.peek(), Some(Ok(next)) if next.key == first.key);
-        let delta = if duplicate {
-            let mut rows = vec![first];
-            while let Some(Ok(next)) = self.snap.peek() {
-                if next.key != rows[0].key {
-                    break;
+        let mut more: Vec<SnapRow> = Vec::new();
+        if shared {
+            loop {
+                match self.snap.peek() {
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(next)) if next.key == first.key.as_slice() => {}
+                    _ => break,
                 }
-                match self.snap.next() {
-                    Some(Ok(s)) => rows.push(s),
-                    _ => unreachable!("peeked Ok"),
-                }
+                more.push(self.snap.take()?);
             }
+        }
+        let delta = if !more.is_empty() {
+            more.insert(0, first);
             Delta::Duplicate {
-                rows,
+                rows: more,
                 in_baseline: present,
             }
         } else {
@@ -220,22 +346,136 @@ where
                 }
                 Some(b) if self.lazy_profiles && b.profile.is_none() => Delta::Profile { row },
                 Some(_) if row.old_hash.is_some() => Delta::Rehashed { row },
-                Some(_) => Delta::Unchanged { key: row.key },
+                Some(b) => {
+                    debug_assert!(unchanged(
+                        (row.hash, row.profile),
+                        (b.hash, b.present, b.profile),
+                        self.lazy_profiles
+                    ));
+                    Delta::Unchanged { key: row.key }
+                }
             }
         };
-        Some(Ok((delta, base)))
+        Ok((delta, base))
     }
+}
+
+/// Whether a key's one row, good and hashed under the store's recipe (no `old_hash`), and the
+/// baseline entry of the same key make a [`Delta::Unchanged`]: the rule [`Merge`] ends with,
+/// and the one it settles a key by in place (`Merge::settle_unchanged`). `row`: its hash and
+/// profile hash; `base`: the entry's hash, presence and profile hash; `lazy`: as
+/// [`Merge::lazy_profiles`].
+pub fn unchanged(
+    (hash, profile): (RowHash, Option<RowHash>),
+    (base_hash, present, base_profile): (RowHash, bool, Option<RowHash>),
+    lazy: bool,
+) -> bool {
+    present
+        && hash == base_hash
+        && (profile.is_none() || profile == base_profile)
+        && !(lazy && base_profile.is_none())
 }
 
 impl<S, B, E> Iterator for Merge<S, B>
 where
-    S: Iterator<Item = Result<SnapRow, E>>,
-    B: Iterator<Item = Result<BaseRow, E>>,
+    S: SnapCursor<Error = E>,
+    B: BaseCursor<Error = E>,
 {
     type Item = Result<Delta, E>;
 
     fn next(&mut self) -> Option<Self::Item> {
         self.next_with_base().map(|r| r.map(|(d, _)| d))
+    }
+}
+
+/// Rows held whole, as a snapshot cursor: one row of look-ahead tells whether a row is the
+/// only one of its key.
+pub struct RowsOf<I: Iterator> {
+    iter: I,
+    head: Option<I::Item>,
+    next: Option<I::Item>,
+}
+
+impl<I, E> RowsOf<I>
+where
+    I: Iterator<Item = Result<SnapRow, E>>,
+{
+    fn fill(&mut self) {
+        if self.head.is_none() {
+            self.head = self.next.take().or_else(|| self.iter.next());
+        }
+        if self.next.is_none() && matches!(self.head, Some(Ok(_))) {
+            self.next = self.iter.next();
+        }
+    }
+}
+
+impl<I, E> SnapCursor for RowsOf<I>
+where
+    I: Iterator<Item = Result<SnapRow, E>>,
+{
+    type Error = E;
+
+    fn peek(&mut self) -> Option<Result<SnapPeek<'_>, E>> {
+        self.fill();
+        if matches!(self.head, Some(Err(_))) {
+            return self.head.take().map(|r| r.map(|_| unreachable!()));
+        }
+        let Some(Ok(row)) = &self.head else {
+            return None;
+        };
+        let shared = matches!(&self.next, Some(Ok(n)) if n.key == row.key);
+        Some(Ok(SnapPeek {
+            key: &row.key,
+            hash: row.hash,
+            profile: row.profile,
+            shared,
+            plain: !shared && row.bad.is_none() && row.old_hash.is_none(),
+        }))
+    }
+
+    fn take(&mut self) -> Result<SnapRow, E> {
+        self.fill();
+        self.head.take().expect("a row under the cursor")
+    }
+
+    fn skip(&mut self) {
+        self.head = None;
+    }
+}
+
+/// Entries held whole, as a baseline cursor.
+pub struct EntriesOf<I> {
+    iter: I,
+    head: Option<BaseRow>,
+}
+
+impl<I, E> BaseCursor for EntriesOf<I>
+where
+    I: Iterator<Item = Result<BaseRow, E>>,
+{
+    type Error = E;
+
+    fn peek(&mut self) -> Option<Result<BaseRef<'_>, E>> {
+        if self.head.is_none() {
+            match self.iter.next()? {
+                Ok(b) => self.head = Some(b),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        self.head.as_ref().map(|b| {
+            Ok(BaseRef {
+                key: &b.key,
+                hash: b.hash,
+                present: b.present,
+                profile: b.profile,
+            })
+        })
+    }
+
+    fn skip(&mut self) -> Result<(), E> {
+        self.head = None;
+        Ok(())
     }
 }
 
@@ -378,6 +618,47 @@ mod tests {
         row.hash = h(2);
         let d = deltas(vec![row], vec![base]);
         assert!(matches!(d[0], Delta::Changed { .. }), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn the_unchanged_rule_is_the_merges_for_every_pair_of_one_row_and_one_entry() {
+        let hashes = [None, Some(1), Some(2)];
+        for lazy in [false, true] {
+            for (hash, profile, base_profile) in hashes
+                .iter()
+                .flat_map(|&a| hashes.iter().flat_map(move |&b| hashes.map(|c| (a, b, c))))
+            {
+                let Some(hash) = hash else { continue };
+                for (base_hash, present) in [(1, true), (2, true), (1, false)] {
+                    let mut row = snap(7, hash, 1);
+                    row.profile = profile.map(h);
+                    let base = BaseRow {
+                        key: vec![7],
+                        hash: h(base_hash),
+                        present,
+                        profile: base_profile.map(h),
+                    };
+                    let delta = merge(
+                        vec![Ok::<_, ()>(row.clone())].into_iter(),
+                        vec![Ok(base.clone())].into_iter(),
+                    )
+                    .lazy_profiles(lazy)
+                    .next()
+                    .unwrap()
+                    .unwrap();
+                    let rule = unchanged(
+                        (row.hash, row.profile),
+                        (base.hash, base.present, base.profile),
+                        lazy,
+                    );
+                    assert_eq!(
+                        rule,
+                        matches!(delta, Delta::Unchanged { .. }),
+                        "{row:?} {base:?} lazy {lazy}: {delta:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
@@ -550,6 +831,64 @@ mod tests {
                 Delta::Rehashed { row } => (row.key, "rehashed"),
             }).collect();
             prop_assert_eq!(got, model(&s, &base));
+        }
+
+        /// Settling unchanged keys in place leaves every other delta as it was, with the
+        /// entry it met, in the same order; the keys settled are the unchanged ones.
+        #[test]
+        fn settling_unchanged_keys_passes_over_exactly_the_unchanged_deltas(
+            new in proptest::collection::vec((proptest::collection::vec(0u8..4, 0..3), 0u8..3, 0u8..4, 0u8..6), 0..40),
+            old in proptest::collection::btree_map(proptest::collection::vec(0u8..4, 0..3), (0u8..3, any::<bool>(), 0u8..4), 0..30),
+            lazy in any::<bool>(),
+            in_a_row in 1u64..4,
+        ) {
+            // A profile hash of 0 is none; a row with mark 0 is bad, with mark 1 carries an
+            // old hash (an upgrading run).
+            let p = |n: u8| (n > 0).then(|| h(n));
+            let mut s: Vec<SnapRow> = new.iter().enumerate()
+                .map(|(i, (k, hh, pp, mark))| SnapRow {
+                    key: k.clone(),
+                    hash: h(*hh),
+                    old_hash: (*mark == 1).then(|| h(*hh)),
+                    profile: p(*pp),
+                    payload: vec![],
+                    at: None,
+                    line: i as u64 + 1,
+                    bad: (*mark == 0).then(|| Box::new(Reject::new(None, "type", "x"))),
+                })
+                .collect();
+            s.sort_by(|a, b| (&a.key, a.line).cmp(&(&b.key, b.line)));
+            let b: Vec<BaseRow> = old.iter()
+                .map(|(k, (hh, present, pp))| BaseRow { key: k.clone(), hash: h(*hh), present: *present, profile: p(*pp) })
+                .collect();
+            let run = |settle: u64| {
+                let mut m = merge(s.clone().into_iter().map(Ok::<_, ()>), b.clone().into_iter().map(Ok)).lazy_profiles(lazy);
+                m.settle_unchanged(settle);
+                let steps: Vec<_> = std::iter::from_fn(|| m.next_with_base()).map(Result::unwrap).collect();
+                (steps, m.settled())
+            };
+            let is_unchanged = |(d, _): &(Delta, Option<BaseRow>)| matches!(d, Delta::Unchanged { .. });
+            let (all, none) = run(0);
+            prop_assert_eq!(none, 0);
+            let unchanged = all.iter().filter(|s| is_unchanged(s)).count() as u64;
+            let changed: Vec<_> = all.iter().filter(|s| !is_unchanged(s)).cloned().collect();
+            // With no bound, every unchanged key is passed over.
+            let (left, settled) = run(u64::MAX);
+            prop_assert_eq!(settled, unchanged);
+            prop_assert_eq!(&left, &changed);
+            // With a bound, an unchanged key past it since the last step is yielded.
+            let (left, settled) = run(in_a_row);
+            let (mut expected, mut since) = (Vec::new(), 0);
+            for step in &all {
+                if is_unchanged(step) && since < in_a_row {
+                    since += 1;
+                } else {
+                    expected.push(step.clone());
+                    since = 0;
+                }
+            }
+            prop_assert_eq!(settled + left.iter().filter(|s| is_unchanged(s)).count() as u64, unchanged);
+            prop_assert_eq!(left, expected);
         }
     }
 }

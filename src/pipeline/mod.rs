@@ -137,7 +137,7 @@ fn steps(
     // The baseline is read on a second connection while the run's transaction writes.
     let reader = run.store().reader()?;
     let sends = delta::Apply::for_run(settings, run.first_run()?, initial, false).sends();
-    let mut engine = diff::LocalDiff::new(snap, reader.baseline_iter()).reading_again(sends);
+    let mut engine = diff::LocalDiff::new(snap, Some(reader.baseline_iter())).reading_again(sends);
     let spin = ui.step("diffing against the baseline and committing");
     let committed = run.commit(&mut engine);
     spin.done();

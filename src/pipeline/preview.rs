@@ -85,6 +85,9 @@ impl Sink for Samples {
     fn keep(&mut self, _: &BaseRow) -> Result<(), Infallible> {
         Ok(())
     }
+    fn keeps_each(&self) -> bool {
+        false
+    }
     fn send(&mut self, op: &Operation, _: RowRef) -> Result<(), Infallible> {
         let sample = if op.event.is_some() {
             &mut self.events
@@ -150,8 +153,8 @@ pub fn plan(settings: &Settings, opts: &RunOptions, ui: &Ui) -> Result<PlanSumma
     let snap = diff::read_snapshot(settings, &stop, ui, (payloads, lazy, upgrade))?;
     let sends = Apply::for_run(settings, first_run, initial, false).sends();
     let engine = match &store {
-        Some(s) => LocalDiff::new(snap, s.baseline_iter()),
-        None => LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>()),
+        Some(s) => LocalDiff::new(snap, Some(s.baseline_iter())),
+        None => LocalDiff::new(snap, None),
     };
     let mut engine = engine.reading_again(sends);
     summarize(
@@ -252,7 +255,7 @@ pub fn check(settings: &Settings, ui: &Ui) -> Result<CheckSummary, RunError> {
     let stop = StopFlag::default();
     let snap = diff::read_snapshot(settings, &stop, ui, (Payloads::Keep, false, false))?;
     let source = snap.what.clone();
-    let mut engine = LocalDiff::new(snap, std::iter::empty::<Result<BaseRow, RunError>>());
+    let mut engine = LocalDiff::new(snap, None);
     let mut samples = Samples::default();
     let diffed = diff::apply(
         &mut engine,

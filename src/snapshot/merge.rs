@@ -5,15 +5,22 @@
 //! - Rows come out in (key, line) order: a k-way merge of runs that are each in that order.
 //! - The merging thread hands over records (the bytes of `runs`), not rows: a row's buffers are
 //!   allocated and freed on the consumer's thread, where the allocator reuses them at once;
-//!   freeing another thread's allocations costs glibc a lock per row.
+//!   freeing another thread's allocations costs glibc a lock per row. The consumer may read a
+//!   record in place ([`Rows::peek`]) and never make it a row at all.
+//! - A record that shares its key with another is marked so (`Header::dup`), and the records
+//!   of one key are never split between two batches: whether a key has one row is known from
+//!   the record alone.
 //! - A failure of the merging thread reaches the consumer as an error, and a panic as a panic:
 //!   the rows never just end early (a missing row would read as a removal).
 //! - The spill directory lives as long as the merging thread; dropping the rows stops the
 //!   thread and waits for it, so the files are gone when the drop returns.
 
 use super::cells::ProfileHash;
-use super::runs::{header, row, set_profile_flag, Run, Sorted, Steps, HEADER, PREFETCH_AHEAD};
+use super::runs::{
+    header, row, set_dup_flag, set_profile_flag, Header, Run, Sorted, Steps, HEADER, PREFETCH_AHEAD,
+};
 use crate::core::diff::SnapRow;
+use crate::core::encode::RowHash;
 use std::cmp::Ordering;
 use std::collections::binary_heap::{BinaryHeap, PeekMut};
 use std::fs::File;
@@ -71,6 +78,12 @@ impl Head {
     }
 }
 
+/// The key of the record that starts `rec`.
+fn key_of(rec: &[u8]) -> &[u8] {
+    let n = u32::from_le_bytes(rec[..4].try_into().expect("4 bytes")) as usize;
+    &rec[HEADER..HEADER + n]
+}
+
 impl PartialEq for Head {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
@@ -111,18 +124,38 @@ fn merge(
             }
         }
         let mut out = Vec::with_capacity(BATCH_BYTES + 4096);
-        while let Some(mut top) = heap.peek_mut() {
+        // Where the batch's last record starts.
+        let mut last: Option<usize> = None;
+        loop {
+            let Some(mut top) = heap.peek_mut() else {
+                break;
+            };
             rows += 1;
             let at = out.len();
             out.extend_from_slice(&top.rec);
             if let Some(p) = &mut late_profile {
                 with_profile(p, &mut out, at)?;
             }
+            if let Some(prev) = last {
+                if key_of(&out[prev..]) == key_of(&out[at..]) {
+                    set_dup_flag(&mut out[prev..]);
+                    set_dup_flag(&mut out[at..]);
+                }
+            }
+            last = Some(at);
             let cursor = top.cursor;
-            if !cursors[cursor].next_into(&mut top.rec)? {
+            if cursors[cursor].next_into(&mut top.rec)? {
+                drop(top);
+            } else {
                 PeekMut::pop(top);
             }
-            if out.len() >= BATCH_BYTES {
+            // A batch ends between two keys, never inside one.
+            let full = out.len() >= BATCH_BYTES
+                && heap
+                    .peek()
+                    .is_none_or(|next| key_of(&next.rec) != key_of(&out[at..]));
+            if full {
+                last = None;
                 steps.mark(0);
                 if tx.send(Ok(out)).is_err() {
                     return Ok(());
@@ -167,10 +200,7 @@ fn with_profile(p: &mut ProfileHash, out: &mut Vec<u8>, at: usize) -> io::Result
 
 /// The sorted rows, merged on a thread of their own; `late_profile`: the profile hash to add to
 /// each record from its payload.
-pub(super) fn into_rows(
-    sorted: Sorted,
-    late_profile: Option<ProfileHash>,
-) -> Box<dyn Iterator<Item = io::Result<SnapRow>>> {
+pub(super) fn into_rows(sorted: Sorted, late_profile: Option<ProfileHash>) -> Rows {
     let Sorted {
         files,
         memory,
@@ -190,35 +220,90 @@ pub(super) fn into_rows(
     let spawned = std::thread::Builder::new()
         .name("batchsync-merge".into())
         .spawn(move || merge(cursors, tx, recycled, dirs, late_profile));
+    let mut rows = Rows {
+        rx: Some(rx),
+        recycle,
+        buf: Vec::new(),
+        at: 0,
+        head: None,
+        thread: None,
+        unstarted: None,
+    };
     match spawned {
-        Ok(thread) => Box::new(Rows {
-            rx: Some(rx),
-            recycle,
-            buf: Vec::new(),
-            at: 0,
-            thread: Some(thread),
-        }),
+        Ok(thread) => rows.thread = Some(thread),
         // No thread to be had: an error, never a silently empty snapshot.
-        Err(e) => Box::new(std::iter::once(Err(io::Error::new(
-            e.kind(),
-            format!("cannot start the merge thread: {e}"),
-        )))),
+        Err(e) => {
+            rows.rx = None;
+            rows.unstarted = Some(io::Error::new(
+                e.kind(),
+                format!("cannot start the merge thread: {e}"),
+            ));
+        }
     }
+    rows
 }
 
-struct Rows {
+/// The sorted rows: records read in place ([`Rows::peek`], [`Rows::advance`]) or as rows.
+pub struct Rows {
     rx: Option<Receiver<io::Result<Vec<u8>>>>,
     recycle: Sender<Vec<u8>>,
     /// The current batch of records, read from `at`.
     buf: Vec<u8>,
     at: usize,
+    /// The header of the record at `at`, once read.
+    head: Option<Header>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Why the merging thread could not start: the first and only thing `peek` gives.
+    unstarted: Option<io::Error>,
 }
 
-impl Iterator for Rows {
-    type Item = io::Result<SnapRow>;
+/// A sorted record read in place.
+pub struct Record<'a> {
+    h: Header,
+    /// Key ‖ payload ‖ reject ‖ recipe-1 hash ‖ file offset ‖ profile hash.
+    body: &'a [u8],
+}
 
-    fn next(&mut self) -> Option<Self::Item> {
+impl<'a> Record<'a> {
+    pub fn key(&self) -> &'a [u8] {
+        &self.body[..self.h.key]
+    }
+
+    pub fn hash(&self) -> RowHash {
+        self.h.hash
+    }
+
+    /// The profile hash, when the record carries one.
+    pub fn profile(&self) -> Option<RowHash> {
+        let n = self.body.len();
+        self.h
+            .profile
+            .then(|| RowHash(self.body[n - 16..].try_into().expect("16 bytes")))
+    }
+
+    /// Another record shares this one's key.
+    pub fn shared(&self) -> bool {
+        self.h.dup
+    }
+
+    /// The only row of its key, read and typed without error, hashed under the store's
+    /// recipe: a row whose delta only the baseline entry of its key decides.
+    pub fn plain(&self) -> bool {
+        !self.h.dup && self.h.bad == 0 && !self.h.old
+    }
+
+    pub fn to_row(&self) -> io::Result<SnapRow> {
+        row(&self.h, self.body)
+    }
+}
+
+impl Rows {
+    /// The record under the cursor, receiving the next batch when this one is done; `None`
+    /// at the end (and after an error, which comes once).
+    pub fn peek(&mut self) -> Option<io::Result<Record<'_>>> {
+        if let Some(e) = self.unstarted.take() {
+            return Some(Err(e));
+        }
         if self.at >= self.buf.len() {
             match self.rx.as_ref()?.recv() {
                 Ok(Ok(batch)) => {
@@ -241,10 +326,41 @@ impl Iterator for Rows {
             }
         }
         let rec = &self.buf[self.at..];
-        let h = header(rec);
-        let end = h.len();
-        self.at += end;
-        Some(row(&h, &rec[HEADER..end]))
+        let h = *self.head.get_or_insert_with(|| header(rec));
+        Some(Ok(Record {
+            h,
+            body: &rec[HEADER..h.len()],
+        }))
+    }
+
+    /// Moves past the record under the cursor.
+    pub fn advance(&mut self) {
+        if self.at < self.buf.len() {
+            let h = self
+                .head
+                .take()
+                .unwrap_or_else(|| header(&self.buf[self.at..]));
+            self.at += h.len();
+        }
+    }
+}
+
+impl Iterator for Rows {
+    type Item = io::Result<SnapRow>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(h) = self.head.take() {
+            // Peeked: the batch holds it.
+            let row = row(&h, &self.buf[self.at + HEADER..self.at + h.len()]);
+            self.at += h.len();
+            return Some(row);
+        }
+        let row = match self.peek()? {
+            Ok(rec) => rec.to_row(),
+            Err(e) => return Some(Err(e)),
+        };
+        self.advance();
+        Some(row)
     }
 }
 

@@ -155,6 +155,7 @@ pub(super) struct Run {
     scratch: Vec<Entry>,
 }
 
+#[derive(Clone, Copy)]
 pub(super) struct Header {
     pub(super) key: usize,
     pub(super) payload: usize,
@@ -168,6 +169,8 @@ pub(super) struct Header {
     /// Whether the record carries where the row began in its file (8 bytes, before the
     /// profile hash).
     pub(super) at: bool,
+    /// Whether another merged record shares this one's key (`set_dup_flag`).
+    pub(super) dup: bool,
 }
 
 /// The line's top bit in a header: the record carries a profile hash.
@@ -176,7 +179,16 @@ const PROFILE_BIT: u64 = 1 << 63;
 const OLD_BIT: u64 = 1 << 62;
 /// And the next: the record carries where the row began in its file (`Payloads::Refetch`).
 const AT_BIT: u64 = 1 << 61;
-const FLAGS: u64 = PROFILE_BIT | OLD_BIT | AT_BIT;
+/// And the next, set only by the merging thread on its way out: another record shares this
+/// record's key (never in a run: a run's records are marked as they are merged).
+const DUP_BIT: u64 = 1 << 60;
+const FLAGS: u64 = PROFILE_BIT | OLD_BIT | AT_BIT | DUP_BIT;
+
+/// Marks a merged record's header: another record shares its key.
+pub(super) fn set_dup_flag(head: &mut [u8]) {
+    let line = u64::from_le_bytes(head[12..20].try_into().expect("8 bytes")) | DUP_BIT;
+    head[12..20].copy_from_slice(&line.to_le_bytes());
+}
 
 /// Marks a record's header as followed, after its reject, by a profile hash.
 pub(super) fn set_profile_flag(head: &mut [u8]) {
@@ -212,6 +224,7 @@ pub(super) fn header(b: &[u8]) -> Header {
         profile: line & PROFILE_BIT != 0,
         old: line & OLD_BIT != 0,
         at: line & AT_BIT != 0,
+        dup: line & DUP_BIT != 0,
     }
 }
 

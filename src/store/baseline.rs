@@ -25,7 +25,7 @@
 //!   run with profile attributes sees as never set (a backfill).
 
 use super::{Ctx, Result, Store};
-use crate::core::diff::BaseRow;
+use crate::core::diff::{BaseRef, BaseRow};
 use crate::core::encode::RowHash;
 use rusqlite::{params, OptionalExtension};
 
@@ -331,14 +331,20 @@ impl Cursor {
     }
 }
 
-/// The baseline in key order, its layers merged (memory: one page per layer).
+/// The baseline in key order, its layers merged (memory: one page per layer). Read entry by
+/// entry without a copy ([`BaselineIter::peek`], [`BaselineIter::advance`]), or as rows.
 pub struct BaselineIter<'a> {
     store: &'a Store,
     cursors: Vec<Cursor>,
     /// The later layers' cursor with the smallest head, unless `overlay_stale`.
     overlay_min: Option<usize>,
     overlay_stale: bool,
+    /// The entry under the cursor: the layer cursor that holds it, and its head; every other
+    /// layer is already past its key.
+    current: Option<(usize, Head)>,
     started: bool,
+    /// Every layer is read to its end.
+    ended: bool,
     failed: bool,
 }
 
@@ -349,7 +355,9 @@ impl<'a> BaselineIter<'a> {
             cursors: Vec::new(),
             overlay_min: None,
             overlay_stale: true,
+            current: None,
             started: false,
+            ended: false,
             failed: false,
         }
     }
@@ -369,12 +377,13 @@ impl<'a> BaselineIter<'a> {
         Ok(())
     }
 
-    fn step(&mut self) -> Result<Option<BaseRow>> {
+    /// Puts the next entry that won its key and was not erased under the cursor, if any.
+    fn settle(&mut self) -> Result<()> {
         if !self.started {
             self.started = true;
             self.start()?;
         }
-        loop {
+        while self.current.is_none() {
             if self.overlay_stale {
                 self.overlay_min = min_head(&self.cursors, 1);
                 self.overlay_stale = false;
@@ -389,41 +398,63 @@ impl<'a> BaselineIter<'a> {
                 };
                 if first {
                     let head = self.cursors[0].head.expect("a head");
-                    let key = k0.to_vec();
-                    self.cursors[0].advance(self.store)?;
-                    match row_of(key, head) {
-                        Some(row) => return Ok(Some(row)),
-                        None => continue,
+                    if head.state == State::Erased {
+                        self.cursors[0].advance(self.store)?;
+                    } else {
+                        self.current = Some((0, head));
                     }
+                    continue;
                 }
             }
-            // The smallest key; on a tie the later layer, which wins.
+            // The smallest key; on a tie the later layer, which wins. The others holding the
+            // key move past it now; the winner when the caller moves on.
             self.overlay_stale = true;
             let Some(b) = min_head(&self.cursors, 0) else {
-                return Ok(None);
+                self.ended = true;
+                return Ok(());
             };
-            let head = self.cursors[b].head.expect("a head");
-            let key = self.cursors[b].page[head.key.0..head.key.1].to_vec();
-            for c in &mut self.cursors {
-                if c.key() == Some(key.as_slice()) {
-                    c.advance(self.store)?;
+            for i in 0..self.cursors.len() {
+                if i != b && self.cursors[i].key() == self.cursors[b].key() {
+                    self.cursors[i].advance(self.store)?;
                 }
             }
-            if let Some(row) = row_of(key, head) {
-                return Ok(Some(row));
+            let head = self.cursors[b].head.expect("a head");
+            if head.state == State::Erased {
+                self.cursors[b].advance(self.store)?;
+            } else {
+                self.current = Some((b, head));
             }
         }
+        Ok(())
     }
-}
 
-/// The baseline row of an entry that won its key; `None` for an erased key.
-fn row_of(key: Vec<u8>, head: Head) -> Option<BaseRow> {
-    (head.state != State::Erased).then(|| BaseRow {
-        key,
-        hash: head.hash,
-        present: head.state == State::Present,
-        profile: head.profile,
-    })
+    /// The entry under the cursor, `None` past the last (or after an error).
+    pub fn peek(&mut self) -> Result<Option<BaseRef<'_>>> {
+        if self.failed || self.ended {
+            return Ok(None);
+        }
+        if let Err(e) = self.settle() {
+            self.failed = true;
+            return Err(e);
+        }
+        Ok(self.current.map(|(c, head)| BaseRef {
+            key: &self.cursors[c].page[head.key.0..head.key.1],
+            hash: head.hash,
+            present: head.state == State::Present,
+            profile: head.profile,
+        }))
+    }
+
+    /// Moves past the entry under the cursor.
+    pub fn advance(&mut self) -> Result<()> {
+        if let Some((c, _)) = self.current.take() {
+            if let Err(e) = self.cursors[c].advance(self.store) {
+                self.failed = true;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The cursor from `from` on with the smallest head (on a tie the later), if any has one.
@@ -442,15 +473,13 @@ impl Iterator for BaselineIter<'_> {
     type Item = Result<BaseRow>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.failed {
-            return None;
-        }
-        match self.step() {
-            Ok(r) => r.map(Ok),
-            Err(e) => {
-                self.failed = true;
-                Some(Err(e))
-            }
+        let row = match self.peek() {
+            Ok(entry) => entry?.to_row(),
+            Err(e) => return Some(Err(e)),
+        };
+        match self.advance() {
+            Ok(()) => Some(Ok(row)),
+            Err(e) => Some(Err(e)),
         }
     }
 }

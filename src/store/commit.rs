@@ -358,6 +358,16 @@ impl Sink for RunWriter<'_> {
         self.push(key, State::Tombstone, &hash, None)
     }
 
+    fn keeps_each(&self) -> bool {
+        self.compacting()
+    }
+
+    fn kept(&mut self, present: u64) -> Result<()> {
+        debug_assert!(present == 0 || !self.compacting());
+        self.present += present;
+        Ok(())
+    }
+
     /// A baseline entry the run leaves as it was: written only into a new base.
     fn keep(&mut self, b: &BaseRow) -> Result<()> {
         self.present += b.present as u64;
