@@ -213,9 +213,10 @@ impl Store {
 
     /// Present entries of the baseline, counted by reading all of it.
     pub fn baseline_present_counted(&self) -> Result<u64> {
-        let mut n = 0;
-        for r in self.baseline_iter() {
-            n += r?.present as u64;
+        let (mut n, mut entries) = (0, self.baseline_iter());
+        while let Some(e) = entries.peek()? {
+            n += e.present as u64;
+            entries.advance()?;
         }
         Ok(n)
     }
