@@ -26,6 +26,9 @@ pub struct NdjsonSource {
     rows: u64,
     /// The current line's values of the plan's columns.
     slots: Vec<Option<serde_json::Value>>,
+    /// The plan's column the n-th key of the last line named (`NO_COLUMN` for none): lines
+    /// mostly list their keys in one order, so each key is checked against that column first.
+    order: Vec<usize>,
     require_final_newline: bool,
     stamp: super::FileStamp,
     /// Bytes read so far.
@@ -75,6 +78,7 @@ impl NdjsonSource {
             buf: Vec::new(),
             rows: 0,
             slots: Vec::new(),
+            order: Vec::new(),
             require_final_newline: true,
             stamp,
             offset: 0,
@@ -123,6 +127,7 @@ impl NdjsonSource {
             buf: Vec::new(),
             rows: 0,
             slots: Vec::new(),
+            order: Vec::new(),
             require_final_newline: self.require_final_newline,
             stamp: self.stamp.clone(),
             offset: 0,
@@ -202,13 +207,17 @@ impl Source for NdjsonSource {
         let line = self.line;
         self.slots.clear();
         self.slots.resize(self.columns.len(), None);
-        let mut de = serde_json::Deserializer::from_slice(&self.buf);
-        let parsed = LineSeed {
+        let seed = LineSeed {
             columns: &self.columns,
             slots: &mut self.slots,
-        }
-        .deserialize(&mut de)
-        .and_then(|shape| de.end().map(|()| shape));
+            order: &mut self.order,
+        };
+        // UTF-8 checked once for the line, not string by string; a line that is not UTF-8 is
+        // parsed as bytes, so that its error names the byte as before.
+        let parsed = match std::str::from_utf8(&self.buf) {
+            Ok(text) => seed.parse(serde_json::Deserializer::from_str(text)),
+            Err(_) => seed.parse(serde_json::Deserializer::from_slice(&self.buf)),
+        };
         let bad = match parsed {
             Ok(Shape::Object) => None,
             Ok(Shape::Array) => Some("the line is an array, not a JSON object".to_string()),
@@ -345,6 +354,22 @@ enum Shape {
 struct LineSeed<'a> {
     columns: &'a [String],
     slots: &'a mut [Option<serde_json::Value>],
+    order: &'a mut Vec<usize>,
+}
+
+/// In `NdjsonSource::order`: the key named no column of the plan.
+const NO_COLUMN: usize = usize::MAX;
+
+impl LineSeed<'_> {
+    /// The whole line: one JSON value and nothing after it.
+    fn parse<'de, R: serde_json::de::Read<'de>>(
+        self,
+        mut de: serde_json::Deserializer<R>,
+    ) -> Result<Shape, serde_json::Error> {
+        let shape = self.deserialize(&mut de)?;
+        de.end()?;
+        Ok(shape)
+    }
 }
 
 impl<'de> DeserializeSeed<'de> for LineSeed<'_> {
@@ -362,7 +387,17 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
-        while let Some(column) = map.next_key_seed(ColumnSeed(self.columns))? {
+        let mut n = 0;
+        loop {
+            let hint = self.order.get(n).copied().unwrap_or(NO_COLUMN);
+            let Some(column) = map.next_key_seed(ColumnSeed(self.columns, hint))? else {
+                break;
+            };
+            match self.order.get_mut(n) {
+                Some(o) => *o = column.unwrap_or(NO_COLUMN),
+                None => self.order.push(column.unwrap_or(NO_COLUMN)),
+            }
+            n += 1;
             match column {
                 Some(i) => self.slots[i] = Some(map.next_value()?),
                 None => {
@@ -399,8 +434,9 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
 }
 
 /// A key of the line's object: the index of the plan's column it names, if any, found without
-/// allocating the key when it has no escapes.
-struct ColumnSeed<'a>(&'a [String]);
+/// allocating the key when it has no escapes; the column the same key of the last line named
+/// is tried first.
+struct ColumnSeed<'a>(&'a [String], usize);
 
 impl<'de> DeserializeSeed<'de> for ColumnSeed<'_> {
     type Value = Option<usize>;
@@ -417,6 +453,9 @@ impl<'de> Visitor<'de> for ColumnSeed<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        if self.0.get(self.1).is_some_and(|c| c == key) {
+            return Ok(Some(self.1));
+        }
         Ok(self.0.iter().position(|c| c == key))
     }
 }
@@ -492,6 +531,44 @@ mod tests {
             "{bad:?}"
         );
         assert!(bad[3].contains("not valid JSON"), "{bad:?}");
+    }
+
+    #[test]
+    fn keys_in_any_order_each_line_find_their_columns() {
+        // The first line sets the order each key is tried in; the next ones change it.
+        let rows = read_all(
+            b"{\"id\":1,\"x\":0,\"name\":\"a\"}\n{\"name\":\"b\",\"id\":2}\n{\"x\":0,\"name\":\"c\",\"x\":1,\"id\":3}\n{\"id\":4,\"x\":0,\"name\":\"d\"}\n",
+            &["id", "name"],
+        )
+        .unwrap();
+        let got: Vec<_> = rows.iter().map(|(_, cells)| cells.clone()).collect();
+        let want: Vec<Vec<Cell>> = [(1, "a"), (2, "b"), (3, "c"), (4, "d")]
+            .iter()
+            .map(|&(id, name)| {
+                vec![
+                    Cell::Typed(Value::Int(id)),
+                    Cell::Typed(Value::Text(name.into())),
+                ]
+            })
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn a_mapped_value_that_is_not_utf8_makes_a_bad_row_naming_the_byte() {
+        let rows = read_all(
+            b"{\"id\":1,\"name\":\"a\xffb\"}\n{\"id\":2,\"other\":\"\xc3\"}\n{\"id\":3,\"name\":\"c\"}\n",
+            &["id", "name"],
+        )
+        .unwrap();
+        let bad = rows[0].0.bad.as_deref().unwrap();
+        assert!(
+            bad.contains("not valid JSON") && bad.contains("line 1 column 18"),
+            "{bad}"
+        );
+        // A value no column maps is skipped unread, as before.
+        assert!(rows[1].0.bad.is_none() && rows[2].0.bad.is_none());
+        assert_eq!(rows[1].1[0], Cell::Typed(Value::Int(2)));
     }
 
     #[test]
