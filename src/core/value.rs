@@ -7,7 +7,7 @@
 //! - Floats are always finite: NaN and infinities are type errors, never values.
 //! - Times are UTC instants with microsecond precision.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, TimeZone, Timelike, Utc};
 use chrono_tz::Tz;
 use std::fmt;
 
@@ -323,18 +323,67 @@ pub fn naive_to_micros(naive: NaiveDateTime, tz: Tz) -> Option<i64> {
 }
 
 /// RFC 3339 in UTC, as Batch wants it: seconds, with a fraction only when there is one.
+/// Years 0 to 9999 are written digit by digit (every event's time goes through here); others,
+/// which chrono writes with a sign, by chrono's `format`.
 pub fn format_time(micros: i64) -> String {
-    match DateTime::<Utc>::from_timestamp_micros(micros) {
-        Some(dt) if micros % 1_000_000 == 0 => dt.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
-        None => micros.to_string(),
+    let Some(dt) = DateTime::<Utc>::from_timestamp_micros(micros) else {
+        return micros.to_string();
+    };
+    let whole = micros % 1_000_000 == 0;
+    if !(0..=9999).contains(&dt.year()) {
+        return if whole {
+            dt.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+        } else {
+            dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+        };
     }
+    let mut b = *b"0000-00-00T00:00:00.000000Z";
+    let mut digits = |at: usize, width: usize, mut n: u32| {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    digits(0, 4, dt.year() as u32);
+    digits(5, 2, dt.month());
+    digits(8, 2, dt.day());
+    digits(11, 2, dt.hour());
+    digits(14, 2, dt.minute());
+    digits(17, 2, dt.second());
+    let text = if whole {
+        b[19] = b'Z';
+        &b[..20]
+    } else {
+        digits(20, 6, dt.nanosecond() / 1000);
+        &b[..]
+    };
+    String::from_utf8(text.to_vec()).expect("ASCII")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
     use rstest::rstest;
+
+    proptest::proptest! {
+        /// The digit-by-digit writing is chrono's `format`, for every instant it can hold.
+        #[test]
+        fn times_are_written_as_chrono_writes_them(
+            micros in proptest::prop_oneof![
+                proptest::num::i64::ANY,
+                -62_167_219_200_000_000i64..253_402_300_800_000_000,
+                (-62_167_219_200i64..253_402_300_800).prop_map(|s| s * 1_000_000),
+            ]
+        ) {
+            let chrono = match DateTime::<Utc>::from_timestamp_micros(micros) {
+                Some(dt) if micros % 1_000_000 == 0 => dt.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+                Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                None => micros.to_string(),
+            };
+            proptest::prop_assert_eq!(format_time(micros), chrono);
+        }
+    }
 
     const UTC: Tz = chrono_tz::UTC;
 
