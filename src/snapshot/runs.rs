@@ -15,7 +15,7 @@
 //!   profile hash (16 bytes), when the line's bits 62, 61 and 63 say so. Under
 //!   `Payloads::Skip` and `Payloads::Refetch` every payload is empty (the batches carry value
 //!   spans only when recipe 1's hash needs them).
-//! - Order is (key, line), the order `core::diff::merge` needs: entries sort by a 16-byte key
+//! - Order is (key, line), the order `core::diff::Merge` needs: entries sort by a 16-byte key
 //!   prefix (a radix sort, skipping the bytes all keys share) and fall back to the whole key and
 //!   the line only where prefixes tie.
 

@@ -6,7 +6,7 @@
 //! - The differential property test drives both modes through the real binary on the same
 //!   PostgreSQL table: the database mode diffs in SQL against `<name>_baseline`, the local
 //!   mode reads the same rows, types them and merges them with its SQLite baseline
-//!   (`core::diff::merge`). Versions of the segment follow one another; after each, the two
+//!   (`core::diff::Merge`). Versions of the segment follow one another; after each, the two
 //!   must agree on the summary's counts, the events Batch received, the rejects (key, rule,
 //!   column), the open rejects and, key by key, what the version did to the key (added,
 //!   re-entered, changed, unchanged, removed, rejected, still rejected), read from each mode's
