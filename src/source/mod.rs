@@ -10,6 +10,7 @@
 
 pub mod csv;
 mod db;
+mod flatjson;
 pub mod mysql;
 pub mod ndjson;
 pub mod postgres;

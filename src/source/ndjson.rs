@@ -24,8 +24,10 @@ pub struct NdjsonSource {
     line: u64,
     buf: Vec<u8>,
     rows: u64,
-    /// The current line's values of the plan's columns.
+    /// The current line's values of the plan's columns, when serde_json reads it.
     slots: Vec<Option<serde_json::Value>>,
+    /// The same, when `flatjson` reads it.
+    flat: Vec<super::flatjson::Flat>,
     /// The plan's column the n-th key of the last line named (`NO_COLUMN` for none): lines
     /// mostly list their keys in one order, so each key is checked against that column first.
     order: Vec<usize>,
@@ -78,6 +80,7 @@ impl NdjsonSource {
             buf: Vec::new(),
             rows: 0,
             slots: Vec::new(),
+            flat: Vec::new(),
             order: Vec::new(),
             require_final_newline: true,
             stamp,
@@ -127,6 +130,7 @@ impl NdjsonSource {
             buf: Vec::new(),
             rows: 0,
             slots: Vec::new(),
+            flat: Vec::new(),
             order: Vec::new(),
             require_final_newline: self.require_final_newline,
             stamp: self.stamp.clone(),
@@ -205,18 +209,29 @@ impl Source for NdjsonSource {
         }
         self.rows += 1;
         let line = self.line;
-        self.slots.clear();
-        self.slots.resize(self.columns.len(), None);
-        let seed = LineSeed {
-            columns: &self.columns,
-            slots: &mut self.slots,
-            order: &mut self.order,
-        };
         // UTF-8 checked once for the line, not string by string; a line that is not UTF-8 is
-        // parsed as bytes, so that its error names the byte as before.
-        let parsed = match std::str::from_utf8(&self.buf) {
-            Ok(text) => seed.parse(serde_json::Deserializer::from_str(text)),
-            Err(_) => seed.parse(serde_json::Deserializer::from_slice(&self.buf)),
+        // parsed as bytes, so that its error names the byte as before. A flat object is read
+        // without serde_json (`flatjson`); any other line, or one it declines, with it.
+        let text = std::str::from_utf8(&self.buf);
+        self.flat.clear();
+        self.flat.resize(self.columns.len(), Default::default());
+        let flat = text.is_ok_and(|text| {
+            super::flatjson::parse(text, &self.columns, &mut self.order, &mut self.flat)
+        });
+        let parsed = if flat {
+            Ok(Shape::Object)
+        } else {
+            self.slots.clear();
+            self.slots.resize(self.columns.len(), None);
+            let seed = LineSeed {
+                columns: &self.columns,
+                slots: &mut self.slots,
+                order: &mut self.order,
+            };
+            match text {
+                Ok(text) => seed.parse(serde_json::Deserializer::from_str(text)),
+                Err(_) => seed.parse(serde_json::Deserializer::from_slice(&self.buf)),
+            }
         };
         let bad = match parsed {
             Ok(Shape::Object) => None,
@@ -232,6 +247,23 @@ impl Source for NdjsonSource {
             return Ok(Some(Read {
                 line,
                 bad,
+                at: Some(at),
+            }));
+        }
+        if let (true, Ok(text)) = (flat, text) {
+            let seen = &mut self.seen;
+            cells.extend(self.flat.iter().zip(seen.iter_mut()).map(
+                |(f, seen)| match f.cell(text) {
+                    Some(cell) => {
+                        *seen = true;
+                        cell
+                    }
+                    None => Cell::Typed(crate::core::value::Value::Null),
+                },
+            ));
+            return Ok(Some(Read {
+                line,
+                bad: None,
                 at: Some(at),
             }));
         }
@@ -342,7 +374,7 @@ impl Drop for NdjsonSource {
 }
 
 /// What a line turned out to be.
-enum Shape {
+pub(super) enum Shape {
     Object,
     Array,
     Scalar,
@@ -351,14 +383,14 @@ enum Shape {
 /// Parses one line, keeping only the values of the plan's columns: the other keys are skipped
 /// without building them, and no map of the whole object is made. A key given twice keeps its
 /// last value, as a JSON map would.
-struct LineSeed<'a> {
-    columns: &'a [String],
-    slots: &'a mut [Option<serde_json::Value>],
-    order: &'a mut Vec<usize>,
+pub(super) struct LineSeed<'a> {
+    pub(super) columns: &'a [String],
+    pub(super) slots: &'a mut [Option<serde_json::Value>],
+    pub(super) order: &'a mut Vec<usize>,
 }
 
 /// In `NdjsonSource::order`: the key named no column of the plan.
-const NO_COLUMN: usize = usize::MAX;
+pub(super) const NO_COLUMN: usize = usize::MAX;
 
 impl LineSeed<'_> {
     /// The whole line: one JSON value and nothing after it.
