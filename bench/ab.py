@@ -11,7 +11,8 @@ profile), and b maps plan, country and score as profile attributes besides its e
 Uses (or generates) the harness's data in bench/out/<size>/; prints medians and b ÷ a for the
 first run, `plan` and `run --max-requests 0` of the second run, with the load seen; with
 `--backfill`, also a first run under `initial = "send"` (every row becomes an event, committed to
-the outbox, none sent), checked to hold one pending event per row.
+the outbox, none sent), checked to hold one pending event per row; with `--ndjson`, also the
+second run's `plan` over the same rows as NDJSON, checked against the generator's delta.
 """
 
 import argparse
@@ -37,11 +38,15 @@ def main():
     p.add_argument("--backfill", action="store_true",
                    help="also a backfill: a first run under initial = \"send\", "
                         "`run --max-requests 0` (every row an event, committed, none sent)")
+    p.add_argument("--ndjson", action="store_true",
+                   help="also the second run's `plan` over the same rows as NDJSON")
     a = p.parse_args()
     env = dict(os.environ, BATCH_REST_API_KEY="bench-rest-key", BATCH_PROJECT_KEY="bench-project-key")
     d = h.HERE / "out" / f"ab-{h.label(a.rows)}"
     d.mkdir(parents=True, exist_ok=True)
-    h.generate(a.gen, d, a.rows, "csv")
+    truth = h.generate(a.gen, d, a.rows, "csv")["evolved"]
+    if a.ndjson:
+        h.generate(a.gen, d, a.rows, "ndjson")
     state, s1 = d / "state.db", d / "state-first.db"
     configs = {}
     for b in "ab":
@@ -53,14 +58,17 @@ def main():
         backfill = d / f"backfill-{b}.toml"
         h.write_config(backfill, d / "base.csv", state, "http://127.0.0.1:9", initial="send", key=key,
                        profile=profile)
-        configs[b] = (first, second, backfill)
-    kinds = ("first", "plan", "commit") + (("backfill",) if a.backfill else ())
+        ndjson = d / f"ndjson-{b}.toml"
+        h.write_config(ndjson, d / "evolved.ndjson", state, "http://127.0.0.1:9", key=key, profile=profile)
+        configs[b] = (first, second, backfill, ndjson)
+    kinds = (("first", "plan", "commit") + (("backfill",) if a.backfill else ())
+             + (("ndjson",) if a.ndjson else ()))
     times = {(b, k): [] for b in "ab" for k in kinds}
     loads = []
     for r in range(a.rounds):
         for b in ("ab" if r % 2 == 0 else "ba"):
             bs = [str(getattr(a, b)), "-q"]
-            first, second, backfill = configs[b]
+            first, second, backfill, ndjson = configs[b]
             h.reset(state)
             m = h.measure(bs[:1] + ["--config", str(first)] + bs[1:] + ["run", "--json"], env)
             times[(b, "first")].append(m["seconds"])
@@ -71,6 +79,14 @@ def main():
             h.save(s1, state)
             m = h.measure(bs[:1] + ["--config", str(second)] + bs[1:] + ["run", "--max-requests", "0", "--json"], env)
             times[(b, "commit")].append(m["seconds"])
+            if a.ndjson:
+                h.save(s1, state)
+                m = h.measure(bs[:1] + ["--config", str(ndjson)] + bs[1:] + ["plan", "--json"], env)
+                s = json.loads(m["stdout"])
+                got = (s["added"], s["changed"], s["removed"])
+                if got != (truth["added"], truth["changed"], truth["removed"]):
+                    raise SystemExit(f"NDJSON plan of {b}: delta {got} is not the generator's")
+                times[(b, "ndjson")].append(m["seconds"])
             if a.backfill:
                 h.reset(state)
                 m = h.measure(bs[:1] + ["--config", str(backfill)] + bs[1:]
@@ -86,7 +102,8 @@ def main():
     print("|---|---:|---:|---:|")
     for k, name in (("first", "first run"), ("plan", "second run, `plan`"),
                     ("commit", "second run, `run --max-requests 0`"),
-                    ("backfill", "backfill, `run --max-requests 0`")):
+                    ("backfill", "backfill, `run --max-requests 0`"),
+                    ("ndjson", "second run, `plan`, NDJSON")):
         if k not in kinds:
             continue
         ma, mb = statistics.median(times[("a", k)]), statistics.median(times[("b", k)])
