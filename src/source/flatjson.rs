@@ -40,8 +40,9 @@ enum Kind {
 }
 
 impl Flat {
-    /// The cell, as `from_json` types the value; `None` when the key was missing. Inlined:
-    /// a cell returned through a call was read back before its stores had landed.
+    /// The cell, as `from_json` types the value; `None` when the key was missing. Inlined into
+    /// the row's `Vec::extend`, so that the cell is written where it goes: a cell returned
+    /// through a call, or pushed from the stack, was read back before its stores had landed.
     #[inline(always)]
     pub(super) fn cell(&self, line: &str) -> Option<Cell> {
         Some(Cell::Typed(match self.kind {
