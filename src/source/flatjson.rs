@@ -59,6 +59,30 @@ impl Flat {
     }
 }
 
+impl Flat {
+    /// Writes the cell into `cell`, into the buffer already there when both are text (a row's
+    /// strings then cost no allocation once the first rows have sized them); false when the
+    /// key was missing (a null is written).
+    #[inline(always)]
+    pub(super) fn write(&self, line: &str, cell: &mut Cell) -> bool {
+        if let (Kind::Text, Cell::Typed(Value::Text(t))) = (self.kind, &mut *cell) {
+            t.clear();
+            t.push_str(&line[self.from..self.to]);
+            return true;
+        }
+        match self.cell(line) {
+            Some(c) => {
+                *cell = c;
+                true
+            }
+            None => {
+                *cell = Cell::Typed(Value::Null);
+                false
+            }
+        }
+    }
+}
+
 /// Reads `line` (UTF-8, with or without its line end) into `slots` (one per column of
 /// `columns`, all missing on entry) when it is a flat object, trying first for the n-th key
 /// the column `order[n]` named on the line before (and updating `order`). False when the

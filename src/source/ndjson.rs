@@ -148,8 +148,9 @@ impl NdjsonSource {
 }
 
 impl Source for NdjsonSource {
+    /// Fills `cells` with one cell per plan column; a text cell the caller hands back from the
+    /// last row keeps its buffer for the same column's text on a flat line.
     fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
-        cells.clear();
         if let Role::Tail { split, reading, .. } = &mut self.role {
             let split = split.clone();
             let more = match *reading {
@@ -240,6 +241,7 @@ impl Source for NdjsonSource {
             Err(e) => Some(format!("not valid JSON: {e}")),
         };
         if bad.is_some() {
+            cells.clear();
             cells.resize(
                 self.columns.len(),
                 Cell::Typed(crate::core::value::Value::Null),
@@ -251,22 +253,38 @@ impl Source for NdjsonSource {
             }));
         }
         if let (true, Ok(text)) = (flat, text) {
-            let seen = &mut self.seen;
-            cells.extend(self.flat.iter().zip(seen.iter_mut()).map(
-                |(f, seen)| match f.cell(text) {
-                    Some(cell) => {
-                        *seen = true;
-                        cell
-                    }
-                    None => Cell::Typed(crate::core::value::Value::Null),
-                },
-            ));
+            let n = self.flat.len();
+            cells.truncate(n);
+            let have = cells.len();
+            for ((f, seen), cell) in self
+                .flat
+                .iter()
+                .zip(self.seen.iter_mut())
+                .zip(cells.iter_mut())
+            {
+                *seen |= f.write(text, cell);
+            }
+            // The first rows: cells written straight into the vector (see `Flat::cell`).
+            let seen = &mut self.seen[have..];
+            cells.extend(
+                self.flat[have..]
+                    .iter()
+                    .zip(seen.iter_mut())
+                    .map(|(f, seen)| match f.cell(text) {
+                        Some(cell) => {
+                            *seen = true;
+                            cell
+                        }
+                        None => Cell::Typed(crate::core::value::Value::Null),
+                    }),
+            );
             return Ok(Some(Read {
                 line,
                 bad: None,
                 at: Some(at),
             }));
         }
+        cells.clear();
         for (i, slot) in self.slots.iter_mut().enumerate() {
             cells.push(match slot.take() {
                 Some(v) => {
@@ -510,6 +528,35 @@ mod tests {
         }
         src.finish()?;
         Ok(out)
+    }
+
+    /// A text cell handed back from the last row lends its buffer to the next row's text of
+    /// that column: whatever came before (longer text, a number, a missing key, a line that
+    /// serde_json read), each row's cells are its own.
+    #[test]
+    fn cells_handed_back_give_each_row_its_own_values() {
+        let content = concat!(
+            "{\"a\":\"a rather long string\",\"b\":\"x\"}\n",
+            "{\"a\":\"s\",\"b\":5}\n",
+            "{\"b\":\"y\"}\n",
+            "{\"a\":\"back\",\"b\":null}\n",
+            "{\"a\":\"\\u00e9\\\"\"}\n",
+            "{\"a\":\"after\",\"b\":\"z\"}\n",
+        );
+        let rows = read_all(content.as_bytes(), &["a", "b"]).unwrap();
+        let text = |s: &str| Cell::Typed(Value::Text(s.into()));
+        let cells: Vec<Vec<Cell>> = rows.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            cells,
+            vec![
+                vec![text("a rather long string"), text("x")],
+                vec![text("s"), Cell::Typed(Value::Int(5))],
+                vec![Cell::Typed(Value::Null), text("y")],
+                vec![text("back"), Cell::Typed(Value::Null)],
+                vec![text("é\""), Cell::Typed(Value::Null)],
+                vec![text("after"), text("z")],
+            ]
+        );
     }
 
     #[test]
