@@ -41,8 +41,8 @@ enum Kind {
 
 impl Flat {
     /// The cell, as `from_json` types the value; `None` when the key was missing. Inlined into
-    /// the row's `Vec::extend`, so that the cell is written where it goes: a cell returned
-    /// through a call, or pushed from the stack, was read back before its stores had landed.
+    /// [`Flat::write`], so that the cell is written where it goes: a cell returned through a
+    /// call, or pushed from the stack, was read back before its stores had landed.
     #[inline(always)]
     pub(super) fn cell(&self, line: &str) -> Option<Cell> {
         Some(Cell::Typed(match self.kind {
@@ -93,7 +93,7 @@ pub(super) fn parse(
     order: &mut Vec<usize>,
     slots: &mut [Flat],
 ) -> bool {
-    parse_object(line.as_bytes(), line, columns, order, slots).is_some()
+    parse_object(line, columns, order, slots).is_some()
 }
 
 /// JSON's whitespace.
@@ -232,13 +232,12 @@ impl<'a> Cursor<'a> {
 }
 
 fn parse_object(
-    b: &[u8],
     text: &str,
     columns: &[String],
     order: &mut Vec<usize>,
     slots: &mut [Flat],
 ) -> Option<()> {
-    const NO_COLUMN: usize = super::ndjson::NO_COLUMN;
+    let b = text.as_bytes();
     let mut cur = Cursor { b, at: 0 };
     if cur.next_token()? != b'{' {
         return None;
@@ -254,16 +253,7 @@ fn parse_object(
             if cur.next_token()? != b':' {
                 return None;
             }
-            let hint = order.get(n).copied().unwrap_or(NO_COLUMN);
-            let column = if columns.get(hint).is_some_and(|c| c == key) {
-                Some(hint)
-            } else {
-                columns.iter().position(|c| c == key)
-            };
-            match order.get_mut(n) {
-                Some(o) => *o = column.unwrap_or(NO_COLUMN),
-                None => order.push(column.unwrap_or(NO_COLUMN)),
-            }
+            let column = super::ndjson::column_of(columns, order, n, key);
             n += 1;
             let first = cur.next_token()?;
             let v = cur.value(first, text)?;

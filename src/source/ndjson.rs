@@ -253,9 +253,11 @@ impl Source for NdjsonSource {
             }));
         }
         if let (true, Ok(text)) = (flat, text) {
-            let n = self.flat.len();
-            cells.truncate(n);
-            let have = cells.len();
+            cells.truncate(self.flat.len());
+            cells.resize(
+                self.flat.len(),
+                Cell::Typed(crate::core::value::Value::Null),
+            );
             for ((f, seen), cell) in self
                 .flat
                 .iter()
@@ -264,20 +266,6 @@ impl Source for NdjsonSource {
             {
                 *seen |= f.write(text, cell);
             }
-            // The first rows: cells written straight into the vector (see `Flat::cell`).
-            let seen = &mut self.seen[have..];
-            cells.extend(
-                self.flat[have..]
-                    .iter()
-                    .zip(seen.iter_mut())
-                    .map(|(f, seen)| match f.cell(text) {
-                        Some(cell) => {
-                            *seen = true;
-                            cell
-                        }
-                        None => Cell::Typed(crate::core::value::Value::Null),
-                    }),
-            );
             return Ok(Some(Read {
                 line,
                 bad: None,
@@ -439,14 +427,14 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Shape, A::Error> {
         let mut n = 0;
         loop {
-            let hint = self.order.get(n).copied().unwrap_or(NO_COLUMN);
-            let Some(column) = map.next_key_seed(ColumnSeed(self.columns, hint))? else {
+            let seed = ColumnSeed {
+                columns: self.columns,
+                order: &mut *self.order,
+                n,
+            };
+            let Some(column) = map.next_key_seed(seed)? else {
                 break;
             };
-            match self.order.get_mut(n) {
-                Some(o) => *o = column.unwrap_or(NO_COLUMN),
-                None => self.order.push(column.unwrap_or(NO_COLUMN)),
-            }
             n += 1;
             match column {
                 Some(i) => self.slots[i] = Some(map.next_value()?),
@@ -483,10 +471,35 @@ impl<'de> Visitor<'de> for LineSeed<'_> {
     }
 }
 
-/// A key of the line's object: the index of the plan's column it names, if any, found without
-/// allocating the key when it has no escapes; the column the same key of the last line named
-/// is tried first.
-struct ColumnSeed<'a>(&'a [String], usize);
+/// The plan's column the `n`-th key of a line names, if any: the column the `n`-th key of the
+/// last line named (`order[n]`) is tried first, and `order[n]` then remembers this one. Both
+/// readers of a line (serde_json's and `flatjson`'s) find their keys' columns here.
+pub(super) fn column_of(
+    columns: &[String],
+    order: &mut Vec<usize>,
+    n: usize,
+    key: &str,
+) -> Option<usize> {
+    let hint = order.get(n).copied().unwrap_or(NO_COLUMN);
+    let column = if columns.get(hint).is_some_and(|c| c == key) {
+        Some(hint)
+    } else {
+        columns.iter().position(|c| c == key)
+    };
+    match order.get_mut(n) {
+        Some(o) => *o = column.unwrap_or(NO_COLUMN),
+        None => order.push(column.unwrap_or(NO_COLUMN)),
+    }
+    column
+}
+
+/// The `n`-th key of the line's object: the index of the plan's column it names, if any
+/// ([`column_of`]), found without allocating the key when it has no escapes.
+struct ColumnSeed<'a> {
+    columns: &'a [String],
+    order: &'a mut Vec<usize>,
+    n: usize,
+}
 
 impl<'de> DeserializeSeed<'de> for ColumnSeed<'_> {
     type Value = Option<usize>;
@@ -503,10 +516,7 @@ impl<'de> Visitor<'de> for ColumnSeed<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        if self.0.get(self.1).is_some_and(|c| c == key) {
-            return Ok(Some(self.1));
-        }
-        Ok(self.0.iter().position(|c| c == key))
+        Ok(column_of(self.columns, self.order, self.n, key))
     }
 }
 
