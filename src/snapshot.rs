@@ -150,8 +150,9 @@ pub enum Payloads {
     Skip,
     /// As `Skip`, and each record carries where its row began in the file: the rows that
     /// become events are read again from there ([`Refetcher`]), their values checked to be the
-    /// ones hashed. For a file source on a run that sends a few percent of its rows; a source
-    /// that cannot read a row twice (a query) keeps its payloads instead.
+    /// ones hashed. For a run that sends a few percent of its rows. A source that cannot read
+    /// a row twice (a query) has each row's values written to a spool file as it is read,
+    /// and read back from there instead: the sort then carries no values either.
     Refetch,
 }
 
@@ -228,8 +229,12 @@ impl Snapshot {
             Payloads::Refetch => source.refetch(),
             _ => None,
         };
+        let tail = source.split();
+        // A source that cannot read a row again spools its values, unless both cores read it
+        // (each side would have a spool of its own: none does today).
+        let spool = payloads == Payloads::Refetch && refetch.is_none() && tail.is_none();
         let payloads = match (payloads, &refetch) {
-            (Payloads::Refetch, None) => Payloads::Keep,
+            (Payloads::Refetch, None) if !spool => Payloads::Keep,
             (p, _) => p,
         };
         let lazy_profiles = lazy_profiles && payloads != Payloads::Skip;
@@ -267,14 +272,20 @@ impl Snapshot {
             profile: early_profile,
             upgrade,
             offsets: payloads == Payloads::Refetch,
+            spool,
             hashing: hashing.clone(),
         };
-        let (rows, loose, sorted) = match source.split() {
+        let (rows, loose, mut sorted) = match tail {
             Some(tail) => read_split(&reading, source, tail, layout, budget, spill_dir, progress)?,
             None => read_piped(&reading, source, layout(), budget, spill_dir, progress)?,
         };
         let late_profile = (plan.has_profile() && payloads == Payloads::Keep && !lazy_profiles)
             .then(|| cells::ProfileHash::new(plan));
+        let refetch = match (refetch, sorted.spool.take()) {
+            (Some(source), _) => Some(Refetcher::new(Again::File(source), plan, tz, hashing)),
+            (None, Some(spool)) => Some(Refetcher::new(Again::Spool(spool), plan, tz, hashing)),
+            (None, None) => None,
+        };
         Ok(Snapshot {
             rows,
             loose,
@@ -282,7 +293,7 @@ impl Snapshot {
             sorted,
             late_profile,
             lazy_profiles: lazy_profiles && plan.has_profile(),
-            refetch: refetch.map(|source| Refetcher::new(source, plan, tz, hashing)),
+            refetch,
         })
     }
 
@@ -638,11 +649,13 @@ impl PayloadEncoder {
     }
 }
 
-/// Reads a row again from where it began in its file, for its event: its values are encoded as
-/// the snapshot encoded them, and must hash to the row's hashes (and give its key), or the file
-/// changed during the run and the run stops before its commit.
+/// Reads a row's values again for its event, from where the row began in its file or from the
+/// spool a query's rows were written to (`Payloads::Refetch`). From a file, they are encoded
+/// as the snapshot encoded them, and must hash to the row's hashes (and give its key), or the
+/// file changed during the run and the run stops before its commit. From the spool, they are
+/// the snapshot's own bytes, checked against the row's hashes all the same.
 pub struct Refetcher {
-    source: Box<dyn crate::source::Refetch>,
+    from: Again,
     enc: cells::RowEncoder,
     /// The row hash (recipe 2), as the snapshot computed it.
     hasher: crate::core::encode::RowHasher,
@@ -654,15 +667,16 @@ pub struct Refetcher {
     pub rows: u64,
 }
 
+/// Where a [`Refetcher`] reads rows again.
+enum Again {
+    File(Box<dyn crate::source::Refetch>),
+    Spool(std::fs::File),
+}
+
 impl Refetcher {
-    fn new(
-        source: Box<dyn crate::source::Refetch>,
-        plan: &ColumnPlan,
-        tz: Tz,
-        hashing: runs::Hashing,
-    ) -> Refetcher {
+    fn new(from: Again, plan: &ColumnPlan, tz: Tz, hashing: runs::Hashing) -> Refetcher {
         Refetcher {
-            source,
+            from,
             enc: cells::RowEncoder::new(plan, tz),
             hasher: hashing.row,
             profile: if plan.has_profile() {
@@ -684,7 +698,11 @@ impl Refetcher {
             return Ok(());
         };
         self.rows += 1;
-        let read = self.source.row_at(at, row.line, &mut self.cells)?;
+        let source = match &mut self.from {
+            Again::File(source) => source,
+            Again::Spool(_) => return self.fill_spooled(row, at),
+        };
+        let read = source.row_at(at, row.line, &mut self.cells)?;
         self.buf.clear();
         let typed = self.enc.row(&mut self.cells, &mut self.buf);
         let input = self.buf.len();
@@ -702,9 +720,31 @@ impl Refetcher {
             && profile == row.profile
             && key_same;
         if !same {
-            return Err(crate::source::changed(&self.source.describe(), row.line).into());
+            return Err(crate::source::changed(&source.describe(), row.line).into());
         }
         self.buf.truncate(input);
+        row.payload.clear();
+        row.payload.extend_from_slice(&self.buf);
+        row.at = None;
+        Ok(())
+    }
+
+    /// [`Refetcher::fill`] from the spool.
+    fn fill_spooled(&mut self, row: &mut SnapRow, at: u64) -> Result<(), SnapshotError> {
+        let Again::Spool(spool) = &self.from else {
+            unreachable!("called for a spool only")
+        };
+        let hashed = runs::read_spooled(spool, at, &mut self.buf)?;
+        let profile = row.profile.map(|_| self.profile.of_payload(&self.buf));
+        if self.hasher.hash(&self.buf[..hashed]) != row.hash || profile != row.profile.map(Some) {
+            return Err(SnapshotError::Spill(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the values of row {} read back from the spool do not hash as they did",
+                    row.line
+                ),
+            )));
+        }
         row.payload.clear();
         row.payload.extend_from_slice(&self.buf);
         row.at = None;
@@ -1084,12 +1124,22 @@ mod tests {
             lazy_profiles: false,
             upgrade,
         };
-        let snap = Snapshot::take_with(script, plan, chrono_tz::UTC, opts, |_| {
+        let mut snap = Snapshot::take_with(script, plan, chrono_tz::UTC, opts, |_| {
             std::ops::ControlFlow::Continue(())
         })
         .map_err(|e| e.to_string())?;
         let loose = snap.loose.clone();
-        let rows = snap.into_sorted().map(|r| r.unwrap()).collect();
+        let mut refetch = snap.take_refetcher();
+        assert_eq!(refetch.is_some(), payloads == Payloads::Refetch);
+        let mut rows: Vec<SnapRow> = snap.into_sorted().map(|r| r.unwrap()).collect();
+        // A script cannot read a row again: its rows' values come back from the spool.
+        if let Some(refetch) = &mut refetch {
+            for row in &mut rows {
+                assert!(row.at.is_some() && row.payload.is_empty());
+                refetch.fill(row).unwrap();
+            }
+            assert_eq!(refetch.rows, rows.len() as u64);
+        }
         Ok((rows, loose))
     }
 
@@ -1114,7 +1164,7 @@ mod tests {
             keyed in 0u8..3,
             fail in proptest::bool::weighted(0.2),
             budget in prop_oneof![Just(usize::MAX), 200usize..20_000],
-            skip in proptest::bool::weighted(0.3),
+            payloads in prop_oneof![Just(Payloads::Keep), Just(Payloads::Skip), Just(Payloads::Refetch)],
             upgrade in proptest::bool::weighted(0.3),
         ) {
             let plan = if keyed == 2 {
@@ -1134,7 +1184,6 @@ mod tests {
             let on_bad_row = if fail { OnBadRow::Fail } else { OnBadRow::Reject };
             let mut script = Script(rows, 0);
             let mut expected = reference_with(&script, &plan, on_bad_row, upgrade);
-            let payloads = if skip { Payloads::Skip } else { Payloads::Keep };
             if let (Payloads::Skip, Ok((rows, _))) = (payloads, &mut expected) {
                 rows.iter_mut().for_each(|r| r.payload.clear());
             }

@@ -201,10 +201,12 @@ fn with_profile(p: &mut ProfileHash, out: &mut Vec<u8>, at: usize) -> io::Result
 /// The sorted rows, merged on a thread of their own; `late_profile`: the profile hash to add to
 /// each record from its payload.
 pub(super) fn into_rows(sorted: Sorted, late_profile: Option<ProfileHash>) -> Rows {
+    // The spool, if any, is the refetcher's by now (`Snapshot::take_with`).
     let Sorted {
         files,
         memory,
         dirs,
+        spool: _,
     } = sorted;
     let cursors = files
         .into_iter()

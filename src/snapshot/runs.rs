@@ -493,6 +493,9 @@ pub(super) struct Sorted {
     pub(super) memory: Vec<Run>,
     /// The spill directories, removed when dropped.
     pub(super) dirs: Vec<tempfile::TempDir>,
+    /// The rows' values in the order they were read, when the records carry where each row's
+    /// sit there instead of the values themselves (`Layout::spool`).
+    pub(super) spool: Option<File>,
 }
 
 impl Sorted {
@@ -501,6 +504,7 @@ impl Sorted {
         self.files.extend(other.files);
         self.memory.extend(other.memory);
         self.dirs.extend(other.dirs);
+        self.spool = self.spool.or(other.spool);
         self
     }
 }
@@ -515,8 +519,13 @@ pub(super) struct Layout {
     pub(super) profile: bool,
     /// Whether records carry the row's recipe-1 hash (a run upgrading a recipe-1 store).
     pub(super) upgrade: bool,
-    /// Whether records carry where each row began in its file (`Payloads::Refetch`).
+    /// Whether records carry where each row began in its file (`Payloads::Refetch`), or, with
+    /// `spool`, where its values sit in the spool.
     pub(super) offsets: bool,
+    /// Whether each row's values are written to a spool file as they come, the record carrying
+    /// their place there (`Payloads::Refetch` for a source that cannot read a row again: a
+    /// query). Only where one side sorts every row (`read_piped`): the places are one file's.
+    pub(super) spool: bool,
     pub(super) hashing: Hashing,
 }
 
@@ -543,6 +552,69 @@ pub(super) struct Sorting<'a> {
     /// Batches this side hashed, and rows.
     hashed: u64,
     rows: u64,
+    /// Where the rows' values go under `Layout::spool` (created with the first row).
+    spool: Option<Spool>,
+}
+
+/// A file of rows' values in the order they were read: per row, its values' length and the
+/// row hash's input length (u32 LE each), then the values (as `Pending::input`: the payload).
+/// Unlinked when created, like a spill file: a crash leaves nothing behind.
+struct Spool {
+    out: BufWriter<File>,
+    len: u64,
+}
+
+impl Spool {
+    fn new(dir: &Path) -> io::Result<Spool> {
+        Ok(Spool {
+            out: BufWriter::with_capacity(1 << 20, tempfile::tempfile_in(dir)?),
+            len: 0,
+        })
+    }
+
+    /// Appends a row's values; returns where they sit, for `read_spooled`.
+    fn put(&mut self, values: &[u8], hashed: u32) -> io::Result<u64> {
+        let at = self.len;
+        self.out.write_all(&(values.len() as u32).to_le_bytes())?;
+        self.out.write_all(&hashed.to_le_bytes())?;
+        self.out.write_all(values)?;
+        self.len += 8 + values.len() as u64;
+        Ok(at)
+    }
+
+    fn finish(self) -> io::Result<File> {
+        self.out.into_inner().map_err(|e| e.into_error())
+    }
+}
+
+/// The values a spool holds at `at` into `buf` (cleared first); returns how many of their
+/// first bytes are the row hash's input. `buf`'s spare room saves a second read for most rows.
+pub(super) fn read_spooled(file: &File, at: u64, buf: &mut Vec<u8>) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    const FIRST: usize = 512;
+    buf.clear();
+    buf.resize(FIRST, 0);
+    let mut got = 0;
+    while got < 8 {
+        match file.read_at(&mut buf[got..], at + got as u64)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    let len = u32_at(buf, 0);
+    let hashed = u32_at(buf, 4);
+    if hashed > len {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "corrupt spool entry",
+        ));
+    }
+    buf.resize(8 + len, 0);
+    if got < 8 + len {
+        file.read_exact_at(&mut buf[got..], at + got as u64)?;
+    }
+    buf.drain(..8);
+    Ok(hashed)
 }
 
 impl<'a> Sorting<'a> {
@@ -557,6 +629,7 @@ impl<'a> Sorting<'a> {
             steps: Steps::new(),
             hashed: 0,
             rows: 0,
+            spool: None,
         }
     }
 
@@ -590,7 +663,15 @@ impl<'a> Sorting<'a> {
                 layout.profile.then_some(r.profile),
                 layout.upgrade.then_some(r.v1),
             );
-            let at = layout.offsets.then_some(r.at);
+            let at = if layout.spool {
+                let spool = match &mut self.spool {
+                    Some(s) => s,
+                    None => self.spool.insert(Spool::new(self.spill_dir)?),
+                };
+                Some(spool.put(input, r.hashed)?)
+            } else {
+                layout.offsets.then_some(r.at)
+            };
             run.push(key, hashes, (r.line, at), (input, spans), r.bad.as_deref());
             if run.bytes() >= self.budget {
                 steps.mark(ARRANGE);
@@ -652,6 +733,7 @@ impl<'a> Sorting<'a> {
             files: self.files,
             memory: vec![self.run],
             dirs: self.dir.into_iter().collect(),
+            spool: self.spool.map(Spool::finish).transpose()?,
         })
     }
 }
@@ -700,6 +782,31 @@ mod tests {
             let expected: Vec<_> = expected.iter().map(|e| (e.hi, e.lo, e.at)).collect();
             prop_assert_eq!(got, expected);
         }
+    }
+
+    #[test]
+    fn a_spool_gives_back_each_rows_values_whatever_their_length() {
+        // Around the first read's 512 bytes (8 of them the lengths), empty, and several reads.
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::new(dir.path()).unwrap();
+        let rows: Vec<(Vec<u8>, u32)> = [0usize, 1, 503, 504, 505, 3000, 7, 0, 504]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| ((0..n).map(|b| (b * 7 + i) as u8).collect(), (n / 2) as u32))
+            .collect();
+        let at: Vec<u64> = rows
+            .iter()
+            .map(|(v, h)| spool.put(v, *h).unwrap())
+            .collect();
+        let file = spool.finish().unwrap();
+        let mut buf = vec![9; 40];
+        // Out of order, as the merge asks for them.
+        for i in [4, 0, 8, 5, 1, 3, 2, 7, 6] {
+            let hashed = read_spooled(&file, at[i], &mut buf).unwrap();
+            assert_eq!((&buf, hashed as u32), (&rows[i].0, rows[i].1), "row {i}");
+        }
+        let end = at[8] + 8 + 504;
+        assert!(read_spooled(&file, end, &mut buf).is_err(), "past the end");
     }
 
     #[test]
