@@ -14,6 +14,13 @@
 //!   returns, so a column the query lacks is a config error before any row is read.
 //! - Dropping the source drops the receiver: the driver's next send fails, it stops, and its
 //!   connection closes with it.
+//! - Cells go back where they came from: `next_row` swaps the row it hands out with the cells
+//!   the pipeline handed back, and a batch read to its end returns to the driver's thread (a
+//!   second channel, never waited on), whose next rows are written over those cells. A text
+//!   value then reuses the buffer of the one before it in its column ([`Feed::next`]), and
+//!   no buffer is freed on a thread other than the one that allocated it: glibc makes such a
+//!   free, and the allocations it starves, several times dearer (measured: a quarter of the
+//!   PostgreSQL source's CPU, docs/BENCHMARKS.md).
 //! - No password reaches a message: sources describe themselves from parsed connection
 //!   settings (user, host, port, database), never from the URL's text.
 //! - A server's certificate is checked in full (its chain against the roots, its names against
@@ -62,9 +69,20 @@ pub struct Gone;
 /// The driver's end of the channel.
 pub struct Feed {
     tx: SyncSender<Msg>,
+    /// Batches read to their end by the pipeline, their cells left as it left them.
+    recycled: Receiver<Vec<Cell>>,
     width: usize,
+    /// `BATCH` rows of cells, the first `filled` written.
     batch: Vec<Cell>,
+    filled: usize,
     rows: u64,
+}
+
+/// A batch of cells to write rows over: one handed back, or a new one.
+fn batch_of(recycled: &Receiver<Vec<Cell>>, width: usize) -> Vec<Cell> {
+    let mut b = recycled.try_recv().unwrap_or_default();
+    b.resize(BATCH * width, Cell::Typed(crate::core::value::Value::Null));
+    b
 }
 
 impl Feed {
@@ -76,10 +94,29 @@ impl Feed {
     /// Takes one row's cells (one per plan column, drained from `row`); sends a full batch.
     pub fn row(&mut self, row: &mut Vec<Cell>) -> Result<(), Gone> {
         debug_assert_eq!(row.len(), self.width);
-        self.batch.append(row);
+        for (slot, cell) in self.next().iter_mut().zip(row.drain(..)) {
+            *slot = cell;
+        }
+        self.push()
+    }
+
+    /// The next row's cells (one per plan column), to be written in place, then [`Feed::push`]:
+    /// each holds what an earlier row left in that column (a text value's buffer, say), for
+    /// the driver to write over or replace. Every cell must be written.
+    pub fn next(&mut self) -> &mut [Cell] {
+        if self.batch.is_empty() {
+            self.batch = batch_of(&self.recycled, self.width);
+        }
+        &mut self.batch[self.filled..self.filled + self.width]
+    }
+
+    /// The row written in [`Feed::next`]'s cells is complete; sends a full batch.
+    pub fn push(&mut self) -> Result<(), Gone> {
+        self.filled += self.width;
         self.rows += 1;
-        if self.batch.len() >= BATCH * self.width {
-            let full = std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH * self.width));
+        if self.filled == self.batch.len() {
+            let full = std::mem::take(&mut self.batch);
+            self.filled = 0;
             self.tx.send(Msg::Rows(full)).map_err(|_| Gone)?;
         }
         Ok(())
@@ -92,8 +129,9 @@ impl Feed {
 
     /// The result is complete: the last rows, then the end.
     pub fn done(mut self) {
-        if !self.batch.is_empty() {
-            let last = std::mem::take(&mut self.batch);
+        if self.filled > 0 {
+            let mut last = std::mem::take(&mut self.batch);
+            last.truncate(self.filled);
             if self.tx.send(Msg::Rows(last)).is_err() {
                 return;
             }
@@ -111,8 +149,12 @@ impl Feed {
 pub struct FedSource {
     what: String,
     rx: Receiver<Msg>,
+    /// Batches read to their end, back to the driver (`Feed::recycled`).
+    recycle: SyncSender<Vec<Cell>>,
     width: usize,
-    batch: std::vec::IntoIter<Cell>,
+    /// The batch being read, from cell `at`; the cells before it are the rows handed back.
+    batch: Vec<Cell>,
+    at: usize,
     line: u64,
     done: bool,
 }
@@ -128,10 +170,13 @@ impl FedSource {
     ) -> Result<FedSource, SourceError> {
         assert!(width > 0, "a plan has at least the custom id column");
         let (tx, rx) = sync_channel(DEPTH);
+        let (recycle, recycled) = sync_channel(DEPTH + 2);
         let feed = Feed {
             tx: tx.clone(),
+            recycled,
             width,
-            batch: Vec::with_capacity(BATCH * width),
+            batch: Vec::new(),
+            filled: 0,
             rows: 0,
         };
         let thread_what = what.clone();
@@ -158,8 +203,10 @@ impl FedSource {
             Ok(Msg::Ready) => Ok(FedSource {
                 what,
                 rx,
+                recycle,
                 width,
-                batch: Vec::new().into_iter(),
+                batch: Vec::new(),
+                at: 0,
                 line: 0,
                 done: false,
             }),
@@ -173,11 +220,16 @@ impl FedSource {
 }
 
 impl Source for FedSource {
+    /// The row's cells are swapped with those handed back (`cells` as the last row left them).
     fn next_row(&mut self, cells: &mut Vec<Cell>) -> Result<Option<Read>, SourceError> {
-        cells.clear();
         loop {
-            if self.batch.len() >= self.width {
-                cells.extend(self.batch.by_ref().take(self.width));
+            if self.at + self.width <= self.batch.len() {
+                if cells.len() != self.width {
+                    cells.clear();
+                    cells.resize(self.width, Cell::Typed(crate::core::value::Value::Null));
+                }
+                cells.swap_with_slice(&mut self.batch[self.at..self.at + self.width]);
+                self.at += self.width;
                 self.line += 1;
                 return Ok(Some(Read {
                     line: self.line,
@@ -189,7 +241,12 @@ impl Source for FedSource {
                 return Ok(None);
             }
             match self.rx.recv() {
-                Ok(Msg::Rows(rows)) => self.batch = rows.into_iter(),
+                Ok(Msg::Rows(rows)) => {
+                    let read = std::mem::replace(&mut self.batch, rows);
+                    self.at = 0;
+                    // A full channel (the driver has batches to spare) drops it here.
+                    let _ = self.recycle.try_send(read);
+                }
                 Ok(Msg::Done) => self.done = true,
                 Ok(Msg::Ready) => {}
                 Ok(Msg::Failed(e)) => return Err(e),
@@ -460,6 +517,63 @@ mod tests {
         assert_eq!(rows.len() as i64, n);
         assert_eq!(rows[1500], (1501, vec![int(1500), int(-1500)]));
         assert_eq!(src.next_row(&mut Vec::new()).unwrap(), None);
+    }
+
+    #[test]
+    fn cells_written_over_those_handed_back_give_each_row_its_own_values() {
+        // Texts of changing lengths, a null among them, over several batches; the pipeline
+        // takes some cells out of the rows it is handed (as the encoder does a declared
+        // column's) and leaves the others.
+        // Past DEPTH + 2 batches the driver must wait for the pipeline, so batches come back.
+        let n = BATCH * 12 + 5;
+        let text = |i: usize| "x".repeat(i % 37) + &i.to_string();
+        let reused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = reused.clone();
+        let mut src = FedSource::start("test".into(), 3, "feed-test", move |mut feed| {
+            feed.ready().unwrap();
+            for i in 0..n {
+                let row = feed.next();
+                if matches!(&row[0], Cell::Typed(Value::Text(_))) {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                let t = text(i);
+                super::super::sqltypes::text_into(t.as_bytes(), "text", &mut row[0]);
+                row[1] = if i % 5 == 0 {
+                    Cell::Typed(Value::Null)
+                } else {
+                    int(i as i64)
+                };
+                super::super::sqltypes::text_into(t.as_bytes(), "text", &mut row[2]);
+                if feed.push().is_err() {
+                    return;
+                }
+            }
+            feed.done();
+        })
+        .unwrap();
+        let mut cells = Vec::new();
+        let mut i = 0;
+        while let Some(r) = src.next_row(&mut cells).unwrap() {
+            let t = Cell::Typed(Value::Text(text(i)));
+            let second = if i % 5 == 0 {
+                Cell::Typed(Value::Null)
+            } else {
+                int(i as i64)
+            };
+            assert_eq!(
+                (r.line, &cells),
+                (i as u64 + 1, &vec![t.clone(), second, t])
+            );
+            if i % 3 == 0 {
+                cells[2] = Cell::Text(String::new());
+            }
+            i += 1;
+        }
+        assert_eq!(i, n);
+        assert!(
+            reused.load(std::sync::atomic::Ordering::Relaxed) >= BATCH,
+            "no cell came back"
+        );
     }
 
     #[test]

@@ -625,13 +625,18 @@ impl Job {
             return;
         }
         let mut tuples = copy::Tuples::new(width);
-        let mut cells = Vec::with_capacity(columns.len());
         let mut row = |b: &[u8], fields: &[copy::Field]| {
-            cells.extend(columns.iter().map(|c| match &fields[c.index] {
-                Some(r) => cell(c, &b[r.clone()], self.tz),
-                None => Cell::Typed(Value::Null),
-            }));
-            feed.row(&mut cells)
+            for (slot, c) in feed.next().iter_mut().zip(&columns) {
+                match &fields[c.index] {
+                    // Over the text of the row before, in its buffer.
+                    Some(r) if c.kind == Kind::Text => {
+                        sqltypes::text_into(&b[r.clone()], c.ty.name(), slot)
+                    }
+                    Some(r) => *slot = cell(c, &b[r.clone()], self.tz),
+                    None => *slot = Cell::Typed(Value::Null),
+                }
+            }
+            feed.push()
         };
         let (started, mut starved) = (Instant::now(), Duration::ZERO);
         loop {

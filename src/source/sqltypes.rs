@@ -122,6 +122,17 @@ pub fn text(bytes: &[u8], sql_type: &str) -> Cell {
     }
 }
 
+/// [`text`] into `slot`, in the buffer of the text it holds, if any.
+pub fn text_into(bytes: &[u8], sql_type: &str, slot: &mut Cell) {
+    match (std::str::from_utf8(bytes), slot) {
+        (Ok(s), Cell::Typed(Value::Text(t))) => {
+            t.clear();
+            t.push_str(s);
+        }
+        (_, slot) => *slot = text(bytes, sql_type),
+    }
+}
+
 /// A JSON document: objects and arrays as they are, scalars as their JSON type (as NDJSON).
 pub fn json(v: serde_json::Value) -> Cell {
     match from_json(v) {
