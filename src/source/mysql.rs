@@ -501,7 +501,7 @@ fn cell(c: &Column, v: mysql_async::Value, tz: Tz) -> Cell {
             Ok(t) => sqltypes::decimal(t),
             Err(_) => Cell::Invalid("DECIMAL value is not text".into()),
         },
-        (Kind::Text | Kind::Binary, V::Bytes(b)) => sqltypes::text(&b, &c.ty),
+        (Kind::Text | Kind::Binary, V::Bytes(b)) => sqltypes::text_owned(b, &c.ty),
         (Kind::Json, V::Bytes(b)) => sqltypes::json_text(&b),
         (Kind::Bit, V::Bytes(b)) if b.len() <= 8 => {
             let bits = b.iter().fold(0u64, |acc, &byte| (acc << 8) | byte as u64);

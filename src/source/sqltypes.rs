@@ -25,6 +25,41 @@ pub fn decimal(text: &str) -> Cell {
     if let Ok(i) = t.parse::<i64>() {
         return Cell::Typed(Value::Int(i));
     }
+    if let Some(x) = plain_decimal(t) {
+        return number(x);
+    }
+    decimal_checked(t)
+}
+
+/// `-?[0-9]+\.[0-9]+` of at most 15 digits in all → its value, the one [`decimal_checked`]
+/// finds exact, without its allocations and float formatting (MySQL sends every `DECIMAL` as
+/// such text). The digits as an integer `m < 10^15 < 2^53` over `10^k` (k ≤ 14), both exact
+/// in an f64: one division rounds correctly (Clinger's fast path, which `str::parse` takes
+/// too), and 15 significant digits survive the round trip through an f64 (`f64::DIGITS`), so
+/// the exactness check would pass. `None` for any other spelling. The tests compare the two.
+fn plain_decimal(t: &str) -> Option<f64> {
+    const POW10: [f64; 15] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+    ];
+    let (negative, rest) = match t.as_bytes() {
+        [b'-', rest @ ..] => (true, rest),
+        b => (false, b),
+    };
+    let dot = rest.iter().position(|&c| c == b'.')?;
+    let (int, frac) = (&rest[..dot], &rest[dot + 1..]);
+    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 15 {
+        return None;
+    }
+    let m = int.iter().chain(frac).try_fold(0u64, |m, &c| {
+        c.is_ascii_digit().then(|| m * 10 + u64::from(c - b'0'))
+    })?;
+    let x = m as f64 / POW10[frac.len()];
+    Some(if negative { -x } else { x })
+}
+
+/// [`decimal`] for any spelling: exact when an f64 holds the decimal (its shortest rendering
+/// is the same decimal number), else invalid.
+fn decimal_checked(t: &str) -> Cell {
     let Some(exact) = canonical(t) else {
         return Cell::Invalid(format!("numeric {t} is not a finite number"));
     };
@@ -122,6 +157,14 @@ pub fn text(bytes: &[u8], sql_type: &str) -> Cell {
     }
 }
 
+/// [`text`] of bytes the driver already allocated: kept as they are, not copied.
+pub fn text_owned(bytes: Vec<u8>, sql_type: &str) -> Cell {
+    match String::from_utf8(bytes) {
+        Ok(s) => Cell::Typed(Value::Text(s)),
+        Err(e) => text(e.as_bytes(), sql_type),
+    }
+}
+
 /// [`text`] into `slot`, in the buffer of the text it holds, if any.
 pub fn text_into(bytes: &[u8], sql_type: &str, slot: &mut Cell) {
     match (std::str::from_utf8(bytes), slot) {
@@ -191,6 +234,53 @@ mod tests {
         #[case] expected: Option<Value>,
     ) {
         assert_eq!(typed(decimal(text)), expected, "{text}");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_plain_decimal_is_the_number_the_checked_path_gives(
+            int in "-?[0-9]{1,12}",
+            frac in "[0-9]{1,12}",
+        ) {
+            let t = format!("{int}.{frac}");
+            let fast = plain_decimal(&t);
+            let digits = int.trim_start_matches('-').len() + frac.len();
+            proptest::prop_assert_eq!(fast.is_some(), digits <= 15, "{}", t);
+            if let Some(x) = fast {
+                proptest::prop_assert_eq!(typed(number(x)), typed(decimal_checked(&t)), "{}", t);
+            }
+        }
+    }
+
+    #[rstest]
+    #[case("-0.00")]
+    #[case("007.50")]
+    #[case("999999999999.999")]
+    #[case("0.00000000000001")]
+    #[case("-12.5")]
+    fn plain_decimals_at_the_edges_read_as_checked_ones(#[case] t: &str) {
+        let x = plain_decimal(t).expect("plain");
+        assert_eq!(typed(number(x)), typed(decimal_checked(t)), "{t}");
+    }
+
+    #[rstest]
+    #[case(b"caf\xc3\xa9")]
+    #[case(b"")]
+    #[case(b"ok\xff\x00")]
+    fn owned_text_reads_as_borrowed_text(#[case] b: &[u8]) {
+        assert_eq!(text_owned(b.to_vec(), "BLOB"), text(b, "BLOB"));
+    }
+
+    #[rstest]
+    #[case("1.")]
+    #[case(".5")]
+    #[case("+1.5")]
+    #[case("1.5e3")]
+    #[case("1234567890.1234567")]
+    #[case("1.2.3")]
+    #[case("-")]
+    fn other_spellings_take_the_checked_path(#[case] t: &str) {
+        assert_eq!(plain_decimal(t), None, "{t}");
     }
 
     #[test]
