@@ -273,6 +273,31 @@ fn string_array(items: Vec<serde_json::Value>) -> Option<Vec<String>> {
         .collect()
 }
 
+/// `-?[0-9]+\.[0-9]+` of at most 15 digits in all → its value as `str::parse::<f64>` gives
+/// it, computed from the digits: they make an integer `m < 10^15 < 2^53` over `10^k`
+/// (k ≤ 14), both exact in an f64, so one division rounds correctly (Clinger's fast path, which
+/// the standard parser takes too). `None` for any other spelling, which takes the caller's
+/// full parser. Typed CSV and MySQL's `DECIMAL` text read most numbers through it.
+pub fn plain_fraction(b: &[u8]) -> Option<f64> {
+    const POW10: [f64; 15] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
+    ];
+    let (negative, rest) = match b {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, b),
+    };
+    let dot = rest.iter().position(|&c| c == b'.')?;
+    let (int, frac) = (&rest[..dot], &rest[dot + 1..]);
+    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 15 {
+        return None;
+    }
+    let m = int.iter().chain(frac).try_fold(0u64, |m, &c| {
+        c.is_ascii_digit().then(|| m * 10 + u64::from(c - b'0'))
+    })?;
+    let x = m as f64 / POW10[frac.len()];
+    Some(if negative { -x } else { x })
+}
+
 pub fn parse_number(s: &str) -> Option<Value> {
     let t = s.trim();
     if let Ok(i) = t.parse::<i64>() {

@@ -237,31 +237,13 @@ fn plain_int(b: &[u8]) -> Option<i64> {
     Some(if neg { -n } else { n })
 }
 
-/// A plain integer, or `-?[0-9]+\.[0-9]+` of at most 15 digits → the value `parse_number`
-/// gives: the digits as an integer m < 2^53 over 10^k (k ≤ 14), both exact in an f64, so one
-/// division rounds correctly (Clinger's fast path, which the standard parser takes too).
-/// `None` for anything else, which takes the reference parser.
+/// A plain integer, or a plain fraction (`value::plain_fraction`) → the value `parse_number`
+/// gives. `None` for anything else, which takes the reference parser.
 fn plain_decimal(b: &[u8]) -> Option<Value> {
     if let Some(i) = plain_int(b) {
         return Some(Value::Int(i));
     }
-    const POW10: [f64; 15] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
-    ];
-    let (neg, rest) = match b {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, b),
-    };
-    let dot = rest.iter().position(|&c| c == b'.')?;
-    let (int, frac) = (&rest[..dot], &rest[dot + 1..]);
-    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 15 {
-        return None;
-    }
-    let m = int.iter().chain(frac).try_fold(0u64, |n, &c| {
-        c.is_ascii_digit().then(|| n * 10 + u64::from(c - b'0'))
-    })?;
-    let x = m as f64 / POW10[frac.len()];
-    Value::number(if neg { -x } else { x }).ok()
+    Value::number(crate::core::value::plain_fraction(b)?).ok()
 }
 
 /// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` → microseconds since the epoch, as chrono's RFC 3339

@@ -25,36 +25,18 @@ pub fn decimal(text: &str) -> Cell {
     if let Ok(i) = t.parse::<i64>() {
         return Cell::Typed(Value::Int(i));
     }
+    // MySQL sends every `DECIMAL` as text: most are computed from their digits, without the
+    // checked path's allocations and float formatting. Fifteen significant digits survive
+    // the round trip through an f64 (`f64::DIGITS`), so that path's exactness check would
+    // pass; the tests compare the two.
     if let Some(x) = plain_decimal(t) {
         return number(x);
     }
     decimal_checked(t)
 }
 
-/// `-?[0-9]+\.[0-9]+` of at most 15 digits in all → its value, the one [`decimal_checked`]
-/// finds exact, without its allocations and float formatting (MySQL sends every `DECIMAL` as
-/// such text). The digits as an integer `m < 10^15 < 2^53` over `10^k` (k ≤ 14), both exact
-/// in an f64: one division rounds correctly (Clinger's fast path, which `str::parse` takes
-/// too), and 15 significant digits survive the round trip through an f64 (`f64::DIGITS`), so
-/// the exactness check would pass. `None` for any other spelling. The tests compare the two.
 fn plain_decimal(t: &str) -> Option<f64> {
-    const POW10: [f64; 15] = [
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
-    ];
-    let (negative, rest) = match t.as_bytes() {
-        [b'-', rest @ ..] => (true, rest),
-        b => (false, b),
-    };
-    let dot = rest.iter().position(|&c| c == b'.')?;
-    let (int, frac) = (&rest[..dot], &rest[dot + 1..]);
-    if int.is_empty() || frac.is_empty() || int.len() + frac.len() > 15 {
-        return None;
-    }
-    let m = int.iter().chain(frac).try_fold(0u64, |m, &c| {
-        c.is_ascii_digit().then(|| m * 10 + u64::from(c - b'0'))
-    })?;
-    let x = m as f64 / POW10[frac.len()];
-    Some(if negative { -x } else { x })
+    crate::core::value::plain_fraction(t.as_bytes())
 }
 
 /// [`decimal`] for any spelling: exact when an f64 holds the decimal (its shortest rendering
