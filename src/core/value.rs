@@ -278,6 +278,7 @@ fn string_array(items: Vec<serde_json::Value>) -> Option<Vec<String>> {
 /// (k ≤ 14), both exact in an f64, so one division rounds correctly (Clinger's fast path, which
 /// the standard parser takes too). `None` for any other spelling, which takes the caller's
 /// full parser. Typed CSV and MySQL's `DECIMAL` text read most numbers through it.
+#[inline]
 pub fn plain_fraction(b: &[u8]) -> Option<f64> {
     const POW10: [f64; 15] = [
         1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14,
