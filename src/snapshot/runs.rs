@@ -588,7 +588,7 @@ impl Spool {
 }
 
 /// The values a spool holds at `at` into `buf` (cleared first); returns how many of their
-/// first bytes are the row hash's input. `buf`'s spare room saves a second read for most rows.
+/// first bytes are the row hash's input. One `pread` of 512 bytes, a second for a longer row.
 pub(super) fn read_spooled(file: &File, at: u64, buf: &mut Vec<u8>) -> io::Result<usize> {
     use std::os::unix::fs::FileExt;
     const FIRST: usize = 512;

@@ -147,10 +147,12 @@ pub fn text_owned(bytes: Vec<u8>, sql_type: &str) -> Cell {
     }
 }
 
-/// [`text`] into `slot`, in the buffer of the text it holds, if any.
+/// [`text`] into `slot`, in the buffer of the text it holds, if any, unless that buffer is
+/// far larger than the text (once a long value's, it is not kept for short ones: a batch's
+/// cells would otherwise hold every column's longest text for the rest of the read).
 pub fn text_into(bytes: &[u8], sql_type: &str, slot: &mut Cell) {
     match (std::str::from_utf8(bytes), slot) {
-        (Ok(s), Cell::Typed(Value::Text(t))) => {
+        (Ok(s), Cell::Typed(Value::Text(t))) if t.capacity() <= 4096.max(2 * s.len()) => {
             t.clear();
             t.push_str(s);
         }
@@ -243,6 +245,31 @@ mod tests {
     fn plain_decimals_at_the_edges_read_as_checked_ones(#[case] t: &str) {
         let x = plain_decimal(t).expect("plain");
         assert_eq!(typed(number(x)), typed(decimal_checked(t)), "{t}");
+    }
+
+    #[test]
+    fn a_text_written_over_keeps_a_buffer_only_of_its_size() {
+        let mut slot = Cell::Typed(Value::Text(String::with_capacity(100)));
+        text_into(b"short", "text", &mut slot);
+        let Cell::Typed(Value::Text(t)) = &slot else {
+            panic!("{slot:?}")
+        };
+        assert_eq!(
+            (t.as_str(), t.capacity()),
+            ("short", 100),
+            "a small buffer is reused"
+        );
+        let mut slot = Cell::Typed(Value::Text("x".repeat(1 << 20)));
+        text_into(b"short", "text", &mut slot);
+        let Cell::Typed(Value::Text(t)) = &slot else {
+            panic!("{slot:?}")
+        };
+        assert!(
+            t == "short" && t.capacity() < 4096,
+            "a long value's buffer is let go"
+        );
+        text_into(b"\xff", "text", &mut slot);
+        assert_eq!(slot, text(b"\xff", "text"));
     }
 
     #[rstest]
