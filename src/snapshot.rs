@@ -71,7 +71,7 @@ pub enum SnapshotError {
         key: String,
         reason: String,
     },
-    #[error("spill file")]
+    #[error("temporary file beside the state store (sorted runs, or a query's values); nothing was committed")]
     Spill(#[from] std::io::Error),
     #[error("interrupted after reading {rows} rows; nothing was committed")]
     Interrupted { rows: u64 },
