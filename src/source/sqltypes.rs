@@ -15,7 +15,7 @@
 //! - A value of a type batchsync does not read is invalid, with the SQL type and the cast that
 //!   fixes it in the message: it never silently becomes text.
 
-use crate::core::value::{from_json, naive_to_micros, Cell, Value};
+use crate::core::value::{from_json, naive_to_micros, plain_fraction, Cell, Value};
 use chrono::{NaiveDate, NaiveDateTime};
 use chrono_tz::Tz;
 
@@ -29,14 +29,10 @@ pub fn decimal(text: &str) -> Cell {
     // checked path's allocations and float formatting. Fifteen significant digits survive
     // the round trip through an f64 (`f64::DIGITS`), so that path's exactness check would
     // pass; the tests compare the two.
-    if let Some(x) = plain_decimal(t) {
+    if let Some(x) = plain_fraction(t.as_bytes()) {
         return number(x);
     }
     decimal_checked(t)
-}
-
-fn plain_decimal(t: &str) -> Option<f64> {
-    crate::core::value::plain_fraction(t.as_bytes())
 }
 
 /// [`decimal`] for any spelling: exact when an f64 holds the decimal (its shortest rendering
@@ -227,7 +223,7 @@ mod tests {
             frac in "[0-9]{1,12}",
         ) {
             let t = format!("{int}.{frac}");
-            let fast = plain_decimal(&t);
+            let fast = plain_fraction(t.as_bytes());
             let digits = int.trim_start_matches('-').len() + frac.len();
             proptest::prop_assert_eq!(fast.is_some(), digits <= 15, "{}", t);
             if let Some(x) = fast {
@@ -243,7 +239,7 @@ mod tests {
     #[case("0.00000000000001")]
     #[case("-12.5")]
     fn plain_decimals_at_the_edges_read_as_checked_ones(#[case] t: &str) {
-        let x = plain_decimal(t).expect("plain");
+        let x = plain_fraction(t.as_bytes()).expect("plain");
         assert_eq!(typed(number(x)), typed(decimal_checked(t)), "{t}");
     }
 
@@ -289,7 +285,7 @@ mod tests {
     #[case("1.2.3")]
     #[case("-")]
     fn other_spellings_take_the_checked_path(#[case] t: &str) {
-        assert_eq!(plain_decimal(t), None, "{t}");
+        assert_eq!(plain_fraction(t.as_bytes()), None, "{t}");
     }
 
     #[test]
