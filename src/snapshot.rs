@@ -700,7 +700,10 @@ impl Refetcher {
         self.rows += 1;
         let source = match &mut self.from {
             Again::File(source) => source,
-            Again::Spool(_) => return self.fill_spooled(row, at),
+            Again::Spool(spool) => {
+                let parts = (&mut self.buf, &self.hasher, &mut self.profile);
+                return fill_spooled(spool, parts, row, at);
+            }
         };
         let read = source.row_at(at, row.line, &mut self.cells)?;
         self.buf.clear();
@@ -728,28 +731,34 @@ impl Refetcher {
         row.at = None;
         Ok(())
     }
+}
 
-    /// [`Refetcher::fill`] from the spool.
-    fn fill_spooled(&mut self, row: &mut SnapRow, at: u64) -> Result<(), SnapshotError> {
-        let Again::Spool(spool) = &self.from else {
-            unreachable!("called for a spool only")
-        };
-        let hashed = runs::read_spooled(spool, at, &mut self.buf)?;
-        let profile = row.profile.map(|_| self.profile.of_payload(&self.buf));
-        if self.hasher.hash(&self.buf[..hashed]) != row.hash || profile != row.profile.map(Some) {
-            return Err(SnapshotError::Spill(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "the values of row {} read back from the spool do not hash as they did",
-                    row.line
-                ),
-            )));
-        }
-        row.payload.clear();
-        row.payload.extend_from_slice(&self.buf);
-        row.at = None;
-        Ok(())
+/// [`Refetcher::fill`] from the spool, with the refetcher's buffer and hashers.
+fn fill_spooled(
+    spool: &std::fs::File,
+    (buf, hasher, profiles): (
+        &mut Vec<u8>,
+        &crate::core::encode::RowHasher,
+        &mut cells::ProfileHash,
+    ),
+    row: &mut SnapRow,
+    at: u64,
+) -> Result<(), SnapshotError> {
+    let hashed = runs::read_spooled(spool, at, buf)?;
+    let profile = row.profile.map(|_| profiles.of_payload(buf));
+    if hasher.hash(&buf[..hashed]) != row.hash || profile != row.profile.map(Some) {
+        return Err(SnapshotError::Spill(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "the values of row {} read back from the spool do not hash as they did",
+                row.line
+            ),
+        )));
     }
+    row.payload.clear();
+    row.payload.extend_from_slice(buf);
+    row.at = None;
+    Ok(())
 }
 
 pub(crate) fn bad_row(what: &str, line: u64, p: &Reject) -> SnapshotError {
