@@ -390,9 +390,15 @@ fn scheduled_runs_go_on_through_a_batch_outage_and_the_metrics_match_the_store_a
         || {
             let (code, body) = serve.get("/healthz");
             assert_eq!(code, 200, "/healthz during the outage: {body}");
+            // The store records the run before serve counts its tick (it reads the store
+            // again first): wait for both.
             runs_of(&serve.status())
                 .iter()
                 .any(|r| r["status"] == "failed" && r["events_pending"].as_u64() > Some(0))
+                && serve
+                    .metrics()
+                    .get("batchsync_runs_total", &[("status", "failed")])
+                    .is_some_and(|n| n >= 1.0)
         },
     );
     // A failing run ends neither serve nor its liveness: /healthz said 200 at every probe.
