@@ -12,7 +12,7 @@ use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
 use crate::store::Store;
-use crate::ui::Ui;
+use crate::ui::{counted, Ui};
 
 const EXIT_OK: i32 = ExitCode::Ok as i32;
 const EXIT_FAILED: i32 = ExitCode::Failed as i32;
@@ -258,19 +258,19 @@ fn plan(settings: &Settings, a: &PlanArgs, ui: &Ui) -> i32 {
 
 fn human_summary(s: &RunSummary) {
     eprintln!(
-        "run {}: {} — {} rows; {} added, {} changed, {} removed, {} rejected; {} events sent in {} requests ({} retries), {} pending ({} requests); {} ms",
+        "run {}: {} — {}; {} added, {} changed, {} removed, {} rejected; {} sent in {} ({}), {} pending ({}); {} ms",
         s.run_id.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
         s.status,
-        s.counts.rows,
+        counted(s.counts.rows, "row", "rows"),
         s.counts.added,
         s.counts.changed,
         s.counts.removed,
         s.counts.rejected,
-        s.counts.events_sent,
-        s.counts.requests,
-        s.counts.retries,
+        counted(s.counts.events_sent, "event", "events"),
+        counted(s.counts.requests, "request", "requests"),
+        counted(s.counts.retries, "retry", "retries"),
         s.counts.events_pending,
-        s.counts.requests_pending,
+        counted(s.counts.requests_pending, "request", "requests"),
         s.duration_ms
     );
     if s.counts.profile_updates > 0 {
@@ -403,8 +403,10 @@ fn status(settings: &Settings, a: &StatusArgs) -> i32 {
         return EXIT_OK;
     }
     println!(
-        "baseline: {} rows; pending: {} requests, {} events",
-        status.baseline_rows, status.pending.requests, status.pending.events
+        "baseline: {}; pending: {}, {}",
+        counted(status.baseline_rows, "row", "rows"),
+        counted(status.pending.requests, "request", "requests"),
+        counted(status.pending.events, "event", "events")
     );
     if crate::ui::stdout_is_terminal() && status.runs.len() > 1 {
         // Oldest to newest, left to right.

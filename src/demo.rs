@@ -9,6 +9,7 @@ use crate::emulate::{EmulatorConfig, EmulatorThread, Faults};
 use crate::pipeline::{self, RunOptions};
 use crate::ship::client::Credentials;
 use crate::ship::StopFlag;
+use crate::ui::counted;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
@@ -24,16 +25,16 @@ fn random_key(prefix: &str) -> String {
 
 fn say(summary: &RunSummary, label: &str) {
     println!(
-        "{label}: run {} {} — {} rows: {} added, {} changed, {} removed, {} rejected → {} events sent in {} requests, {} pending ({} ms)",
+        "{label}: run {} {} — {}: {} added, {} changed, {} removed, {} rejected → {} sent in {}, {} pending ({} ms)",
         summary.run_id.unwrap_or_default(),
         summary.status,
-        summary.counts.rows,
+        counted(summary.counts.rows, "row", "rows"),
         summary.counts.added,
         summary.counts.changed,
         summary.counts.removed,
         summary.counts.rejected,
-        summary.counts.events_sent,
-        summary.counts.requests,
+        counted(summary.counts.events_sent, "event", "events"),
+        counted(summary.counts.requests, "request", "requests"),
         summary.counts.events_pending,
         summary.duration_ms
     );

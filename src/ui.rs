@@ -235,6 +235,11 @@ pub fn sparkline(values: &[u64]) -> String {
         .collect()
 }
 
+/// A count and its noun, singular for exactly one: "1 request", "3 requests", "0 retries".
+pub fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// Whether stdout is a terminal (sparklines and tables meant for people).
 pub fn stdout_is_terminal() -> bool {
     std::io::stdout().is_terminal()
@@ -259,5 +264,12 @@ mod tests {
         assert_eq!(sparkline(&[0, 0]), "▁▁");
         assert_eq!(sparkline(&[0, 1, 1000, 500]), "▁▂█▅");
         assert_eq!(sparkline(&[7]), "█");
+    }
+
+    #[test]
+    fn a_count_of_one_takes_the_singular() {
+        assert_eq!(counted(1, "request", "requests"), "1 request");
+        assert_eq!(counted(0, "request", "requests"), "0 requests");
+        assert_eq!(counted(2, "retry", "retries"), "2 retries");
     }
 }
