@@ -27,6 +27,33 @@ create_orders() {
   sql "VACUUM ANALYZE $1"
 }
 
+# orders_config TABLE: the benchmarks' sync of TABLE, [source] to [destination], on stdout (the
+# caller adds its [state]). Expects PG_URL and ENDPOINT.
+orders_config() {
+  cat <<EOF
+[source]
+type = "postgres"
+url = "$PG_URL"
+query = "SELECT * FROM $1"
+primary_key = ["order_id"]
+
+[mapping]
+custom_id = "customer_email"
+event = "order_completed"
+time = "ordered_at"
+label = "campaign"
+attributes = ["amount", "currency", "gift", "status", "quantity", "score"]
+
+[sync]
+late_events = "send"
+
+[destination]
+endpoint = "$ENDPOINT"
+rate = 1000000
+mass_rate = 1000000
+EOF
+}
+
 # start_emulator: `batchsync emulate --no-limits` on a free port; sets EMU_PID and ENDPOINT.
 start_emulator() {
   export BATCH_REST_API_KEY="bench-rest-key" BATCH_PROJECT_KEY="bench-project-key"

@@ -54,28 +54,7 @@ trap cleanup EXIT
 create_orders "$TABLE" "$ROWS"
 start_emulator
 
-cat >"$WORK/batchsync.toml" <<EOF
-[source]
-type = "postgres"
-url = "$PG_URL"
-query = "SELECT * FROM $TABLE"
-primary_key = ["order_id"]
-
-[mapping]
-custom_id = "customer_email"
-event = "order_completed"
-time = "ordered_at"
-label = "campaign"
-attributes = ["amount", "currency", "gift", "status", "quantity", "score"]
-
-[sync]
-late_events = "send"
-
-[destination]
-endpoint = "$ENDPOINT"
-rate = 1000000
-mass_rate = 1000000
-EOF
+orders_config "$TABLE" >"$WORK/batchsync.toml"
 
 # measure NAME: runs `batchsync run --json` in $WORK; sets MS (wall clock) and RSS_KB.
 measure() {

@@ -47,31 +47,11 @@ def orders(script):
 
 
 def config(work, endpoint):
+    """bench/pg/orders.sh's sync of the table, with its store in `work`."""
     work.mkdir(parents=True, exist_ok=True)
-    (work / "batchsync.toml").write_text(f"""[source]
-type = "postgres"
-url = "{URL}"
-query = "SELECT * FROM {TABLE}"
-primary_key = ["order_id"]
-
-[mapping]
-custom_id = "customer_email"
-event = "order_completed"
-time = "ordered_at"
-label = "campaign"
-attributes = ["amount", "currency", "gift", "status", "quantity", "score"]
-
-[sync]
-late_events = "send"
-
-[destination]
-endpoint = "{endpoint}"
-rate = 1000000
-mass_rate = 1000000
-
-[state]
-path = "{work}/state/state.db"
-""")
+    sync = subprocess.run(["bash", "-c", f'. "{HERE}/orders.sh"; orders_config {TABLE}'], check=True,
+                          capture_output=True, text=True, env=dict(os.environ, PG_URL=URL, ENDPOINT=endpoint))
+    (work / "batchsync.toml").write_text(f'{sync.stdout}\n[state]\npath = "{work}/state/state.db"\n')
     return work / "batchsync.toml"
 
 

@@ -55,31 +55,8 @@ start_emulator
 
 mkdir -p "$WORK/local" "$WORK/database"
 config() {
-  cat <<EOF
-[source]
-type = "postgres"
-url = "$PG_URL"
-query = "SELECT * FROM $TABLE"
-primary_key = ["order_id"]
-
-[mapping]
-custom_id = "customer_email"
-event = "order_completed"
-time = "ordered_at"
-label = "campaign"
-attributes = ["amount", "currency", "gift", "status", "quantity", "score"]
-
-[sync]
-late_events = "send"
-
-[destination]
-endpoint = "$ENDPOINT"
-rate = 1000000
-mass_rate = 1000000
-
-[state]
-$1
-EOF
+  orders_config "$TABLE"
+  printf '\n[state]\n%s\n' "$1"
 }
 config 'path = ".batchsync/state.db"' >"$WORK/local/batchsync.toml"
 config "store = \"database\"
