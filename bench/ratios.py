@@ -25,8 +25,12 @@ import harness as h  # noqa: E402
 TARGETS = {"first": 1.6, "plan": 1.1, "commit": 1.4, "ndjson": 2.2}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def setup(doc):
+    """The command line (`--bin --gen --floor [--rows] [--rounds]`) and the files measured (by
+    this script and bench/stages.py): the segment and its evolution, as CSV and NDJSON, the
+    three configs and the two stores' paths. Returns (args, env, truth, state, first store,
+    configs by name)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bin", type=Path, required=True)
     p.add_argument("--gen", type=Path, required=True)
     p.add_argument("--floor", type=Path, required=True)
@@ -38,22 +42,30 @@ def main():
     d.mkdir(parents=True, exist_ok=True)
     truth = h.generate(a.gen, d, a.rows, "csv")["evolved"]
     h.generate(a.gen, d, a.rows, "ndjson")
-    state, s1 = d / "state.db", d / "state-first.db"
-    first, second, ndjson = d / "first.toml", d / "second.toml", d / "ndjson.toml"
-    h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9")
-    h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9")
-    h.write_config(ndjson, d / "evolved.ndjson", state, "http://127.0.0.1:9")
+    state = d / "state.db"
+    configs = {"first": d / "first.toml", "second": d / "second.toml", "ndjson": d / "ndjson.toml"}
+    for name, source in (("first", "base.csv"), ("second", "evolved.csv"), ("ndjson", "evolved.ndjson")):
+        h.write_config(configs[name], d / source, state, "http://127.0.0.1:9")
+    return a, env, truth, state, d / "state-first.db", configs
+
+
+def check(stdout, truth, what):
+    """Exits unless the run's JSON summary found the generator's delta."""
+    s = json.loads(stdout)
+    got = (s["added"], s["changed"], s["removed"])
+    want = (truth["added"], truth["changed"], truth["removed"])
+    if got != want:
+        raise SystemExit(f"{what}: delta {got} is not the generator's {want}")
+
+
+def main():
+    a, env, truth, state, s1, configs = setup(__doc__)
+    d = state.parent
+    first, second, ndjson = configs["first"], configs["second"], configs["ndjson"]
     bs = [str(a.bin), "-q"]
     times = {k: [] for k in ("floor", "first", "plan", "commit", "ndjson")}
     rss = {k: [] for k in times}
     loads = []
-
-    def checked(m, what):
-        s = json.loads(m["stdout"])
-        got = (s["added"], s["changed"], s["removed"])
-        want = (truth["added"], truth["changed"], truth["removed"])
-        if got != want:
-            raise SystemExit(f"{what}: delta {got} is not the generator's {want}")
 
     for r in range(a.rounds):
         m = h.measure([str(a.floor), str(d / "evolved.csv")])
@@ -70,7 +82,7 @@ def main():
                             ("commit", second, ["run", "--max-requests", "0", "--json"])):
             h.save(s1, state)
             m = h.measure(bs[:1] + ["--config", str(cfg)] + bs[1:] + cmd, env)
-            checked(m, k)
+            check(m["stdout"], truth, k)
             times[k].append(m["seconds"])
             rss[k].append(m["rss_kb"])
         h.log(f"round {r + 1} of {a.rounds} done")

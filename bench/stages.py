@@ -20,15 +20,14 @@ cheaper, or by overlapping them with the read. Medians of each column; every run
 against the generator's truth.
 """
 
-import argparse
 import datetime
 import json
-import os
 import statistics
 import subprocess
 import time
 
 import harness as h
+import ratios
 
 TARGETS = {"first": 1.6, "plan": 1.1, "commit": 1.4}
 NAMES = {"first": "first run (`initial = \"baseline\"`)", "plan": "second run, `plan`",
@@ -62,42 +61,21 @@ def staged_run(cmd, env):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--bin", required=True)
-    p.add_argument("--gen", required=True)
-    p.add_argument("--floor", required=True)
-    p.add_argument("--rows", type=int, default=1_000_000)
-    p.add_argument("--rounds", type=int, default=5)
-    a = p.parse_args()
-    env = dict(os.environ, BATCH_REST_API_KEY="bench-rest-key", BATCH_PROJECT_KEY="bench-project-key")
-    d = h.HERE / "out" / f"ratios-{h.label(a.rows)}"
-    d.mkdir(parents=True, exist_ok=True)
-    truth = h.generate(a.gen, d, a.rows, "csv")["evolved"]
-    state, s1 = d / "state.db", d / "state-first.db"
-    first, second = d / "first.toml", d / "second.toml"
-    h.write_config(first, d / "base.csv", state, "http://127.0.0.1:9")
-    h.write_config(second, d / "evolved.csv", state, "http://127.0.0.1:9")
+    a, env, truth, state, s1, configs = ratios.setup(__doc__)
     floors, stages, loads = [], {k: [] for k in TARGETS}, []
 
-    def checked(out, what):
-        s = json.loads(out)
-        got = (s["added"], s["changed"], s["removed"])
-        want = (truth["added"], truth["changed"], truth["removed"])
-        if got != want:
-            raise SystemExit(f"{what}: delta {got} is not the generator's {want}")
-
     for r in range(a.rounds):
-        m = h.measure([a.floor, str(d / "evolved.csv")])
+        m = h.measure([str(a.floor), str(state.parent / "evolved.csv")])
         floors.append(m["seconds"])
         loads.append((m["load"], m["psi"]))
         h.reset(state)
-        s, _ = staged_run([a.bin, "--config", str(first), "-q", "run", "--json"], env)
+        s, _ = staged_run([str(a.bin), "--config", str(configs["first"]), "-q", "run", "--json"], env)
         stages["first"].append(s)
         h.save(state, s1)
         for k, cmd in (("plan", ["plan", "--json"]), ("commit", ["run", "--max-requests", "0", "--json"])):
             h.save(s1, state)
-            s, out = staged_run([a.bin, "--config", str(second), "-q"] + cmd, env)
-            checked(out, k)
+            s, out = staged_run([str(a.bin), "--config", str(configs["second"]), "-q"] + cmd, env)
+            ratios.check(out, truth, k)
             stages[k].append(s)
         h.log(f"round {r + 1} of {a.rounds} done")
 
@@ -118,7 +96,7 @@ def main():
               f"{TARGETS[k]}x |")
         out[k] = stages[k]
     print("\n" + h.load_line(loads))
-    (d / "stages.json").write_text(json.dumps(out, indent=1))
+    (state.parent / "stages.json").write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
